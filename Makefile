@@ -1,0 +1,49 @@
+# Wattshare: every target installs what it needs through `setup` (idempotent).
+# Two commands for a newcomer: `make demo` and `make test`.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup test demo bench check firmware clean help
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+setup: $(VENV)/.installed node_modules/.installed ## install Python (.venv) and Node (node_modules) dependencies, pinned
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@echo "setup: Python environment in $(VENV) (pinned by requirements.lock)"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	@echo "setup: Node tools in node_modules (pinned by package-lock.json)"
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: setup ## run every test (CPython, MicroPython VM, contracts, hardware-in-the-loop on emulated devices)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup ## run the most complete end-to-end path on emulated hardware
+	$(PY) -m tools.demo
+
+bench: setup ## run the benchmarks; JSON under out/bench/, summary in docs/benchmarks.md
+	$(PY) -m bench
+
+check: setup ## lint and type-check (ruff, mypy; firmware against micropython-esp32-stubs)
+	$(VENV)/bin/ruff check gateway tools firmware bench hil_tests
+	$(VENV)/bin/mypy gateway tools
+	$(PY) -m tools.check_firmware
+
+firmware: setup ## compile every firmware file with mpy-cross for the ESP32 and build out/firmware/
+	$(PY) -m tools.build_firmware
+
+clean: ## remove build output (keeps installed dependencies)
+	rm -rf out build

@@ -1,0 +1,1 @@
+"""Wattshare host tools: board/meter configuration, meter simulator, build and demo."""
