@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-setup: $(VENV)/.installed node_modules/.installed ## install Python (.venv) and Node (node_modules) dependencies, pinned
+setup: $(VENV)/.installed node_modules/.installed chromium ## install Python (.venv), Node (node_modules) and Debian chromium (browser tests)
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@echo "setup: Python environment in $(VENV) (pinned by requirements.lock)"
@@ -27,6 +27,14 @@ node_modules/.installed: package.json package-lock.json
 	@echo "setup: Node tools in node_modules (pinned by package-lock.json)"
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The status-page tests drive Debian's chromium headless (playwright-core from
+# node_modules); a browser download is not possible here, the distro package is.
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "setup: installing Debian chromium for the browser tests (needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: setup ## run every test (CPython, MicroPython VM, contracts, hardware-in-the-loop on emulated devices)
 	$(PY) -m pytest $(PYTEST_ARGS)

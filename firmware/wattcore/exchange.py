@@ -2,7 +2,7 @@
 # "CoAP exchange"): resource paths, the batch of signed readings in a request,
 # the response map, and what a device does on each response code. Sans-IO:
 # the CoAP framing itself is in wattcore.coap.
-from wattcore import cbor
+from wattcore import cbor, coap
 from wattcore.const import const
 from wattcore.errors import CborError, DecodeError, EncodeError
 
@@ -20,20 +20,21 @@ RESP_REJECTED = const(3)  # seq of the reading that stopped processing
 RESP_REASON = const(4)  # short reason token (text)
 RESP_MAX_BATCH = const(5)  # readings per message the gateway accepts
 
-# CoAP response codes used (class << 5 | detail)
-CHANGED = const(0x44)  # 2.04
-CONTENT = const(0x45)  # 2.05
-BAD_REQUEST = const(0x80)  # 4.00
-UNAUTHORIZED = const(0x81)  # 4.01
-FORBIDDEN = const(0x83)  # 4.03
-NOT_FOUND = const(0x84)  # 4.04
-METHOD_NOT_ALLOWED = const(0x85)  # 4.05
-CONFLICT = const(0x89)  # 4.09
-TOO_LARGE = const(0x8D)  # 4.13
-UNSUPPORTED_FORMAT = const(0x8F)  # 4.15
-UNPROCESSABLE = const(0x96)  # 4.22
-INTERNAL_ERROR = const(0xA0)  # 5.00
-UNAVAILABLE = const(0xA3)  # 5.03
+# CoAP response codes used: defined once in wattcore.coap, re-exported here
+# under the names the protocol doc uses.
+CHANGED = coap.CHANGED  # 2.04
+CONTENT = coap.CONTENT  # 2.05
+BAD_REQUEST = coap.BAD_REQUEST  # 4.00
+UNAUTHORIZED = coap.UNAUTHORIZED  # 4.01
+FORBIDDEN = coap.FORBIDDEN  # 4.03
+NOT_FOUND = coap.NOT_FOUND  # 4.04
+METHOD_NOT_ALLOWED = coap.METHOD_NOT_ALLOWED  # 4.05
+CONFLICT = coap.CONFLICT  # 4.09
+TOO_LARGE = coap.REQUEST_ENTITY_TOO_LARGE  # 4.13
+UNSUPPORTED_FORMAT = coap.UNSUPPORTED_CONTENT_FORMAT  # 4.15
+UNPROCESSABLE = coap.UNPROCESSABLE_ENTITY  # 4.22
+INTERNAL_ERROR = coap.INTERNAL_SERVER_ERROR  # 5.00
+UNAVAILABLE = coap.SERVICE_UNAVAILABLE  # 5.03
 
 # What the device does with a response (see docs/protocol.md table)
 ACT_ACKED = const(0)  # drop the acknowledged readings, go on
