@@ -1,0 +1,609 @@
+"""Board and meter definitions: TOML files under ``boards/``, validated, compiled to JSON.
+
+Boards (``boards/*.toml``) say which chip, which UART and pins drive the meter bus and
+which pin is the status LED. Meters (``boards/meters/*.toml``) say how to talk to a meter
+model (serial settings, Modbus function, the register blocks to read) and where each
+reading field sits (register, data kind, exact rational scale to the protocol unit).
+
+Every key is checked (type, range, allowed values); unknown keys are rejected. Any
+problem raises :class:`tools.errors.ConfigError` with a message of the form::
+
+    boards/meters/sdm120ct.toml: fields.voltage_dV.kind: 'f64' is not one of f32, u16, ...
+
+MicroPython has no TOML parser, so :func:`compile_meter` and :func:`compile_board` turn
+a validated definition into a small plain-JSON structure the firmware loads.
+
+    python -m tools.board_config          # validate every shipped file
+    python -m tools.board_config --json   # ... and print the compiled JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from wattcore.modbus_rtu import KINDS, MAX_READ_COUNT
+from wattcore.reading import MODELS
+
+from tools.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BOARDS_DIR = REPO_ROOT / "boards"
+METERS_DIR = BOARDS_DIR / "meters"
+
+CHIPS = ("esp32", "esp32s3")
+FLASH_SIZES_MB = (2, 4, 8, 16, 32)
+LED_KINDS = ("gpio", "ws2812")
+NO_PIN = "none"  # de_re_pin of a board whose transceiver switches direction by itself
+
+BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+PARITIES = ("N", "E", "O")
+STOP_BITS = (1, 2)
+FUNCTIONS = (3, 4)  # read holding / read input registers
+PHASES = (1, 3)
+MAX_BLOCKS = 8
+MAX_CT_RATING_A = 10000
+MAX_SCALE_TERM = 1000000
+
+# Reading fields a meter definition may map, in the protocol's units.
+FIELD_NAMES = (
+    "voltage_dV",  # 0.1 V
+    "current_mA",  # mA
+    "power_W",  # W, signed: export negative
+    "frequency_cHz",  # 0.01 Hz
+    "power_factor_milli",  # x1000, signed like the power
+    "import_Wh",  # cumulative import, Wh
+    "export_Wh",  # cumulative export, Wh (absent: the meter cannot measure export)
+    "alarm",  # raw alarm register (PZEM: 0xFFFF = alarm)
+)
+REQUIRED_FIELDS = ("power_W", "import_Wh")
+COUNTER_FIELDS = ("import_Wh", "export_Wh")
+
+# Registers (16-bit words) each data kind occupies; the kinds are those the firmware's
+# decoder (wattcore.modbus_rtu.decode_value) understands.
+KIND_WIDTH = {"f32": 2, "u16": 1, "u32le_words": 2, "u32be_words": 2}
+SIGNED_KINDS = ("f32",)
+
+
+@dataclass(frozen=True)
+class _Gpio:
+    pins: frozenset
+    reserved: dict  # pin -> why
+    psram_reserved: dict  # pin -> why, only when the module has PSRAM
+    input_only: frozenset
+    uarts: tuple  # UARTs free for the meter bus (UART0 is the REPL console)
+    pin_ranges: str
+
+
+def _span(a, b):
+    return range(a, b + 1)
+
+
+_CHIP_GPIO = {
+    "esp32": _Gpio(
+        pins=frozenset([*_span(0, 19), *_span(21, 23), *_span(25, 27), *_span(32, 39)]),
+        reserved={1: "UART0 TX (console)", 3: "UART0 RX (console)"}
+        | {p: "SPI flash" for p in _span(6, 11)},
+        psram_reserved={16: "PSRAM", 17: "PSRAM"},
+        input_only=frozenset(_span(34, 39)),
+        uarts=(1, 2),
+        pin_ranges="0-19, 21-23, 25-27, 32-39",
+    ),
+    "esp32s3": _Gpio(
+        pins=frozenset([*_span(0, 21), *_span(26, 48)]),
+        reserved={19: "native USB D-", 20: "native USB D+", 43: "UART0 TX (console)",
+                  44: "UART0 RX (console)"}
+        | {p: "SPI flash/PSRAM" for p in _span(26, 32)},
+        psram_reserved={p: "octal PSRAM" for p in _span(33, 37)},
+        input_only=frozenset(),
+        uarts=(1, 2),
+        pin_ranges="0-21, 26-48",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class MeterBus:
+    """UART and pins of the meter bus; ``de_re_pin`` None = auto-direction transceiver."""
+
+    uart: int
+    tx_pin: int
+    rx_pin: int
+    de_re_pin: int | None
+
+
+@dataclass(frozen=True)
+class StatusLed:
+    pin: int
+    kind: str  # one of LED_KINDS
+
+
+@dataclass(frozen=True)
+class Board:
+    id: str
+    name: str
+    chip: str
+    flash_mb: int
+    psram: bool
+    notes: str
+    meter_bus: MeterBus
+    status_led: StatusLed
+    path: Path
+
+
+@dataclass(frozen=True)
+class SerialSettings:
+    """Serial line settings; Modbus RTU always uses 8 data bits."""
+
+    baud: int
+    parity: str  # one of PARITIES
+    stop_bits: int
+
+
+@dataclass(frozen=True)
+class Block:
+    """Registers read in one request: ``count`` registers from ``start``."""
+
+    start: int
+    count: int
+
+    @property
+    def end(self) -> int:
+        """One past the last register of the block."""
+        return self.start + self.count
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Where a reading field sits: protocol value = register value * num / den."""
+
+    register: int
+    kind: str
+    num: int
+    den: int
+
+    @property
+    def width(self) -> int:
+        """Number of 16-bit registers the value occupies."""
+        return KIND_WIDTH[self.kind]
+
+
+@dataclass(frozen=True)
+class Meter:
+    id: str
+    name: str
+    model_code: int
+    phases: int
+    ct_rating_A: int
+    notes: str
+    serial: SerialSettings
+    default_slave: int
+    function: int
+    blocks: tuple[Block, ...]
+    fields: dict[str, FieldMap]
+    path: Path
+
+    def block_of(self, register: int, width: int = 1) -> int | None:
+        """Index of the block holding ``width`` registers from ``register``, or None."""
+        for index, block in enumerate(self.blocks):
+            if block.start <= register and register + width <= block.end:
+                return index
+        return None
+
+
+# ---- schema reading ------------------------------------------------------------------
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
+
+
+def _one_of(allowed) -> str:
+    return ", ".join(str(a) for a in allowed)
+
+
+class _Table:
+    """One TOML table being validated: knows its file and key path for messages."""
+
+    def __init__(self, data, where: str, prefix: str, allowed: tuple[str, ...]):
+        self.data = data
+        self.where = where
+        self.prefix = prefix
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: {prefix or '(top level)'}: expected a table, "
+                              f"got {_show(data)}")
+        for key in data:
+            if key not in allowed:
+                raise ConfigError(f"{where}: {self.path(key)}: unknown key; allowed keys: "
+                                  f"{_one_of(sorted(allowed))}")
+
+    def path(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def fail(self, key: str, problem: str) -> NoReturn:
+        raise ConfigError(f"{self.where}: {self.path(key)}: {problem}")
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str):
+        if key not in self.data:
+            self.fail(key, "missing (required)")
+        return self.data[key]
+
+    def integer(self, key: str, lo: int, hi: int, show_hex: bool = False) -> int:
+        value = self.raw(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.fail(key, f"expected an integer, got {_show(value)}")
+        if not lo <= value <= hi:
+            if show_hex:
+                self.fail(key, f"0x{value:04X} is not in 0x{lo:04X}..0x{hi:04X}")
+            self.fail(key, f"{value} is not in {lo}..{hi}")
+        return value
+
+    def choice(self, key: str, allowed: tuple):
+        value = self.raw(key)
+        kind_ok = all(isinstance(value, type(a)) and not isinstance(value, bool)
+                      for a in allowed[:1])
+        if not kind_ok or value not in allowed:
+            self.fail(key, f"{_show(value)} is not one of {_one_of(allowed)}")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.raw(key)
+        if not isinstance(value, bool):
+            self.fail(key, f"expected true or false, got {_show(value)}")
+        return value
+
+    def text(self, key: str, max_len: int, default: str | None = None) -> str:
+        if default is not None and key not in self.data:
+            return default
+        value = self.raw(key)
+        if not isinstance(value, str):
+            self.fail(key, f"expected a string, got {_show(value)}")
+        if len(value) > max_len:
+            self.fail(key, f"longer than {max_len} characters")
+        return value
+
+    def table(self, key: str, allowed: tuple[str, ...]) -> _Table:
+        value = self.raw(key)
+        if not isinstance(value, dict):
+            self.fail(key, f"expected a table, got {_show(value)}")
+        return _Table(value, self.where, self.path(key), allowed)
+
+
+def _read_toml(path: Path) -> tuple[dict, str]:
+    path = Path(path)
+    where = _display_path(path)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f), where
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not valid UTF-8: {exc}") from None
+
+
+def _check_id(top: _Table, path: Path) -> str:
+    ident = top.text("id", 48)
+    if ident != path.stem:
+        top.fail("id", f"{_show(ident)} does not match the file name "
+                       f"(expected {_show(path.stem)})")
+    return ident
+
+
+# ---- boards --------------------------------------------------------------------------
+
+
+def _pin(table: _Table, key: str, chip: str, psram: bool, output: bool) -> int:
+    gpio = _CHIP_GPIO[chip]
+    value = table.raw(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        table.fail(key, f"expected a GPIO number, got {_show(value)}")
+    if value not in gpio.pins:
+        table.fail(key, f"{value} is not a GPIO of {chip} ({gpio.pin_ranges})")
+    why = gpio.reserved.get(value) or (gpio.psram_reserved.get(value) if psram else None)
+    if why:
+        table.fail(key, f"GPIO{value} is reserved on {chip} ({why})")
+    if output and value in gpio.input_only:
+        table.fail(key, f"GPIO{value} is input-only on {chip}; this pin must drive an output")
+    return value
+
+
+def load_board(path) -> Board:
+    """Load and validate a board file; raise ConfigError naming file, key and allowed values."""
+    path = Path(path)
+    data, where = _read_toml(path)
+    top = _Table(data, where, "", ("id", "name", "chip", "flash_mb", "psram", "notes",
+                                   "meter_bus", "status_led"))
+    ident = _check_id(top, path)
+    name = top.text("name", 80)
+    chip = top.choice("chip", CHIPS)
+    flash_mb = top.choice("flash_mb", FLASH_SIZES_MB)
+    psram = top.flag("psram")
+    notes = top.text("notes", 4000, default="")
+    gpio = _CHIP_GPIO[chip]
+
+    bus = top.table("meter_bus", ("uart", "tx_pin", "rx_pin", "de_re_pin"))
+    uart = bus.raw("uart")
+    if not isinstance(uart, int) or isinstance(uart, bool) or uart not in gpio.uarts:
+        bus.fail("uart", f"{_show(uart)} is not one of {_one_of(gpio.uarts)} "
+                         f"(UART0 is the {chip} console)")
+    tx_pin = _pin(bus, "tx_pin", chip, psram, output=True)
+    rx_pin = _pin(bus, "rx_pin", chip, psram, output=False)
+    if bus.raw("de_re_pin") == NO_PIN:
+        de_re_pin = None
+    elif isinstance(bus.raw("de_re_pin"), str):
+        bus.fail("de_re_pin", f"{_show(bus.raw('de_re_pin'))} is neither a GPIO number nor "
+                              f"{_show(NO_PIN)} (auto-direction transceiver)")
+    else:
+        de_re_pin = _pin(bus, "de_re_pin", chip, psram, output=True)
+
+    led = top.table("status_led", ("pin", "kind"))
+    led_pin = _pin(led, "pin", chip, psram, output=True)
+    led_kind = led.choice("kind", LED_KINDS)
+
+    used: dict[int, str] = {}
+    for key, pin in (("meter_bus.tx_pin", tx_pin), ("meter_bus.rx_pin", rx_pin),
+                     ("meter_bus.de_re_pin", de_re_pin), ("status_led.pin", led_pin)):
+        if pin is None:
+            continue
+        if pin in used:
+            raise ConfigError(f"{where}: {key}: GPIO{pin} is already used by {used[pin]}")
+        used[pin] = key
+
+    return Board(
+        id=ident, name=name, chip=chip, flash_mb=flash_mb, psram=psram, notes=notes.strip(),
+        meter_bus=MeterBus(uart=uart, tx_pin=tx_pin, rx_pin=rx_pin, de_re_pin=de_re_pin),
+        status_led=StatusLed(pin=led_pin, kind=led_kind), path=path,
+    )
+
+
+# ---- meters --------------------------------------------------------------------------
+
+
+def _blocks(modbus: _Table) -> tuple[Block, ...]:
+    raw = modbus.raw("blocks")
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_BLOCKS:
+        modbus.fail("blocks", f"expected a list of 1..{MAX_BLOCKS} tables "
+                              "{ start = ..., count = ... }")
+    blocks: list[Block] = []
+    for index, item in enumerate(raw):
+        key = f"blocks[{index}]"
+        if not isinstance(item, dict):
+            modbus.fail(key, f"expected a table {{ start = ..., count = ... }}, "
+                             f"got {_show(item)}")
+        block = _Table(item, modbus.where, modbus.path(key), ("start", "count"))
+        start = block.integer("start", 0, 0xFFFF, show_hex=True)
+        count = block.integer("count", 1, MAX_READ_COUNT)
+        if start + count > 0x10000:
+            block.fail("count", f"{count} registers from 0x{start:04X} run past 0xFFFF")
+        for other_index, other in enumerate(blocks):
+            if start < other.end and other.start < start + count:
+                block.fail("start", f"0x{start:04X}..0x{start + count - 1:04X} overlaps "
+                                    f"{modbus.path(f'blocks[{other_index}]')}")
+        blocks.append(Block(start, count))
+    return tuple(blocks)
+
+
+def _scale(field: _Table) -> tuple[int, int]:
+    raw = field.raw("scale")
+    ok = (isinstance(raw, list) and len(raw) == 2
+          and all(isinstance(x, int) and not isinstance(x, bool) for x in raw))
+    if not ok:
+        field.fail("scale", f"expected [num, den] (two integers), got {_show(raw)}")
+    num, den = raw
+    if num == 0 or abs(num) > MAX_SCALE_TERM:
+        field.fail("scale", f"num {num} is not in -{MAX_SCALE_TERM}..{MAX_SCALE_TERM} "
+                            "(and not 0)")
+    if not 1 <= den <= MAX_SCALE_TERM:
+        field.fail("scale", f"den {den} is not in 1..{MAX_SCALE_TERM}")
+    return num, den
+
+
+def _fields(top: _Table, blocks: tuple[Block, ...]) -> dict[str, FieldMap]:
+    table = top.table("fields", FIELD_NAMES)
+    fields: dict[str, FieldMap] = {}
+    for name in FIELD_NAMES:
+        if not table.has(name):
+            if name in REQUIRED_FIELDS:
+                table.fail(name, "missing (required: "
+                                 f"{_one_of(REQUIRED_FIELDS)})")
+            continue
+        field = table.table(name, ("register", "kind", "scale"))
+        register = field.integer("register", 0, 0xFFFF, show_hex=True)
+        kind = field.choice("kind", tuple(sorted(KINDS)))
+        num, den = _scale(field)
+        if name in COUNTER_FIELDS and kind not in SIGNED_KINDS and num < 0:
+            field.fail("scale", "an energy counter needs a positive scale")
+        width = KIND_WIDTH[kind]
+        last = register + width - 1
+        if not any(b.start <= register and last < b.end for b in blocks):
+            spans = ", ".join(f"0x{b.start:04X}..0x{b.end - 1:04X}" for b in blocks)
+            field.fail("register", f"0x{register:04X}..0x{last:04X} ({kind}) is not inside "
+                                   f"one block of modbus.blocks ({spans})")
+        for other_name, other in fields.items():
+            if register <= other.register + other.width - 1 and other.register <= last:
+                field.fail("register", f"0x{register:04X} overlaps fields.{other_name}")
+        fields[name] = FieldMap(register=register, kind=kind, num=num, den=den)
+    return fields
+
+
+def load_meter(path) -> Meter:
+    """Load and validate a meter file; raise ConfigError naming file, key and allowed values."""
+    path = Path(path)
+    data, where = _read_toml(path)
+    top = _Table(data, where, "", ("id", "name", "model_code", "phases", "ct_rating_A",
+                                   "notes", "serial", "modbus", "fields"))
+    ident = _check_id(top, path)
+    name = top.text("name", 80)
+    model_code = top.choice("model_code", tuple(sorted(MODELS)))
+    phases = top.choice("phases", PHASES)
+    ct_rating_a = top.integer("ct_rating_A", 1, MAX_CT_RATING_A)
+    notes = top.text("notes", 4000, default="")
+
+    serial = top.table("serial", ("baud", "parity", "stop_bits"))
+    settings = SerialSettings(
+        baud=serial.choice("baud", BAUD_RATES),
+        parity=serial.choice("parity", PARITIES),
+        stop_bits=serial.choice("stop_bits", STOP_BITS),
+    )
+    modbus = top.table("modbus", ("default_slave", "function", "blocks"))
+    default_slave = modbus.integer("default_slave", 1, 247)
+    function = modbus.choice("function", FUNCTIONS)
+    blocks = _blocks(modbus)
+    fields = _fields(top, blocks)
+    return Meter(
+        id=ident, name=name, model_code=model_code, phases=phases, ct_rating_A=ct_rating_a,
+        notes=notes.strip(), serial=settings, default_slave=default_slave, function=function,
+        blocks=blocks, fields=fields, path=path,
+    )
+
+
+# ---- collections ---------------------------------------------------------------------
+
+
+def list_boards(directory=None) -> list[Board]:
+    """Every board file in ``directory`` (default ``boards/``), validated, sorted by id."""
+    directory = Path(directory) if directory is not None else BOARDS_DIR
+    return [load_board(p) for p in sorted(directory.glob("*.toml"))]
+
+
+def list_meters(directory=None) -> list[Meter]:
+    """Every meter file in ``directory`` (default ``boards/meters/``), validated, sorted by
+    id; model codes must be unique."""
+    directory = Path(directory) if directory is not None else METERS_DIR
+    meters = [load_meter(p) for p in sorted(directory.glob("*.toml"))]
+    seen: dict[int, Meter] = {}
+    for meter in meters:
+        if meter.model_code in seen:
+            raise ConfigError(f"{_display_path(meter.path)}: model_code: {meter.model_code} "
+                              f"is already used by {_display_path(seen[meter.model_code].path)}")
+        seen[meter.model_code] = meter
+    return meters
+
+
+def get_board(board_id: str, directory=None) -> Board:
+    """The board with this id; ConfigError listing the known ids if there is none."""
+    boards = list_boards(directory)
+    for board in boards:
+        if board.id == board_id:
+            return board
+    raise ConfigError(f"board {board_id!r}: unknown; one of "
+                      f"{_one_of(b.id for b in boards)}")
+
+
+def get_meter(meter_id: str, directory=None) -> Meter:
+    """The meter with this id; ConfigError listing the known ids if there is none."""
+    meters = list_meters(directory)
+    for meter in meters:
+        if meter.id == meter_id:
+            return meter
+    raise ConfigError(f"meter {meter_id!r}: unknown; one of "
+                      f"{_one_of(m.id for m in meters)}")
+
+
+# ---- compiled form for the firmware --------------------------------------------------
+
+
+def compile_meter(meter: Meter, ct_rating_A: int | None = None) -> dict:
+    """The plain-JSON structure the firmware loads for a meter.
+
+    ``fields`` maps each field the meter has to
+    ``[block_index, byte_offset, kind, num, den]``: the value starts ``byte_offset`` bytes
+    into the register data of ``blocks[block_index]`` (a read of ``count`` registers from
+    ``start``), and protocol value = register value * num / den. A field that is absent
+    is one the meter cannot measure. ``ct_rating_A`` overrides the meter's default (a
+    device with a different CT).
+    """
+    if ct_rating_A is None:
+        ct_rating_A = meter.ct_rating_A
+    if (not isinstance(ct_rating_A, int) or isinstance(ct_rating_A, bool)
+            or not 1 <= ct_rating_A <= MAX_CT_RATING_A):
+        raise ConfigError(f"{_display_path(meter.path)}: ct_rating_A: override "
+                          f"{_show(ct_rating_A)} is not in 1..{MAX_CT_RATING_A}")
+    fields = {}
+    for name in FIELD_NAMES:
+        if name not in meter.fields:
+            continue
+        field = meter.fields[name]
+        index = meter.block_of(field.register, field.width)
+        assert index is not None  # load_meter checked every field lies in a block
+        offset = 2 * (field.register - meter.blocks[index].start)
+        fields[name] = [index, offset, field.kind, field.num, field.den]
+    return {
+        "id": meter.id,
+        "model": meter.model_code,
+        "phases": meter.phases,
+        "baud": meter.serial.baud,
+        "parity": meter.serial.parity,
+        "stop_bits": meter.serial.stop_bits,
+        "slave": meter.default_slave,
+        "function": meter.function,
+        "blocks": [[b.start, b.count] for b in meter.blocks],
+        "ct_rating_A": ct_rating_A,
+        "fields": fields,
+    }
+
+
+def compile_board(board: Board) -> dict:
+    """The plain-JSON structure the firmware loads for a board (``de_re`` null: the
+    transceiver switches direction by itself)."""
+    return {
+        "id": board.id,
+        "chip": board.chip,
+        "uart": board.meter_bus.uart,
+        "tx": board.meter_bus.tx_pin,
+        "rx": board.meter_bus.rx_pin,
+        "de_re": board.meter_bus.de_re_pin,
+        "led": board.status_led.pin,
+        "led_kind": board.status_led.kind,
+        "flash_mb": board.flash_mb,
+        "psram": board.psram,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.board_config",
+        description="Validate boards/*.toml and boards/meters/*.toml; optionally print the "
+                    "compiled JSON the firmware loads.")
+    parser.add_argument("--json", action="store_true", help="print the compiled JSON")
+    args = parser.parse_args(argv)
+    try:
+        boards = list_boards()
+        meters = list_meters()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"boards": {b.id: compile_board(b) for b in boards},
+                          "meters": {m.id: compile_meter(m) for m in meters}}, indent=2))
+    else:
+        print(f"ok: {len(boards)} boards ({', '.join(b.id for b in boards)}), "
+              f"{len(meters)} meters ({', '.join(m.id for m in meters)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
