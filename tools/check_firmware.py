@@ -47,8 +47,15 @@ def main() -> int:
                 if (top.endswith(".pyi") or "." not in top) and not (Path(tmp) / top).exists():
                     if (site / top).exists():
                         (Path(tmp) / top).symlink_to(site / top)
+        # errors inside the stub files themselves are the stubs' business
+        cfg = Path(tmp) / "mypy.ini"
+        cfg.write_text(
+            "[mypy]\nignore_errors = True\n"
+            + "".join(f"[mypy-{m}]\nignore_errors = False\n"
+                      for m in ("wattcore.*", "app.*", "main", "boot"))
+        )
         env = {"MYPYPATH": f"{REPO / 'firmware'}:{tmp}", "PATH": "/usr/bin:/bin"}
-        return subprocess.run(cmd, cwd=REPO, env=env).returncode
+        return subprocess.run([*cmd, "--config-file", str(cfg)], cwd=REPO, env=env).returncode
 
 
 if __name__ == "__main__":

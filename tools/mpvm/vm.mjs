@@ -47,6 +47,7 @@ export async function startVM({ mounts = [], sysPath = [], stdout, stderr } = {}
 
 export const STANDARD_MOUNTS = [
   ["firmware/wattcore", "/lib/wattcore"],
+  ["firmware/app", "/lib/app"],
   ["firmware/tests/core", "/tests/core"],
   ["docs/vectors", "/vectors"],
 ];

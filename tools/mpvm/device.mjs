@@ -1,0 +1,227 @@
+// The emulated Wattshare meter: the real firmware files (firmware/main.py,
+// firmware/app, firmware/wattcore) running in the MicroPython WebAssembly VM,
+// with the ports backed by Node (tools/mpvm/emulated_adapters.py is the VM side):
+//   meter bus  a TCP stream of raw RTU frames to the meter simulator
+//   UDP        a dgram socket to the gateway named in config/device.json
+//   storage    files in a host folder (STORAGE/config, STORAGE/data), so state
+//              survives the process: killing it is a power cut
+//   clock      monotonic and RTC run --speed times faster than real time; the RTC
+//              starts at 2000-01-01 (untrusted) on every start, like a cold ESP32
+//   RNG        node:crypto; watchdog: exits with code 3 when not fed in time
+//
+//   node tools/mpvm/device.mjs --storage DIR --meter-tcp HOST:PORT [--speed X]
+//        [--hwid 12HEX] [--cut-at-write N] [--seed N] [--provision | --rekey]
+// Power-cut injection: --cut-at-write N tears the N-th storage write (a random
+// prefix of an append, or a temporary file never renamed) and exits with code 137.
+import crypto from "node:crypto";
+import dgram from "node:dgram";
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { startVM, REPO } from "./vm.mjs";
+
+function parseArgs(argv) {
+  const opts = { speed: 1, hwid: "a4c138f1e2d0", cutAtWrite: 0, seed: 0 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => { if (i + 1 >= argv.length) die(`${a} needs a value`); return argv[++i]; };
+    if (a === "--storage") opts.storage = path.resolve(next());
+    else if (a === "--meter-tcp") opts.meterTcp = next();
+    else if (a === "--speed") opts.speed = Number(next());
+    else if (a === "--hwid") opts.hwid = next().toLowerCase();
+    else if (a === "--cut-at-write") opts.cutAtWrite = Number(next());
+    else if (a === "--seed") opts.seed = Number(next());
+    else if (a === "--provision") opts.mode = "provision";
+    else if (a === "--rekey") opts.mode = "rekey";
+    else die(`unknown option ${a}`);
+  }
+  if (!opts.storage) die("--storage DIR is required");
+  if (!/^[0-9a-f]{12}$/.test(opts.hwid)) die("--hwid: 12 hex digits (6 bytes)");
+  if (!(opts.speed > 0)) die("--speed: a number > 0");
+  if (!opts.mode && !opts.meterTcp) die("--meter-tcp HOST:PORT is required");
+  return opts;
+}
+
+function die(msg) {
+  process.stderr.write(`device.mjs: error: ${msg}\n`);
+  process.exit(2);
+}
+
+const opts = parseArgs(process.argv.slice(2));
+const speed = opts.speed;
+const t0 = performance.now();
+const simMs = () => (performance.now() - t0) * speed;
+const RTC_COLD = 946684800; // 2000-01-01T00:00:00Z
+let rtcBase = RTC_COLD;
+let rng = opts.seed || 1;
+const rand = () => { rng = (rng * 1103515245 + 12345) % 2147483648; return rng / 2147483648; };
+
+// ---- storage ---------------------------------------------------------------------
+let writes = 0;
+function folderPath(folder, name) {
+  if (!/^(config|data)$/.test(folder) || !/^[A-Za-z0-9_.-]+$/.test(name)) {
+    throw new Error(`bad storage name ${folder}/${name}`);
+  }
+  return path.join(opts.storage, folder, name);
+}
+function ensureFolder(folder) { fs.mkdirSync(path.join(opts.storage, folder), { recursive: true }); }
+function powerCut(what) {
+  process.stdout.write(`device.mjs: power cut at storage write ${writes} (${what})\n`);
+  process.exit(137);
+}
+const storage = {
+  fs_read(folder, name, offset, n) {
+    let fd;
+    try { fd = fs.openSync(folderPath(folder, name), "r"); } catch (e) { return null; }
+    try {
+      const size = fs.fstatSync(fd).size;
+      const len = Math.max(0, n < 0 ? size - offset : Math.min(n, size - offset));
+      const buf = Buffer.alloc(len);
+      const got = len ? fs.readSync(fd, buf, 0, len, offset) : 0;
+      return buf.subarray(0, got).toString("hex");
+    } finally { fs.closeSync(fd); }
+  },
+  fs_size(folder, name) {
+    try { return fs.statSync(folderPath(folder, name)).size; } catch (e) { return -1; }
+  },
+  fs_append(folder, name, hex) {
+    ensureFolder(folder);
+    const data = Buffer.from(hex, "hex");
+    writes++;
+    if (writes === opts.cutAtWrite) {
+      fs.appendFileSync(folderPath(folder, name), data.subarray(0, Math.floor(rand() * data.length)));
+      powerCut(`append ${name}`);
+    }
+    fs.appendFileSync(folderPath(folder, name), data);
+  },
+  fs_write_atomic(folder, name, hex) {
+    ensureFolder(folder);
+    const data = Buffer.from(hex, "hex");
+    const tmp = folderPath(folder, name) + ".tmp";
+    writes++;
+    if (writes === opts.cutAtWrite) {
+      fs.writeFileSync(tmp, data.subarray(0, Math.floor(rand() * data.length)));
+      powerCut(`write ${name}`);
+    }
+    fs.writeFileSync(tmp, data);
+    fs.renameSync(tmp, folderPath(folder, name));
+  },
+  fs_remove(folder, name) {
+    try { fs.unlinkSync(folderPath(folder, name)); } catch (e) { /* absent */ }
+  },
+  fs_names(folder) {
+    try {
+      return fs.readdirSync(path.join(opts.storage, folder)).filter((n) => !n.endsWith(".tmp")).join("/");
+    } catch (e) { return ""; }
+  },
+};
+
+// ---- meter bus: raw RTU frames over TCP ----------------------------------------------
+let uartSock = null;
+let uartBuf = Buffer.alloc(0);
+let uartWaiter = null;
+function uartConnect() {
+  const i = opts.meterTcp.lastIndexOf(":");
+  const sock = net.connect({ host: opts.meterTcp.slice(0, i), port: Number(opts.meterTcp.slice(i + 1)) });
+  sock.setNoDelay(true);
+  sock.on("data", (d) => { uartBuf = Buffer.concat([uartBuf, d]); uartWake(); });
+  sock.on("error", () => {});
+  sock.on("close", () => { if (uartSock === sock) uartSock = null; });
+  uartSock = sock;
+}
+function uartWake() {
+  if (uartWaiter && uartBuf.length >= uartWaiter.n) {
+    const w = uartWaiter; uartWaiter = null; clearTimeout(w.timer); w.resolve(uartTake(w.n));
+  }
+}
+function uartTake(n) {
+  const out = uartBuf.subarray(0, Math.min(n, uartBuf.length));
+  uartBuf = uartBuf.subarray(out.length);
+  return Buffer.from(out).toString("hex");
+}
+const uart = {
+  uart_write(hex) {
+    if (!uartSock) uartConnect();
+    uartSock.write(Buffer.from(hex, "hex"));
+  },
+  uart_read(n, timeoutMs) {
+    return new Promise((resolve) => {
+      if (uartBuf.length >= n) { resolve(uartTake(n)); return; }
+      const timer = setTimeout(() => { uartWaiter = null; resolve(uartTake(n)); }, timeoutMs);
+      uartWaiter = { n, resolve, timer };
+    });
+  },
+  uart_flush() { uartBuf = Buffer.alloc(0); },
+};
+
+// ---- UDP to the gateway --------------------------------------------------------------
+let udpSock = null;
+let gateway = null;
+const udpQueue = [];
+let udpWaiter = null;
+const udp = {
+  udp_open(host, port) {
+    gateway = { host, port };
+    udpSock = dgram.createSocket(host.includes(":") ? "udp6" : "udp4");
+    udpSock.on("message", (msg, rinfo) => {
+      if (rinfo.port !== gateway.port) return; // only the gateway talks to a meter
+      if (udpWaiter) { const w = udpWaiter; udpWaiter = null; clearTimeout(w.timer); w.resolve(msg.toString("hex")); }
+      else if (udpQueue.length < 16) udpQueue.push(msg.toString("hex"));
+    });
+    udpSock.on("error", (e) => process.stdout.write(`device.mjs: udp error ${e.message}\n`));
+    udpSock.bind(0);
+  },
+  udp_send(hex) { udpSock.send(Buffer.from(hex, "hex"), gateway.port, gateway.host); },
+  udp_recv(timeoutMs) {
+    return new Promise((resolve) => {
+      if (udpQueue.length) { resolve(udpQueue.shift()); return; }
+      const timer = setTimeout(() => { udpWaiter = null; resolve(null); }, Math.max(0, timeoutMs / speed));
+      udpWaiter = { resolve, timer };
+    });
+  },
+};
+
+// ---- clock, RNG, watchdog ------------------------------------------------------------
+let wdt = null;
+const misc = {
+  monotonic_ms: () => simMs() + 0.5, // a double: FFI integers are 32-bit
+  sleep_ms: (ms) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms / speed))),
+  rtc_time: () => rtcBase + simMs() / 1000,
+  rtc_set: (t) => { rtcBase = t - simMs() / 1000; },
+  random_hex: (n) => crypto.randomBytes(n).toString("hex"),
+  hardware_id: () => opts.hwid,
+  wdt_start(timeoutMs) {
+    wdt = { timeoutMs, last: simMs() };
+    setInterval(() => {
+      if (simMs() - wdt.last > wdt.timeoutMs) {
+        process.stdout.write("device.mjs: watchdog reset (not fed in time)\n");
+        process.exit(3);
+      }
+    }, 50).unref();
+  },
+  wdt_feed() { if (wdt) wdt.last = simMs(); },
+};
+
+// ---- run -------------------------------------------------------------------------------
+const mp = await startVM({
+  mounts: [
+    ["firmware/wattcore", "/lib/wattcore"],
+    ["firmware/app", "/lib/app"],
+    ["firmware/main.py", "/flash/main.py"],
+    ["tools/mpvm/emulated_adapters.py", "/lib/emulated_adapters.py"],
+  ],
+  sysPath: ["/flash", "/lib"],
+});
+mp.registerJsModule("hal", { ...storage, ...uart, ...udp, ...misc });
+for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => process.exit(0));
+const code = {
+  provision: "import main, emulated_adapters\nmain.provision(emulated_adapters)\n",
+  rekey: "import main, emulated_adapters\nmain.rekey('REKEY', emulated_adapters)\n",
+}[opts.mode] || "import main, emulated_adapters\nawait main.run(emulated_adapters)\n";
+try {
+  await mp.runPythonAsync(code);
+  process.exit(0);
+} catch (e) {
+  process.stdout.write(`device.mjs: firmware stopped: ${e.message}\n`);
+  process.exit(1);
+}
