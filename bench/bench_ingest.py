@@ -1,0 +1,385 @@
+"""Gateway ingest throughput: verified and durably committed readings per second.
+
+Measured in one run:
+
+- ``verify_limit_per_s``: single-core P-256 verifications per second with
+  `cryptography` (parsed key cached), the ceiling the gateway is compared with;
+- for 1, 8 and 32 readings per CoAP message, on one core (server pinned to CPU 0,
+  verification inline) and on all cores (verification workers = cores): the real
+  gateway (`python -m gateway run`, aiocoap, WAL + synchronous=FULL, group commit) fed
+  by a load generator in a separate process; ``readings_per_s`` counts readings
+  acknowledged with 2.04 (so: verified and committed) at the highest rate reached with
+  one outstanding request per meter (CoAP NSTART=1) and many meters, each on its own
+  UDP source port; ``p50_ms``/``p99_ms`` are acknowledgement latencies with the load
+  paced at half that rate (measured from the scheduled send time).
+
+``ratio_per_core_at_8`` = readings/s at 8 per message on all cores / cores /
+verify_limit_per_s. The load generator shares the machine with the server.
+"""
+
+import json
+import os
+import pickle
+import random
+import selectors
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+METERS = 64  # emulated meters = UDP source ports, one outstanding request each
+READINGS_PER_METER = 500  # signed once, replayed into a fresh database for every run
+MAX_RATE_WARMUP_S = 0.4
+MAX_RATE_S = float(os.environ.get("BENCH_MAX_RATE_S", 2.5))
+PACED_S = 2.0
+RETRANSMIT_S = 2.0
+
+
+def verify_limit(seconds=1.0):
+    """P-256 verifications per second on one core, key parsed once."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key()
+    message = os.urandom(100)
+    signature = key.sign(message, ec.ECDSA(hashes.SHA256()))
+    algorithm = ec.ECDSA(hashes.SHA256())
+    n = 0
+    start = time.perf_counter()
+    while True:
+        for _ in range(200):
+            public.verify(signature, message, algorithm)
+        n += 200
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return n / elapsed
+
+
+def make_pool(path, meters, per_meter):
+    """Sign ``per_meter`` readings for each of ``meters`` devices; pickle them to ``path``."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+    from wattcore import cose, reading
+
+    now = int(time.time())
+    devices = []
+    for _ in range(meters):
+        key = ec.generate_private_key(ec.SECP256R1())
+        device_id = os.urandom(8)
+
+        def sign(tbs, key=key):
+            r, s = utils.decode_dss_signature(key.sign(tbs, ec.ECDSA(hashes.SHA256())))
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+        items = []
+        for seq in range(1, per_meter + 1):
+            # the 8-field reading of the protocol's size budget (32 fit in MAX_PAYLOAD)
+            fields = {"dev": device_id, "seq": seq, "t": now - per_meter + seq, "st": 0,
+                      "ei": 1_250_000 + 10 * seq, "ee": 380_000 + seq, "p": -1500, "mdl": 1}
+            items.append(cose.sign1(reading.encode_payload(fields), device_id, sign))
+        pubkey = key.public_key().public_bytes(serialization.Encoding.X962,
+                                               serialization.PublicFormat.UncompressedPoint)
+        devices.append((device_id, pubkey, items))
+    with open(path, "wb") as f:
+        pickle.dump(devices, f)
+    return devices
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(directory, devices, workers, cpus):
+    from gateway import config as gwconfig
+    from gateway import registry, store
+
+    directory.mkdir(parents=True)
+    port = free_udp_port()
+    text = gwconfig.render({
+        "gateway": {"data_dir": "."},
+        "coap": {"bind": "127.0.0.1", "port": port},
+        "http": {"bind": "127.0.0.1", "port": 0},
+        "ingest": {"verify_workers": workers, "max_pending_readings": 100000},
+        "log": {"level": "warning"},
+    })
+    path = directory / gwconfig.CONFIG_NAME
+    path.write_text(text)
+    cfg = gwconfig.load(path)
+    conn = store.open_store(cfg.db_path)
+    for device_id, pubkey, _ in devices:
+        registry.add_device(conn, device_id, pubkey, "SDM120CT", "0x" + "11" * 20, "bench")
+    conn.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "--config", str(path)],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+    )
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.settimeout(0.05)
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("gateway exited: %s" % proc.stderr.read().decode()[-2000:])
+            probe.sendto(b"\x40\x01\x00\x01\xb1t", ("127.0.0.1", port))  # CON GET /t
+            try:
+                probe.recv(512)
+                return proc, port, cfg.db_path
+            except TimeoutError:
+                continue
+    finally:
+        probe.close()
+    proc.kill()
+    raise RuntimeError("gateway did not start")
+
+
+def stop_server(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def one_run(workdir, pool_path, devices, per_message, cores, ncpu):
+    if cores == 1:
+        server_cpus, loadgen_cpus, workers = {0}, ({1} if ncpu > 1 else None), 0
+    else:
+        server_cpus, loadgen_cpus, workers = None, None, cores
+    proc, port, db_path = start_server(workdir / f"run-{per_message}-{cores}", devices, workers,
+                                       server_cpus)
+    try:
+        params = {"port": port, "pool": str(pool_path), "per_message": per_message}
+        out = subprocess.run(
+            [sys.executable, __file__, "loadgen", json.dumps(params)],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+            preexec_fn=(lambda: os.sched_setaffinity(0, loadgen_cpus)) if loadgen_cpus else None,
+        )
+        if out.returncode != 0:
+            raise RuntimeError("load generator failed: " + out.stderr[-2000:])
+        result = json.loads(out.stdout)
+    finally:
+        stop_server(proc)
+    conn = sqlite3.connect(db_path)
+    stored = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+    conn.close()
+    if stored < result["acked_total"]:
+        raise RuntimeError("acknowledged readings missing from the database")
+    return {
+        "readings_per_message": per_message,
+        "cores": cores,
+        "readings_per_s": round(result["readings_per_s"]),
+        "p50_ms": round(result["p50_ms"], 2),
+        "p99_ms": round(result["p99_ms"], 2),
+        "paced_readings_per_s": round(result["paced_readings_per_s"]),
+        "retransmissions": result["retransmissions"],
+        "overloaded_answers": result["overloaded"],
+    }
+
+
+def run():
+    ncpu = len(os.sched_getaffinity(0))
+    started = time.monotonic()
+    limit = verify_limit()
+    with tempfile.TemporaryDirectory(prefix="wattshare-bench-") as tmp:
+        workdir = Path(tmp)
+        pool_path = workdir / "pool.pickle"
+        devices = make_pool(pool_path, METERS, READINGS_PER_METER)
+        runs = []
+        for cores in sorted({1, ncpu}):
+            for per_message in (1, 8, 32):
+                runs.append(one_run(workdir, pool_path, devices, per_message, cores, ncpu))
+    at_8 = next(r for r in runs if r["readings_per_message"] == 8 and r["cores"] == ncpu)
+    return {
+        "verify_limit_per_s": round(limit),
+        "cores": ncpu,
+        "runs": runs,
+        "ratio_per_core_at_8": round(at_8["readings_per_s"] / ncpu / limit, 3),
+        "meters": METERS,
+        "front_end": "aiocoap 0.4.17",
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+# -- load generator (separate process) -------------------------------------------------
+
+
+class _Meter:
+    __slots__ = ("sock", "items", "next_item", "mid", "token", "sent_at", "datagram", "count",
+                 "scheduled_at", "retries")
+
+    def __init__(self, items, index):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.items = items
+        self.next_item = 0
+        self.mid = random.randrange(1 << 16)
+        self.token = None
+        self.sent_at = None  # None: idle
+        self.datagram = None
+        self.count = 0
+        self.scheduled_at = None
+        self.retries = 0
+
+
+def _datagram(meter, per_message, counter):
+    # CoAP CON POST /r, Content-Format 60, 4-byte token (RFC 7252 section 3)
+    chunk = meter.items[meter.next_item : meter.next_item + per_message]
+    if not chunk:
+        return None
+    meter.next_item += len(chunk)
+    meter.count = len(chunk)
+    meter.mid = (meter.mid + 1) & 0xFFFF
+    meter.token = counter.to_bytes(4, "big")
+    n = len(chunk)
+    head = bytes((0x80 | n,)) if n < 24 else bytes((0x98, n))
+    return (bytes((0x44, 0x02, meter.mid >> 8, meter.mid & 0xFF)) + meter.token
+            + b"\xb1r\x11\x3c\xff" + head + b"".join(chunk))
+
+
+def _loadgen(params):
+    with open(params["pool"], "rb") as f:
+        devices = pickle.load(f)
+    port = params["port"]
+    per_message = params["per_message"]
+    address = ("127.0.0.1", port)
+    meters = [_Meter(items, i) for i, (_, _, items) in enumerate(devices)]
+    selector = selectors.DefaultSelector()
+    for m in meters:
+        selector.register(m.sock, selectors.EVENT_READ, m)
+    counter = 0
+    stats = {"acked": 0, "retransmissions": 0, "overloaded": 0, "latencies": [],
+             "acked_total": 0}
+
+    def send(m, now, scheduled=None):
+        nonlocal counter
+        counter += 1
+        m.datagram = _datagram(m, per_message, counter)
+        if m.datagram is None:
+            return False
+        m.sock.sendto(m.datagram, address)
+        m.sent_at = now
+        m.scheduled_at = scheduled if scheduled is not None else now
+        m.retries = 0
+        return True
+
+    def receive(m, now, record):
+        while True:
+            try:
+                data = m.sock.recv(8192)
+            except BlockingIOError:
+                return
+            if len(data) < 4:
+                continue
+            kind, code = data[0] >> 4 & 3, data[1]
+            if kind == 0:  # separate CON response: acknowledge it
+                m.sock.sendto(bytes((0x60, 0, data[2], data[3])), address)
+            if code == 0 or m.sent_at is None or data[4 : 4 + (data[0] & 0xF)] != m.token:
+                continue
+            if code == 0x44:  # 2.04
+                stats["acked_total"] += m.count
+                if record:
+                    stats["acked"] += m.count
+                    stats["latencies"].append(now - m.scheduled_at)
+                m.sent_at = None
+            elif code == 0xA3:  # 5.03: retry the same readings after a pause
+                stats["overloaded"] += 1
+                m.next_item -= m.count
+                m.sent_at = None
+            else:
+                raise RuntimeError(f"unexpected response 0x{code:02x}: {data.hex()}")
+
+    def poll(timeout, record):
+        now = time.perf_counter()
+        for key, _ in selector.select(timeout):
+            receive(key.data, now, record)
+        for m in meters:
+            if m.sent_at is not None and now - m.sent_at > RETRANSMIT_S * (1 + m.retries):
+                m.sock.sendto(m.datagram, address)  # CoAP retransmission: same message id
+                m.retries += 1
+                stats["retransmissions"] += 1
+
+    # Phase 1: highest rate with one outstanding request per meter.
+    start = time.perf_counter()
+    measure_from = start + MAX_RATE_WARMUP_S
+    end = measure_from + MAX_RATE_S
+    recording = False
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        if not recording and now >= measure_from:
+            recording = True
+            measure_from = now
+        for m in meters:
+            if m.sent_at is None:
+                send(m, now)
+        poll(0.01, recording)
+    max_rate = stats["acked"] / (time.perf_counter() - measure_from)
+    if any(m.next_item >= len(m.items) for m in meters):
+        raise RuntimeError("the pool of signed readings ran out: raise READINGS_PER_METER")
+    # Let outstanding requests finish.
+    deadline = time.perf_counter() + 5
+    while any(m.sent_at is not None for m in meters) and time.perf_counter() < deadline:
+        poll(0.01, False)
+
+    # Phase 2: paced at half that rate; latency from the scheduled send time.
+    stats["acked"], stats["latencies"] = 0, []
+    interval = per_message / (max_rate / 2)
+    start = time.perf_counter()
+    end = start + PACED_S
+    next_send = start
+    backlog = []  # scheduled times of messages waiting for an idle meter
+    turn = 0
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        while next_send <= now:
+            backlog.append(next_send)
+            next_send += interval
+        while backlog:
+            for _ in range(len(meters)):
+                m = meters[turn % len(meters)]
+                turn += 1
+                if m.sent_at is None:
+                    break
+            else:
+                break
+            if not send(m, now, backlog.pop(0)):
+                break
+        poll(min(0.005, max(0.0, next_send - time.perf_counter())), True)
+    paced_elapsed = time.perf_counter() - start
+    deadline = time.perf_counter() + 5
+    while any(m.sent_at is not None for m in meters) and time.perf_counter() < deadline:
+        poll(0.01, True)
+    latencies = sorted(stats["latencies"]) or [float("nan")]
+    return {
+        "readings_per_s": max_rate,
+        "paced_readings_per_s": stats["acked"] / paced_elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "retransmissions": stats["retransmissions"],
+        "overloaded": stats["overloaded"],
+        "acked_total": stats["acked_total"],
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "loadgen":
+        print(json.dumps(_loadgen(json.loads(sys.argv[2]))))
+    else:
+        print(json.dumps(run(), indent=2))

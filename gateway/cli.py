@@ -1,0 +1,324 @@
+"""``wattshare gateway ...`` and ``wattshare device ...``: commissioning and running.
+
+Registered into the one ``wattshare`` CLI by :func:`register` (see tools/cli.py).
+"""
+
+import argparse
+import asyncio
+import functools
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from gateway import config as gwconfig
+from gateway import keystore, logs, registry, status, store
+from gateway.errors import ConfigError, GatewayError
+
+
+def register(subparsers):
+    """Add the ``gateway`` and ``device`` command groups to the ``wattshare`` parser."""
+    with_config = argparse.ArgumentParser(add_help=False)
+    with_config.add_argument(
+        "--config", metavar="PATH", type=Path, default=None,
+        help="gateway.toml (default: $WATTSHARE_CONFIG, else $WATTSHARE_DATA/gateway.toml, "
+             f"else {gwconfig.DEFAULT_DATA_DIR}/gateway.toml)",
+    )
+
+    gw = subparsers.add_parser(
+        "gateway", help="set up, run and inspect the Raspberry Pi gateway",
+        description="Set up, run and inspect the gateway that receives signed meter readings "
+                    "over CoAP, verifies and stores them. See docs/gateway.md.",
+    )
+    gw_sub = gw.add_subparsers(dest="gateway_command", metavar="COMMAND", required=True)
+
+    p = gw_sub.add_parser(
+        "init", help="create the data folder, gateway.toml, the database and the chain key",
+        description="Create DIR with gateway.toml (defaults written out with comments), the "
+                    "SQLite database and the gateway's encrypted chain key. An existing "
+                    "key or database is never overwritten.",
+    )
+    p.add_argument("--data", metavar="DIR", type=Path, default=None,
+                   help=f"data folder (default: $WATTSHARE_DATA, else "
+                        f"{gwconfig.DEFAULT_DATA_DIR})")
+    p.add_argument("--force", action="store_true",
+                   help="rewrite an existing gateway.toml (keeps the key and the database)")
+    p.add_argument("--passphrase-file", metavar="FILE", type=Path,
+                   help=f"file holding the keystore passphrase (else "
+                        f"${keystore.ENV_PASSPHRASE}, else a prompt)")
+    p.add_argument("--coap-port", type=int, metavar="N", help="CoAP port (default 5683)")
+    p.add_argument("--http-port", type=int, metavar="N",
+                   help="status page / metrics port (default 8683)")
+    p.set_defaults(func=_guard(cmd_init))
+
+    p = gw_sub.add_parser("run", parents=[with_config], help="run the gateway (foreground)",
+                          description="Run the gateway until SIGTERM/SIGINT; logs go to stderr.")
+    p.set_defaults(func=_guard(cmd_run))
+
+    p = gw_sub.add_parser(
+        "status", parents=[with_config],
+        help="devices, last seen, readings/s, rejects, storage, chain link",
+        description="Summarise the gateway from its database (works while it runs or not).",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_guard(cmd_status))
+
+    dev = subparsers.add_parser(
+        "device", help="commission, list and revoke meters",
+        description="The device registry: which meters may send readings, with which key.",
+    )
+    dev_sub = dev.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
+
+    p = dev_sub.add_parser("add", parents=[with_config], help="register a meter",
+                           description="Register a meter so the gateway accepts its readings.")
+    p.add_argument("--id", required=True, metavar="HEX", help="device id, 8 bytes in hex")
+    p.add_argument("--pubkey", required=True, metavar="HEX",
+                   help="device P-256 public key, SEC1 hex (65 bytes 04..., or 33 compressed)")
+    p.add_argument("--model", required=True, choices=list(registry.MODELS),
+                   help="meter model")
+    p.add_argument("--owner", required=True, metavar="0x...", help="owner's EVM account")
+    p.add_argument("--label", required=True, metavar="TEXT", help="where/what it is")
+    p.add_argument("--ct-rating-a", type=float, metavar="N",
+                   help="current transformer rating in A (default: the model's, 100 A)")
+    p.set_defaults(func=_guard(cmd_device_add))
+
+    p = dev_sub.add_parser("list", parents=[with_config], help="list registered meters")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_guard(cmd_device_list))
+
+    p = dev_sub.add_parser("show", parents=[with_config], help="one meter in detail")
+    p.add_argument("id", metavar="ID", help="device id (hex)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_guard(cmd_device_show))
+
+    p = dev_sub.add_parser("revoke", parents=[with_config],
+                           help="refuse a meter's readings from now on (4.03 revoked)")
+    p.add_argument("id", metavar="ID", help="device id (hex)")
+    p.set_defaults(func=_guard(cmd_device_revoke))
+
+
+def _guard(command):
+    @functools.wraps(command)
+    def run(args):
+        try:
+            return command(args)
+        except GatewayError as e:
+            print(f"wattshare: error: {e}", file=sys.stderr)
+            return 2 if isinstance(e, ConfigError) else 1
+
+    return run
+
+
+def _open_db(cfg):
+    if not cfg.db_path.exists():
+        raise ConfigError(
+            f"{cfg.path}: [gateway] data_dir = {cfg.data_dir} holds no database "
+            f"{gwconfig.DB_NAME}; run `wattshare gateway init`"
+        )
+    return store.open_store(cfg.db_path)
+
+
+# -- gateway -------------------------------------------------------------------------
+
+
+def cmd_init(args):
+    import os
+
+    data = args.data or Path(os.environ.get(gwconfig.ENV_DATA) or gwconfig.DEFAULT_DATA_DIR)
+    data = data.resolve()
+    config_path = data / gwconfig.CONFIG_NAME
+    if config_path.exists() and not args.force:
+        raise ConfigError(
+            f"{config_path} already exists; pass --force to rewrite it "
+            "(the key and database are kept)"
+        )
+    overrides = {"gateway": {"data_dir": "."}}
+    if args.coap_port is not None:
+        overrides["coap"] = {"port": args.coap_port}
+    if args.http_port is not None:
+        overrides["http"] = {"port": args.http_port}
+    text = gwconfig.render(overrides)
+    cfg = gwconfig.parse(text, config_path)
+    key_exists = cfg.keystore_path.exists()
+    passphrase = None if key_exists else keystore.read_passphrase(args.passphrase_file,
+                                                                  confirm=True)
+    try:
+        data.mkdir(parents=True, exist_ok=True, mode=0o750)
+        tmp = config_path.with_suffix(".toml.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(config_path)
+    except OSError as e:
+        raise ConfigError(f"{config_path}: cannot write: {e}") from None
+    store.open_store(cfg.db_path).close()
+    if key_exists:
+        address = keystore.address(cfg.keystore_path)
+        key_note = "kept the existing key"
+    else:
+        address = keystore.create(cfg.keystore_path, passphrase)
+        key_note = "new key, encrypted"
+    print(f"config:   {config_path}")
+    print(f"database: {cfg.db_path} (schema {store.SCHEMA_VERSION})")
+    print(f"keystore: {cfg.keystore_path} ({key_note})")
+    print(f"gateway chain account: {address}")
+    print(f"next: wattshare device add --config {config_path} --id ... ; "
+          f"wattshare gateway run --config {config_path}")
+    return 0
+
+
+def cmd_run(args):
+    from gateway.app import serve
+
+    cfg = gwconfig.load(args.config)
+    logs.setup(cfg.log.level, cfg.log.format)
+    try:
+        asyncio.run(serve(cfg))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _service_reachable(cfg):
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.http.bind, cfg.http.bind)
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{cfg.http.port}/"
+    try:
+        with urllib.request.urlopen(url + "healthz", timeout=0.5) as r:
+            return r.status == 200, url
+    except OSError:
+        return False, url
+
+
+def _ago(ms, now_ms):
+    if ms is None:
+        return "never"
+    s = max(0, (now_ms - ms) // 1000)
+    if s < 120:
+        return f"{s}s ago"
+    return f"{s // 60}min ago" if s < 7200 else f"{s // 3600}h ago"
+
+
+def _counts(by_reason):
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(by_reason.items()))
+
+
+def cmd_status(args):
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    try:
+        snap = status.collect(conn, cfg.db_path, int(time.time() * 1000))
+    finally:
+        conn.close()
+    running, url = _service_reachable(cfg) if cfg.http.port else (False, "-")
+    if args.json:
+        print(json.dumps(dict(snap.as_json(), service_running=running, status_page=url),
+                         indent=2))
+        return 0
+    service = f"running, status page {url}" if running else f"not reachable at {url} (not running?)"
+    print(f"gateway:   {service}")
+    print(f"database:  {cfg.db_path} ({snap.storage_bytes / 1e6:.1f} MB)")
+    print(f"readings:  {snap.readings_total} stored, "
+          f"{snap.readings_per_s:.2f}/s over the last minute")
+    print(f"chain:     {snap.chain}")
+    rejects = _counts(snap.rejects) or "none"
+    print(f"rejects:   {rejects}")
+    print(f"devices:   {len(snap.devices)}")
+    for d in snap.devices:
+        rejects = ", rejects " + _counts(d.rejects) if d.rejects else ""
+        print(f"  {d.id}  {d.label[:20]:20} {d.model:11} {d.status:7} last seen "
+              f"{_ago(d.last_seen_ms, snap.now_ms):10} readings {d.readings}, "
+              f"faults {d.faults}{rejects}")
+    return 0
+
+
+# -- device --------------------------------------------------------------------------
+
+
+def _device_json(d):
+    return {"id": d.id.hex(), "pubkey": d.pubkey.hex(), "model": d.model, "owner": d.owner,
+            "label": d.label, "ct_rating_a": d.ct_rating_a, "status": d.status,
+            "added_at": d.added_at, "revoked_at": d.revoked_at}
+
+
+def cmd_device_add(args):
+    device_id = registry.parse_device_id(args.id)
+    pubkey = registry.parse_pubkey(args.pubkey)
+    owner = registry.parse_owner(args.owner)
+    model = registry.parse_model(args.model)
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    try:
+        d = registry.add_device(conn, device_id, pubkey, model, owner, args.label,
+                                args.ct_rating_a)
+    finally:
+        conn.close()
+    print(f"added {d.id.hex()} ({d.label}, {d.model}, owner {d.owner}, "
+          f"CT {d.ct_rating_a:g} A)")
+    return 0
+
+
+def cmd_device_list(args):
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    try:
+        devices = registry.list_devices(conn)
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps([_device_json(d) for d in devices], indent=2))
+        return 0
+    if not devices:
+        print("no devices registered (wattshare device add ...)")
+        return 0
+    print(f"{'ID':16}  {'LABEL':20} {'MODEL':11} {'STATUS':7} {'CT A':>6}  OWNER")
+    for d in devices:
+        print(f"{d.id.hex()}  {d.label[:20]:20} {d.model:11} {d.status:7} "
+              f"{d.ct_rating_a:6g}  {d.owner}")
+    return 0
+
+
+def cmd_device_show(args):
+    device_id = registry.parse_device_id(args.id)
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    try:
+        d = registry.get_device(conn, device_id)
+        snap = status.collect(conn, cfg.db_path, int(time.time() * 1000))
+    finally:
+        conn.close()
+    s = next(x for x in snap.devices if x.id == d.id.hex())
+    if args.json:
+        out = _device_json(d)
+        out["state"] = {k: v for k, v in vars(s).items() if k not in out}
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"id:          {d.id.hex()}")
+    print(f"label:       {d.label}")
+    print(f"model:       {d.model} (CT {d.ct_rating_a:g} A, "
+          f"{registry.MODELS[d.model].phases} phase(s))")
+    print(f"owner:       {d.owner}")
+    print(f"public key:  {d.pubkey.hex()}")
+    print("status:      {}{}".format(d.status, " since {}".format(time.strftime(
+        "%Y-%m-%d %H:%M:%S UTC", time.gmtime(d.revoked_at))) if d.revoked_at else ""))
+    print("added:       {}".format(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(d.added_at))))
+    print(f"last seen:   {_ago(s.last_seen_ms, snap.now_ms)}")
+    print(f"readings:    {s.readings} (last seq {s.last_seq}, t {s.last_t}, p {s.last_p} W, "
+          f"import {s.last_ei} Wh, export {s.last_ee} Wh)")
+    flags = f" (last: {', '.join(s.last_fault_flags)})" if s.last_fault_flags else ""
+    print(f"faults:      {s.faults}{flags}")
+    print(f"rejects:     {_counts(s.rejects) or 'none'}")
+    return 0
+
+
+def cmd_device_revoke(args):
+    device_id = registry.parse_device_id(args.id)
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    try:
+        d = registry.revoke_device(conn, device_id)
+    finally:
+        conn.close()
+    print(f"revoked {d.id.hex()} ({d.label}); "
+          "the running gateway refuses its readings within a second")
+    return 0

@@ -1,0 +1,336 @@
+"""Gateway configuration: ``gateway.toml``, validated into frozen dataclasses.
+
+Every key has a default, so a file only needs the keys an operator changes; unknown
+sections and keys are refused. Errors name the file, the key, the value and what is
+allowed, e.g.::
+
+    /var/lib/wattshare/gateway.toml: [coap] port = 70000: must be an integer 1..65535
+"""
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+CONFIG_NAME = "gateway.toml"
+DB_NAME = "gateway.sqlite3"
+DEFAULT_DATA_DIR = "/var/lib/wattshare"
+ENV_CONFIG = "WATTSHARE_CONFIG"
+ENV_DATA = "WATTSHARE_DATA"
+
+
+class _Int:
+    def __init__(self, default, lo, hi):
+        self.default, self.lo, self.hi = default, lo, hi
+
+    def check(self, value):
+        if isinstance(value, bool) or not isinstance(value, int) or not self.lo <= value <= self.hi:
+            raise ValueError(f"must be an integer {self.lo}..{self.hi}")
+        return value
+
+    def toml(self, value):
+        return str(value)
+
+
+class _Number(_Int):
+    def check(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"must be a number {self.lo:g}..{self.hi:g}")
+        if not self.lo <= value <= self.hi:
+            raise ValueError(f"must be a number {self.lo:g}..{self.hi:g}")
+        return float(value)
+
+    def toml(self, value):
+        return repr(float(value))
+
+
+class _Choice:
+    def __init__(self, default, allowed):
+        self.default, self.allowed = default, allowed
+
+    def check(self, value):
+        if value not in self.allowed:
+            allowed = ", ".join(f'"{a}"' for a in self.allowed)
+            raise ValueError(f"must be one of {allowed}")
+        return value
+
+    def toml(self, value):
+        return f'"{value}"'
+
+
+class _Text:
+    def __init__(self, default, what="a string"):
+        self.default, self.what = default, what
+
+    def check(self, value):
+        if not isinstance(value, str):
+            raise ValueError(f"must be {self.what}")
+        return value
+
+    def toml(self, value):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+
+
+class _Address(_Text):
+    def check(self, value):
+        if not isinstance(value, str):
+            raise ValueError("must be an IP address such as \"::\", \"0.0.0.0\" or \"127.0.0.1\"")
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                "must be an IP address such as \"::\", \"0.0.0.0\" or \"127.0.0.1\""
+            ) from None
+        return value
+
+
+class _Workers:
+    default = "auto"
+
+    def check(self, value):
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+            raise ValueError('must be "auto" or an integer 0..64 (0 = verify in the main process)')
+        return value
+
+    def toml(self, value):
+        return '"auto"' if value == "auto" else str(value)
+
+
+class _RpcUrl(_Text):
+    def check(self, value):
+        if not isinstance(value, str) or not (
+            value == "anvil" or value.startswith(("http://", "https://", "ws://", "wss://"))
+        ):
+            raise ValueError('must be "anvil" (the embedded local node) or an http(s):// URL')
+        return value
+
+
+class _EvmAddressOrEmpty(_Text):
+    def check(self, value):
+        ok = isinstance(value, str) and (
+            value == ""
+            or (len(value) == 42 and value[:2] == "0x" and all(c in _HEX for c in value[2:]))
+        )
+        if not ok:
+            raise ValueError('must be "" (not deployed yet) or a 0x-prefixed 20-byte address')
+        return value
+
+
+_HEX = set("0123456789abcdefABCDEF")
+_DAY = 86400
+
+# section -> key -> (field spec, comment written by `gateway init`)
+SCHEMA = {
+    "gateway": {
+        "data_dir": (_Text(".", "a directory path"),
+                     "database, keystore; relative paths are relative to this file"),
+    },
+    "coap": {
+        "bind": (_Address("::"),
+                 'address the meters send to; "::" = every IPv4 and IPv6 address'),
+        "port": (_Int(5683, 0, 65535), "CoAP over UDP (0 = any free port, for tests)"),
+        "receive_buffer_bytes": (_Int(4 << 20, 1 << 16, 1 << 28),
+                                 "SO_RCVBUF; the kernel caps it at net.core.rmem_max"),
+    },
+    "ingest": {
+        "max_future_skew_s": (_Int(300, 0, 86400),
+                              "refuse readings stamped further ahead of the gateway clock"),
+        "max_age_s": (_Int(30 * _DAY, 60, 3650 * _DAY),
+                      "refuse readings older than this (catch-up after an outage is fine)"),
+        "voltage_max_v": (_Number(253.0, 1.0, 1000.0),
+                          "|p| may not exceed phases x CT rating x this voltage"),
+        "verify_workers": (_Workers(),
+                           "signature-checking processes; \"auto\" = one per core, 0 = inline"),
+        "commit_linger_ms": (_Number(2.0, 0.0, 100.0),
+                             "group commit: wait this long for more readings before COMMIT"),
+        "commit_max_rows": (_Int(2000, 1, 100000), "group commit: at most this many rows"),
+        "max_pending_readings": (_Int(20000, 100, 10_000_000),
+                                 "above this backlog answer 5.03 Service Unavailable"),
+        "overload_max_age_s": (_Int(5, 1, 3600), "Max-Age sent with 5.03: when to retry"),
+    },
+    "http": {
+        "bind": (_Address("127.0.0.1"), "status page and /metrics; \"0.0.0.0\" to serve the LAN"),
+        "port": (_Int(8683, 0, 65535), "0 = any free port"),
+    },
+    "log": {
+        "level": (_Choice("info", ("debug", "info", "warning", "error")), ""),
+        "format": (_Choice("json", ("json", "kv")), "json lines or key=value"),
+    },
+    "chain": {
+        "rpc_url": (_RpcUrl("anvil"), "\"anvil\" = embedded local node, or an http(s):// URL"),
+        "chain_id": (_Int(31337, 1, 2**63 - 1), "31337 = anvil"),
+        "contract": (_EvmAddressOrEmpty(""), "settlement contract; \"\" until deployed"),
+        "keystore": (_Text("gateway-key.json", "a file path"),
+                     "the gateway's encrypted chain key, relative to data_dir"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class CoapConfig:
+    bind: str
+    port: int
+    receive_buffer_bytes: int
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    max_future_skew_s: int
+    max_age_s: int
+    voltage_max_v: float
+    verify_workers: object  # "auto" or int
+    commit_linger_ms: float
+    commit_max_rows: int
+    max_pending_readings: int
+    overload_max_age_s: int
+
+    def worker_count(self):
+        """Verification processes to start (0 = verify in the main process)."""
+        if self.verify_workers == "auto":
+            return os.cpu_count() or 1
+        return self.verify_workers
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    bind: str
+    port: int
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str
+    format: str
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    rpc_url: str
+    chain_id: int
+    contract: str
+    keystore: str
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole validated configuration. ``path`` is the file it came from."""
+
+    path: Path
+    data_dir: Path
+    coap: CoapConfig
+    ingest: IngestConfig
+    http: HttpConfig
+    log: LogConfig
+    chain: ChainConfig
+
+    @property
+    def db_path(self):
+        return self.data_dir / DB_NAME
+
+    @property
+    def keystore_path(self):
+        return self.data_dir / self.chain.keystore
+
+
+def default_config_path():
+    """``$WATTSHARE_CONFIG``, else ``$WATTSHARE_DATA/gateway.toml``, else the system path."""
+    if os.environ.get(ENV_CONFIG):
+        return Path(os.environ[ENV_CONFIG])
+    return Path(os.environ.get(ENV_DATA) or DEFAULT_DATA_DIR) / CONFIG_NAME
+
+
+def _values(path, doc):
+    out = {}
+    for section in doc:
+        if section not in SCHEMA:
+            raise ConfigError(
+                f"{path}: unknown section [{section}]; allowed: {', '.join(SCHEMA)}"
+            )
+        if not isinstance(doc[section], dict):
+            raise ConfigError(f"{path}: {section} must be a [section]")
+    for section, fields in SCHEMA.items():
+        given = doc.get(section, {})
+        for key in given:
+            if key not in fields:
+                raise ConfigError(
+                    f"{path}: unknown key [{section}] {key}; allowed: {', '.join(fields)}"
+                )
+        values = {}
+        for key, (spec, _) in fields.items():
+            value = given.get(key, spec.default)
+            try:
+                values[key] = spec.check(value)
+            except ValueError as e:
+                raise ConfigError(f"{path}: [{section}] {key} = {value!r}: {e}") from None
+        out[section] = values
+    return out
+
+
+def parse(text, path):
+    """Validate TOML text; ``path`` names the file in errors and anchors relative paths."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    v = _values(path, doc)
+    data_dir = Path(v["gateway"]["data_dir"])
+    if not data_dir.is_absolute():
+        data_dir = (path.parent / data_dir).resolve()
+    return GatewayConfig(
+        path=path,
+        data_dir=data_dir,
+        coap=CoapConfig(**v["coap"]),
+        ingest=IngestConfig(**v["ingest"]),
+        http=HttpConfig(**v["http"]),
+        log=LogConfig(**v["log"]),
+        chain=ChainConfig(**v["chain"]),
+    )
+
+
+def load(path=None):
+    """Read and validate a config file (default: :func:`default_config_path`)."""
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file; create it with `wattshare gateway init --data DIR` "
+            f"or point --config / ${ENV_CONFIG} at it"
+        ) from None
+    except (OSError, UnicodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    return parse(text, path)
+
+
+def render(overrides=None):
+    """TOML text with every key, its default (or override) and a comment.
+
+    ``overrides``: {"section": {"key": value}}; values are validated like a loaded file.
+    """
+    overrides = overrides or {}
+    lines = [
+        "# Wattshare gateway configuration, written by `wattshare gateway init`.",
+        "# Every key is optional (the value shown is the default unless changed);",
+        "# see docs/gateway.md.",
+    ]
+    for section, fields in SCHEMA.items():
+        lines.append("")
+        lines.append(f"[{section}]")
+        for key, (spec, comment) in fields.items():
+            value = overrides.get(section, {}).get(key, spec.default)
+            try:
+                value = spec.check(value)
+            except ValueError as e:
+                raise ConfigError(f"[{section}] {key} = {value!r}: {e}") from None
+            line = f"{key} = {spec.toml(value)}"
+            if comment:
+                line = f"{line:34} # {comment}"
+            lines.append(line)
+    return "\n".join(lines) + "\n"

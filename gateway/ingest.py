@@ -1,0 +1,186 @@
+"""The gateway's CoAP request handler, independent of any CoAP library.
+
+:meth:`Ingest.handle` takes a :class:`CoapRequest` (method, Uri-Path, Content-Format,
+payload) and returns a :class:`CoapResponse` (code, CBOR payload, Max-Age, Size1). A
+front end (:mod:`gateway.coap_server` on aiocoap today; a lean DatagramProtocol on
+``wattcore.coap`` could be another) only translates messages. Resources
+(``wattcore.exchange``):
+
+- ``POST /r``: a batch of signed readings of one device. Checked by
+  :mod:`gateway.verify` (stateless, possibly in a worker process), stored by
+  :mod:`gateway.writer` (stateful checks, group commit). The response comes after the
+  COMMIT: ``ack`` = seq of the last reading of the stored prefix, ``rejected``/
+  ``reason`` = the reading that stopped the batch.
+- ``GET /t``: the gateway's time.
+
+Every reject is answered with its code, counted per reason (metrics and the
+``rejects`` table) and logged at most once per device (or peer) per minute.
+"""
+
+import logging
+import time
+from typing import NamedTuple
+
+from wattcore import exchange
+
+from gateway import verify
+from gateway.errors import StorageError
+from gateway.logs import RateLimiter
+from gateway.verifier_pool import PoolBroken
+
+log = logging.getLogger("wattshare.ingest")
+
+GET = 1
+POST = 2
+
+
+class CoapRequest(NamedTuple):
+    method: int  # CoAP request code: 1 GET, 2 POST, 3 PUT, 4 DELETE, ...
+    path: tuple  # Uri-Path segments
+    content_format: int | None
+    payload: bytes
+    peer: str = ""  # source IP address (no port), for logs and log rate limiting
+    blockwise: bool = False  # the request carried a Block1 option
+
+
+class CoapResponse(NamedTuple):
+    code: int
+    payload: bytes
+    max_age: int | None = None
+    size1: int | None = None
+    content_format: int = exchange.CONTENT_FORMAT_CBOR
+
+
+def code_text(code):
+    """CoAP code as "c.dd" (e.g. 0x84 -> "4.04")."""
+    return f"{code >> 5}.{code & 0x1F:02d}"
+
+
+class Ingest:
+    """Handles CoAP requests for one gateway.
+
+    ``pool``: a :class:`gateway.verifier_pool.VerifierPool`; ``writer``: a started
+    :class:`gateway.writer.ReadingWriter`; ``credentials``: device id ->
+    :class:`gateway.verify.Credential` (replace with :meth:`set_credentials`).
+    """
+
+    def __init__(self, pool, writer, metrics, max_pending=20000, overload_max_age=5,
+                 clock=time.time, log_limiter=None):
+        self.pool = pool
+        self.writer = writer
+        self.metrics = metrics
+        self.max_pending = max_pending
+        self.overload_max_age = overload_max_age
+        self.clock = clock
+        self.credentials = {}
+        self._limiter = log_limiter or RateLimiter(window=60.0)
+
+    def set_credentials(self, credentials):
+        self.credentials = credentials
+
+    async def handle(self, request):
+        started = time.perf_counter()
+        try:
+            response = await self._route(request)
+        except StorageError as e:
+            response = self._reject(request, "storage", str(e), self._now())
+        except PoolBroken as e:
+            response = self._reject(request, "internal", str(e), self._now())
+        self.metrics.responses.inc(label_value=code_text(response.code))
+        self.metrics.latency.observe(time.perf_counter() - started)
+        return response
+
+    def _now(self):
+        return int(self.clock())
+
+    async def _route(self, request):
+        now = self._now()
+        if request.path == (exchange.PATH_READINGS,):
+            if request.method != POST:
+                return self._reject(request, "method", "use POST on /r", now)
+            return await self._post_readings(request, now)
+        if request.path == (exchange.PATH_TIME,):
+            if request.method != GET:
+                return self._reject(request, "method", "use GET on /t", now)
+            return CoapResponse(exchange.CONTENT, exchange.encode_response(now))
+        path = "/".join(request.path)
+        return self._reject(request, "not-found", f"no resource /{path}", now)
+
+    async def _post_readings(self, request, now):
+        payload = request.payload
+        count = verify.batch_length(payload)
+        if request.blockwise or len(payload) > exchange.MAX_PAYLOAD or (
+            count is not None and count > exchange.MAX_BATCH
+        ):
+            return self._reject(
+                request, "too-large",
+                f"{len(payload)} bytes, {count} readings (limits {exchange.MAX_PAYLOAD} "
+                f"bytes, {exchange.MAX_BATCH} readings, no blockwise)",
+                now, size1=exchange.MAX_PAYLOAD, max_batch=exchange.MAX_BATCH,
+            )
+        if request.content_format != exchange.CONTENT_FORMAT_CBOR:
+            return self._reject(
+                request, "content-format",
+                f"Content-Format {request.content_format}, "
+                f"expected {exchange.CONTENT_FORMAT_CBOR}",
+                now,
+            )
+        if self.writer.pending_rows + self.pool.queued >= self.max_pending:
+            return self._reject(request, "overloaded", "backlog full", now,
+                                max_age=self.overload_max_age)
+        hint = verify.peek_device_id(payload)
+        credential = self.credentials.get(hint) if hint is not None else None
+        check = await self.pool.check(payload, credential, now)
+        readings = check.readings
+        outcome = None
+        if readings:
+            outcome = await self.writer.submit(
+                check.device_id, readings, int(time.time() * 1000)
+            )
+            self.metrics.accepted.inc(outcome.new)
+            if outcome.duplicates:
+                self.metrics.duplicates.inc(outcome.duplicates)
+        if outcome is not None and outcome.reason is not None:
+            stored = outcome.stored
+            return self._reject(
+                request, outcome.reason, outcome.detail, now, credential=credential,
+                ack=readings[stored - 1].seq if stored else None,
+                rejected=readings[stored].seq,
+            )
+        ack = readings[-1].seq if readings else None
+        if check.reason is not None:
+            return self._reject(
+                request, check.reason, check.detail, now, credential=credential, ack=ack,
+                rejected=check.rejected_seq,
+                device_id=check.device_id,
+            )
+        return CoapResponse(exchange.CHANGED, exchange.encode_response(now, ack=ack))
+
+    def _reject(self, request, reason, detail, now, credential=None, ack=None, rejected=None,
+                max_age=None, size1=None, max_batch=None, device_id=None):
+        code = verify.REASONS[reason]
+        self.metrics.rejected.inc(label_value=reason)
+        # Attribute the reject to a registered device only: ids in unverified
+        # requests are chosen by the sender and would grow the table without bound.
+        registered = credential.device_id if credential is not None else None
+        self.writer.count_reject(registered, reason)
+        key = registered.hex() if registered else "peer " + request.peer
+        suppressed = self._limiter.allow(key)
+        if suppressed is not None:
+            fields = {
+                "reason": reason,
+                "code": code_text(code),
+                "device": (registered or device_id or b"").hex(),
+                "peer": request.peer,
+                "detail": detail,
+            }
+            if ack is not None:
+                fields["ack"] = ack
+            if rejected is not None:
+                fields["rejected"] = rejected
+            if suppressed:
+                fields["suppressed"] = suppressed
+            log.warning("request rejected", extra={"fields": fields})
+        payload = exchange.encode_response(now, ack=ack, rejected=rejected, reason=reason,
+                                           max_batch=max_batch)
+        return CoapResponse(code, payload, max_age=max_age, size1=size1)

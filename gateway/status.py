@@ -1,0 +1,88 @@
+"""A snapshot of the gateway's state read from its database.
+
+Shared by ``wattshare gateway status`` (works whether or not the gateway runs) and the
+status page / ``/status.json`` of the running gateway, so both show the same numbers.
+"""
+
+from dataclasses import asdict, dataclass, field
+
+from wattcore import reading
+
+from gateway import registry, store
+
+
+@dataclass
+class DeviceStatus:
+    id: str
+    label: str
+    model: str
+    owner: str
+    status: str
+    ct_rating_a: float
+    added_at: int
+    revoked_at: int | None
+    readings: int = 0
+    last_seq: int | None = None
+    last_t: int | None = None
+    last_st: int | None = None
+    last_p: int | None = None
+    last_ei: int | None = None
+    last_ee: int | None = None
+    last_seen_ms: int | None = None
+    faults: int = 0
+    last_fault_t: int | None = None
+    last_fault_flags: list = field(default_factory=list)
+    rejects: dict = field(default_factory=dict)
+
+
+@dataclass
+class GatewayStatus:
+    now_ms: int
+    devices: list
+    rejects: dict  # reason -> count, all devices and unregistered senders
+    readings_total: int
+    readings_last_minute: int
+    storage_bytes: int
+    chain: str
+
+    @property
+    def readings_per_s(self):
+        return self.readings_last_minute / 60.0
+
+    def as_json(self):
+        out = asdict(self)
+        out["readings_per_s"] = round(self.readings_per_s, 3)
+        return out
+
+
+def collect(conn, db_path, now_ms, chain="not configured"):
+    """Build a :class:`GatewayStatus` from a connection to the gateway database."""
+    states = {
+        bytes(row[0]): row[1:]
+        for row in conn.execute(
+            "SELECT device, readings, last_seq, last_t, last_st, last_p, last_ei, last_ee, "
+            "last_received_ms, faults, last_fault_t, last_fault_st FROM device_state"
+        )
+    }
+    per_device = {}
+    totals = {}
+    for device, reason, count in conn.execute("SELECT device, reason, count FROM rejects"):
+        device = bytes(device)
+        totals[reason] = totals.get(reason, 0) + count
+        per_device.setdefault(device, {})[reason] = count
+    devices = []
+    for d in registry.list_devices(conn):
+        s = DeviceStatus(d.id.hex(), d.label, d.model, d.owner, d.status, d.ct_rating_a,
+                         d.added_at, d.revoked_at, rejects=per_device.get(d.id, {}))
+        state = states.get(d.id)
+        if state is not None:
+            (s.readings, s.last_seq, s.last_t, s.last_st, s.last_p, s.last_ei, s.last_ee,
+             s.last_seen_ms, s.faults, s.last_fault_t, fault_st) = state
+            s.last_fault_flags = reading.flag_names(fault_st) if fault_st else []
+        devices.append(s)
+    total = conn.execute("SELECT coalesce(sum(readings), 0) FROM device_state").fetchone()[0]
+    last_minute = conn.execute(
+        "SELECT count(*) FROM readings WHERE received_ms > ?", (now_ms - 60_000,)
+    ).fetchone()[0]
+    return GatewayStatus(now_ms, devices, totals, total, last_minute,
+                         store.storage_bytes(db_path), chain)

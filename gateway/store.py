@@ -1,0 +1,156 @@
+"""The gateway's SQLite store: connection settings and schema migrations.
+
+One database file per gateway (``DATA_DIR/gateway.sqlite3``) in WAL mode with
+``synchronous=FULL``: a reading is acknowledged to a meter only after the COMMIT that
+holds it has reached the disk. Only the writer thread (:mod:`gateway.writer`) writes
+readings; the CLI writes the device registry; everything else reads.
+
+Migrations are a list of statement lists; ``PRAGMA user_version`` counts how many have
+been applied. Append to :data:`MIGRATIONS`, never edit an applied entry.
+"""
+
+import sqlite3
+from pathlib import Path
+
+from gateway.errors import MigrationError, StorageError
+
+MIGRATIONS = [
+    # 1: registry, readings, per-device state, reject counters
+    [
+        """CREATE TABLE devices (
+            id BLOB PRIMARY KEY CHECK (length(id) = 8),
+            pubkey BLOB NOT NULL CHECK (length(pubkey) = 65),
+            model TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            label TEXT NOT NULL DEFAULT '',
+            ct_rating_a REAL NOT NULL CHECK (ct_rating_a > 0),
+            status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+            added_at INTEGER NOT NULL,
+            revoked_at INTEGER
+        )""",
+        # id: ingest order, a cursor for the chain batcher. cose: the exact signed bytes.
+        """CREATE TABLE readings (
+            id INTEGER PRIMARY KEY,
+            device BLOB NOT NULL REFERENCES devices(id),
+            seq INTEGER NOT NULL,
+            t INTEGER NOT NULL,
+            st INTEGER NOT NULL,
+            ei INTEGER,
+            ee INTEGER,
+            p INTEGER,
+            u INTEGER,
+            i INTEGER,
+            f INTEGER,
+            pf INTEGER,
+            mdl INTEGER NOT NULL,
+            sn INTEGER,
+            cose BLOB NOT NULL,
+            received_ms INTEGER NOT NULL,
+            UNIQUE (device, seq)
+        )""",
+        "CREATE INDEX readings_received ON readings (received_ms)",
+        # Derived per-device summary kept by the writer in the same transactions.
+        """CREATE TABLE device_state (
+            device BLOB PRIMARY KEY REFERENCES devices(id),
+            readings INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
+            last_t INTEGER NOT NULL,
+            last_st INTEGER NOT NULL,
+            last_p INTEGER,
+            last_ei INTEGER,
+            last_ee INTEGER,
+            last_received_ms INTEGER NOT NULL,
+            faults INTEGER NOT NULL DEFAULT 0,
+            last_fault_seq INTEGER,
+            last_fault_t INTEGER,
+            last_fault_st INTEGER
+        )""",
+        # device = X'' for rejects that name no registered device.
+        """CREATE TABLE rejects (
+            device BLOB NOT NULL,
+            reason TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            last_ms INTEGER NOT NULL,
+            PRIMARY KEY (device, reason)
+        )""",
+        # registry_version changes with every change to devices: the running gateway
+        # polls it to pick up `wattshare device add/revoke` without a restart.
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "INSERT INTO meta (key, value) VALUES ('registry_version', 0)",
+        """CREATE TRIGGER devices_ins AFTER INSERT ON devices BEGIN
+            UPDATE meta SET value = value + 1 WHERE key = 'registry_version'; END""",
+        """CREATE TRIGGER devices_upd AFTER UPDATE ON devices BEGIN
+            UPDATE meta SET value = value + 1 WHERE key = 'registry_version'; END""",
+        """CREATE TRIGGER devices_del AFTER DELETE ON devices BEGIN
+            UPDATE meta SET value = value + 1 WHERE key = 'registry_version'; END""",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path, readonly=False):
+    """Open the database with the gateway's settings (WAL, synchronous=FULL).
+
+    The connection is in autocommit mode: callers issue BEGIN/COMMIT themselves.
+    """
+    path = Path(path)
+    try:
+        if readonly:
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=5.0,
+                check_same_thread=False,
+            )
+        else:
+            conn = sqlite3.connect(
+                path, isolation_level=None, timeout=10.0, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except sqlite3.Error as e:
+        raise StorageError(f"{path}: cannot open database: {e}") from None
+    return conn
+
+
+def migrate(conn):
+    """Apply the migrations this database has not seen yet; returns the schema version."""
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise MigrationError(
+                f"database schema version {version} is newer than this gateway "
+                f"({SCHEMA_VERSION}): upgrade wattshare"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[number]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1:d}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return SCHEMA_VERSION
+    except sqlite3.Error as e:
+        raise MigrationError(f"cannot migrate the database: {e}") from None
+
+
+def open_store(path):
+    """Connect and migrate: what every writer of the database does first."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(path)
+    migrate(conn)
+    return conn
+
+
+def storage_bytes(path):
+    """Bytes on disk of the database with its WAL and shared-memory files."""
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += Path(str(path) + suffix).stat().st_size
+        except FileNotFoundError:
+            pass
+    return total

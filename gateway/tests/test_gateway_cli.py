@@ -1,0 +1,209 @@
+"""The commissioning CLI: wattshare gateway init/status/run, wattshare device ..."""
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from gw_testbed import MeterKey, coap_client, coap_request, running_gateway
+from wattcore import exchange
+
+from gateway import config, keystore
+from tools.cli import main
+
+PASS = "correct horse battery"
+OWNER = "0x52908400098527886E0F7030069857D2E4169EE7"  # EIP-55 test vector
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def initialised(tmp_path_factory):
+    # One `gateway init` (scrypt makes each key take a second); tests get copies.
+    data = tmp_path_factory.mktemp("template") / "ws"
+    os.environ[keystore.ENV_PASSPHRASE] = PASS
+    try:
+        code = main(["gateway", "init", "--data", str(data), "--coap-port", "0",
+                     "--http-port", str(free_tcp_port())])
+    finally:
+        del os.environ[keystore.ENV_PASSPHRASE]
+    assert code == 0
+    return data
+
+
+@pytest.fixture
+def gateway_dir(initialised, tmp_path, monkeypatch):
+    monkeypatch.setenv(keystore.ENV_PASSPHRASE, PASS)
+    data = tmp_path / "ws"
+    shutil.copytree(initialised, data)
+    return data
+
+
+def free_tcp_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_help_lists_the_command_groups():
+    out = subprocess.run([str(Path(sys.executable).parent / "wattshare"), "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "gateway" in out and "device" in out
+    out = subprocess.run([sys.executable, "-m", "gateway", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for command in ("init", "run", "status"):
+        assert command in out
+
+
+def test_init_writes_config_database_and_encrypted_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(keystore.ENV_PASSPHRASE, PASS)
+    gateway_dir = tmp_path / "ws"
+    code, out, err = run(capsys, "gateway", "init", "--data", str(gateway_dir))
+    assert code == 0, err
+    assert PASS not in out + err
+    cfg = config.load(gateway_dir / "gateway.toml")
+    assert cfg.data_dir == gateway_dir and cfg.db_path.exists()
+    key = cfg.keystore_path
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    address = keystore.address(key)
+    assert len(keystore.unlock(key, PASS)) == 32
+    # Refuses to overwrite without --force; --force keeps the key.
+    code, _, err = run(capsys, "gateway", "init", "--data", str(gateway_dir))
+    assert code == 2 and "--force" in err
+    code, out, _ = run(capsys, "gateway", "init", "--data", str(gateway_dir), "--force")
+    assert code == 0 and "kept the existing key" in out
+    assert keystore.address(key) == address and address in out
+    assert config.load(gateway_dir / "gateway.toml").coap.port == 5683  # rewritten
+
+
+def test_init_without_a_passphrase_source_fails_clearly(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(keystore.ENV_PASSPHRASE, raising=False)
+    code, _, err = run(capsys, "gateway", "init", "--data", str(tmp_path / "x"))
+    assert code == 1 and "--passphrase-file" in err
+    assert not (tmp_path / "x" / "gateway.toml").exists()
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    code, _, err = run(capsys, "gateway", "init", "--data", str(tmp_path / "x"),
+                       "--passphrase-file", str(short))
+    assert code == 1 and "too short" in err and "abc" not in err
+
+
+def test_device_add_list_show_revoke(gateway_dir, capsys):
+    conf = str(gateway_dir / "gateway.toml")
+    m = MeterKey()
+    code, out, err = run(capsys, "device", "add", "--config", conf, "--id", m.device_id.hex(),
+                         "--pubkey", m.pubkey.hex(), "--model", "SDM630CT",
+                         "--owner", OWNER.lower(), "--label", "Bakery roof",
+                         "--ct-rating-a", "200")
+    assert code == 0, err
+    assert OWNER in out  # stored checksummed
+    code, _, err = run(capsys, "device", "add", "--config", conf, "--id", m.device_id.hex(),
+                       "--pubkey", m.pubkey.hex(), "--model", "SDM630CT", "--owner", OWNER,
+                       "--label", "again")
+    assert code == 1 and "already registered" in err
+    code, out, _ = run(capsys, "device", "list", "--config", conf)
+    assert m.device_id.hex() in out and "Bakery roof" in out and "active" in out
+    code, out, _ = run(capsys, "device", "show", "--config", conf, m.device_id.hex(), "--json")
+    shown = json.loads(out)
+    assert shown["ct_rating_a"] == 200 and shown["model"] == "SDM630CT"
+    assert shown["pubkey"] == m.pubkey.hex() and shown["state"]["readings"] == 0
+    code, out, _ = run(capsys, "device", "revoke", "--config", conf, m.device_id.hex())
+    assert code == 0
+    code, out, _ = run(capsys, "device", "list", "--config", conf, "--json")
+    assert json.loads(out)[0]["status"] == "revoked"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--id", "abcd", "8 bytes"),
+    ("--id", "zz" * 8, "not hex"),
+    ("--pubkey", "04" + "11" * 64, "not a point on P-256"),
+    ("--pubkey", "0102", "65 bytes"),
+    ("--owner", "0x52908400098527886e0F7030069857D2E4169EE7", "checksum"),
+    ("--owner", "0x1234", "20-byte"),
+])
+def test_device_add_refuses_bad_values(gateway_dir, capsys, flag, value, message):
+    m = MeterKey()
+    args = {"--id": m.device_id.hex(), "--pubkey": m.pubkey.hex(), "--owner": OWNER}
+    args[flag] = value
+    argv = ["device", "add", "--config", str(gateway_dir / "gateway.toml"), "--model",
+            "SDM120CT", "--label", "x"]
+    for k, v in args.items():
+        argv += [k, v]
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and message in err
+
+
+def test_compressed_public_key_is_accepted(gateway_dir, capsys):
+    m = MeterKey()
+    compressed = bytes([2 + (m.pubkey[-1] & 1)]) + m.pubkey[1:33]
+    code, _, err = run(capsys, "device", "add", "--config", str(gateway_dir / "gateway.toml"),
+                       "--id", m.device_id.hex(), "--pubkey", compressed.hex(), "--model",
+                       "PZEM004T_V3", "--owner", OWNER, "--label", "pzem")
+    assert code == 0, err
+    code, out, _ = run(capsys, "device", "show", "--config", str(gateway_dir / "gateway.toml"),
+                       m.device_id.hex(), "--json")
+    assert json.loads(out)["pubkey"] == m.pubkey.hex()
+
+
+def test_commands_on_a_missing_config_name_the_file(tmp_path, capsys):
+    code, _, err = run(capsys, "device", "list", "--config", str(tmp_path / "none.toml"))
+    assert code == 2 and "none.toml" in err and "gateway init" in err
+
+
+def test_status_offline_and_while_running(gateway_dir, capsys):
+    conf = gateway_dir / "gateway.toml"
+    m = MeterKey()
+    run(capsys, "device", "add", "--config", str(conf), "--id", m.device_id.hex(), "--pubkey",
+        m.pubkey.hex(), "--model", "SDM120CT", "--owner", OWNER, "--label", "Shed")
+    code, out, _ = run(capsys, "gateway", "status", "--config", str(conf))
+    assert code == 0
+    assert "not reachable" in out and "chain:     not configured" in out
+    assert "Shed" in out and "never" in out
+    cfg = config.load(conf)
+
+    async def scenario():
+        async with running_gateway(cfg) as gw, coap_client() as ctx:
+            batch = exchange.encode_batch([m.reading(s) for s in range(1, 9)])
+            code, _, _ = await coap_request(ctx, gw.coap_port, "r", batch)
+            assert code == "2.04"
+            code, _, _ = await coap_request(ctx, gw.coap_port, "r", b"\x80")
+            assert code == "4.00"
+            await asyncio.sleep(1.5)  # reject counters reach the database once a second
+            return await asyncio.to_thread(main, ["gateway", "status", "--config", str(conf),
+                                                  "--json"])
+
+    assert asyncio.run(scenario()) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["service_running"] is True
+    assert status["readings_total"] == 8 and status["readings_last_minute"] == 8
+    assert status["rejects"] == {"empty-batch": 1}
+    device = status["devices"][0]
+    assert device["label"] == "Shed" and device["last_seq"] == 8
+    assert abs(device["last_seen_ms"] / 1000 - time.time()) < 60
+    assert status["chain"] == "not configured" and status["storage_bytes"] > 0
+
+
+def test_run_serves_until_sigterm(gateway_dir, tmp_path):
+    conf = gateway_dir / "gateway.toml"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(conf)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = json.loads(proc.stderr.readline())
+        assert line["msg"] == "gateway ready" and line["verify_workers"] >= 1
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert proc.returncode == 0
+    assert "gateway stopped" in proc.stderr.read()

@@ -1,0 +1,65 @@
+"""gateway.toml: defaults, validation errors naming file, key, value and what is allowed."""
+
+import pytest
+
+from gateway import config
+from gateway.errors import ConfigError
+
+
+def test_rendered_defaults_load_back_to_the_defaults(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text(config.render())
+    cfg = config.load(path)
+    assert cfg.coap.port == 5683 and cfg.coap.bind == "::"
+    assert cfg.ingest.max_future_skew_s == 300 and cfg.ingest.max_age_s == 30 * 86400
+    assert cfg.chain.rpc_url == "anvil"
+    assert cfg.data_dir == tmp_path.resolve()  # "." is relative to the file
+    assert cfg.db_path == tmp_path.resolve() / "gateway.sqlite3"
+
+
+def test_empty_file_means_all_defaults(tmp_path):
+    cfg = config.parse("", tmp_path / "g.toml")
+    assert cfg.http.port == 8683 and cfg.ingest.worker_count() >= 1
+
+
+def test_overrides_and_absolute_data_dir(tmp_path):
+    cfg = config.parse('[gateway]\ndata_dir = "/srv/ws"\n[ingest]\nverify_workers = 0\n',
+                       tmp_path / "g.toml")
+    assert str(cfg.data_dir) == "/srv/ws" and cfg.ingest.worker_count() == 0
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("[coap]\nport = 70000\n", ["[coap] port = 70000", "integer 0..65535"]),
+    ('[coap]\nport = "5683"\n', ["[coap] port = '5683'", "integer"]),
+    ('[coap]\nbind = "localhost"\n', ["[coap] bind = 'localhost'", "IP address"]),
+    ('[log]\nformat = "xml"\n', ["[log] format = 'xml'", '"json", "kv"']),
+    ("[ingest]\nverify_workers = -1\n", ["verify_workers = -1", '"auto" or an integer']),
+    ('[chain]\nrpc_url = "ftp://x"\n', ["rpc_url = 'ftp://x'", '"anvil"']),
+    ('[chain]\ncontract = "0x12"\n', ["contract = '0x12'", "20-byte address"]),
+    ("[ingest]\nmax_age = 5\n", ["unknown key [ingest] max_age", "max_age_s"]),
+    ("[database]\n", ["unknown section [database]", "gateway, coap, ingest"]),
+    ("[coap\n", ["not valid TOML"]),
+    ("coap = 1\n", ["coap must be a [section]"]),
+])
+def test_errors_name_file_key_value_and_allowed(tmp_path, text, fragments):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    message = str(e.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_missing_file_says_how_to_create_it(tmp_path):
+    with pytest.raises(ConfigError, match="gateway init"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_default_path_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(config.ENV_CONFIG, raising=False)
+    monkeypatch.setenv(config.ENV_DATA, str(tmp_path))
+    assert config.default_config_path() == tmp_path / "gateway.toml"
+    monkeypatch.setenv(config.ENV_CONFIG, "/etc/x.toml")
+    assert str(config.default_config_path()) == "/etc/x.toml"

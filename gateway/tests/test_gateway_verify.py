@@ -1,0 +1,124 @@
+"""The stateless batch checks (gateway.verify), as a pure function."""
+
+import time
+
+from gw_testbed import MeterKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from wattcore import cbor, cose, exchange, reading
+
+from gateway import verify
+
+POLICY = verify.Policy(max_future_skew_s=300, max_age_s=30 * 86400)
+NOW = int(time.time())
+
+
+def credential(meter, revoked=False, limit=25300):
+    return verify.Credential(meter.device_id, meter.pubkey, limit, revoked)
+
+
+def check(payload, cred):
+    return verify.check_batch(payload, cred, NOW, POLICY)
+
+
+def test_valid_batch_passes_with_decoded_fields_and_exact_bytes():
+    m = MeterKey()
+    items = [m.reading(1, t=NOW, p=-300), m.reading(2, t=NOW)]
+    result = check(exchange.encode_batch(items), credential(m))
+    assert result.reason is None
+    assert result.device_id == m.device_id
+    assert [r.seq for r in result.readings] == [1, 2]
+    assert [r.cose for r in result.readings] == items
+    assert result.readings[0].p == -300 and result.readings[0].ei == 1001
+
+
+def test_fault_reading_without_measurements_passes():
+    m = MeterKey()
+    result = check(exchange.encode_batch([m.reading(5, st=reading.ST_METER_NO_REPLY)]),
+                   credential(m))
+    assert result.reason is None
+    assert result.readings[0].ei is None and result.readings[0].p is None
+
+
+def test_each_stateless_reject_reason():
+    m, other = MeterKey(), MeterKey()
+    good = m.reading(1)
+    forged = bytearray(m.reading(2))
+    forged[-1] ^= 1
+    schema_payload = cbor.dumps({1: m.device_id, 2: 3})  # no t, st, mdl
+    cases = [
+        (b"\xff", credential(m), "cbor", None),
+        (b"\x80", credential(m), "empty-batch", None),
+        (b"\x81\x01", credential(m), "cose", None),
+        (exchange.encode_batch([cose.sign1(schema_payload, m.device_id, m.sign)]),
+         credential(m), "schema", None),
+        (exchange.encode_batch([m.reading(4, kid=other.device_id)]), credential(other),
+         "kid-mismatch", 4),
+        (exchange.encode_batch([good, other.reading(9)]), credential(m), "mixed-devices", 9),
+        (exchange.encode_batch([bytes(forged)]), credential(m), "bad-signature", 2),
+        (exchange.encode_batch([m.reading(1)]), credential(other, limit=1), "unknown-device", 1),
+        (exchange.encode_batch([m.reading(1)]), None, "unknown-device", 1),
+        (exchange.encode_batch([m.reading(1)]), credential(m, revoked=True), "revoked", 1),
+        (exchange.encode_batch([m.reading(2**63, ei=1, ee=1)]), credential(m), "seq-range", 2**63),
+        (exchange.encode_batch([m.reading(6, st=reading.ST_CLOCK_UNTRUSTED)]), credential(m),
+         "clock-untrusted", 6),
+        (exchange.encode_batch([m.reading(7, t=NOW + 301)]), credential(m), "time-skew", 7),
+        (exchange.encode_batch([m.reading(8, t=NOW - 31 * 86400)]), credential(m),
+         "time-skew", 8),
+        (exchange.encode_batch([m.reading(10, p=-25301)]), credential(m), "over-rating", 10),
+    ]
+    for payload, cred, reason, seq in cases:
+        result = check(payload, cred)
+        assert (result.reason, result.rejected_seq) == (reason, seq), (reason, result)
+        assert verify.REASONS[reason] >> 5 == 4
+
+
+def test_old_reading_within_max_age_is_fine():
+    m = MeterKey()
+    assert check(exchange.encode_batch([m.reading(1, t=NOW - 10 * 86400)]),
+                 credential(m)).reason is None
+
+
+def test_stops_at_first_failure_and_keeps_the_prefix():
+    m = MeterKey()
+    items = [m.reading(1), m.reading(2), m.reading(3, t=NOW + 3600), m.reading(4)]
+    result = check(exchange.encode_batch(items), credential(m))
+    assert result.reason == "time-skew" and result.rejected_seq == 3
+    assert [r.seq for r in result.readings] == [1, 2]
+
+
+def test_peek_device_id_matches_the_decoded_kid():
+    m = MeterKey()
+    for n in (1, 23, 24, 32):
+        payload = exchange.encode_batch([m.reading(i) for i in range(n)])
+        assert verify.peek_device_id(payload) == m.device_id
+        assert verify.batch_length(payload) == n
+    assert verify.peek_device_id(b"") is None
+    assert verify.peek_device_id(b"\x81\x01") is None
+    assert verify.batch_length(b"\x98") is None
+    assert verify.batch_length(b"\x99\x01\x00") == 256
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise(data):
+    result = verify.check_batch(data, _CRED, NOW, POLICY)
+    assert result.reason in verify.REASONS
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=200), st.integers(min_value=0, max_value=255))
+def test_one_flipped_byte_is_rejected_or_identical(position, value):
+    payload = bytearray(_BATCH)
+    position %= len(payload)
+    payload[position] = value
+    result = verify.check_batch(bytes(payload), _CRED, NOW, POLICY)
+    if bytes(payload) == _BATCH:
+        assert result.reason is None
+    else:
+        assert result.reason is not None
+
+
+_METER = MeterKey()
+_CRED = credential(_METER)
+_BATCH = exchange.encode_batch([_METER.reading(1, t=NOW)])

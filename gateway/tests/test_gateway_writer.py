@@ -1,0 +1,160 @@
+"""The group-committing writer: stateful checks, prefixes, device state, failures."""
+
+import asyncio
+import sqlite3
+import time
+
+import pytest
+from gw_testbed import MeterKey, register, stored, write_config
+from wattcore import exchange, reading
+
+from gateway import verify
+from gateway.errors import StorageError
+from gateway.metrics import GatewayMetrics
+from gateway.writer import ReadingWriter
+
+POLICY = verify.Policy(300, 30 * 86400)
+
+
+def checked(meter, *readings_bytes):
+    cred = verify.Credential(meter.device_id, meter.pubkey, 10**6, False)
+    result = verify.check_batch(exchange.encode_batch(list(readings_bytes)), cred,
+                                int(time.time()), POLICY)
+    assert result.reason is None
+    return result.readings
+
+
+def run_writer(cfg, body, linger_s=0.002):
+    metrics = GatewayMetrics()
+
+    async def main():
+        writer = ReadingWriter(cfg.db_path, linger_s, 2000, metrics)
+        writer.start(asyncio.get_running_loop())
+        try:
+            return await body(writer)
+        finally:
+            await asyncio.to_thread(writer.close)
+
+    return asyncio.run(main()), metrics
+
+
+def test_group_commit_stores_many_batches_in_few_transactions(tmp_path):
+    meters = [MeterKey() for _ in range(10)]
+    cfg = write_config(tmp_path)
+    register(cfg, *meters)
+    jobs = [(m, checked(m, *[m.reading(s) for s in range(1, 6)])) for m in meters]
+
+    async def body(writer):
+        futures = [writer.submit(m.device_id, rs, 1) for m, rs in jobs]
+        return await asyncio.gather(*futures)
+
+    outcomes, metrics = run_writer(cfg, body, linger_s=0.05)
+    assert all((o.stored, o.new, o.reason) == (5, 5, None) for o in outcomes)
+    assert len(stored(cfg)) == 50
+    assert metrics.commit_rows.count < len(jobs)  # several batches shared a COMMIT
+    assert metrics.commit_rows.sum == 50
+
+
+def test_duplicates_seq_reuse_and_counters_in_order(tmp_path):
+    m = MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, m)
+    r1, r2, r3, r5 = (m.reading(s) for s in (1, 2, 3, 5))
+    other2 = m.reading(2)  # same seq, different signature bytes
+
+    async def body(writer):
+        out = []
+        out.append(await writer.submit(m.device_id, checked(m, r1, r2, r5), 1))
+        # duplicate r1, seq reuse at 2: r3 after it is not stored
+        out.append(await writer.submit(m.device_id, checked(m, r1, other2, r3), 1))
+        # out of order: 4 between 3 (absent) and 5; ei must lie between its neighbours
+        out.append(await writer.submit(m.device_id, checked(m, m.reading(4, ei=1006)), 1))
+        out.append(await writer.submit(m.device_id, checked(m, m.reading(4, ei=1001)), 1))
+        out.append(await writer.submit(m.device_id, checked(m, m.reading(4)), 1))
+        out.append(await writer.submit(m.device_id, checked(m, m.reading(6, ee=10)), 1))
+        return out
+
+    (a, b, c, d, e, f), _ = run_writer(cfg, body)
+    assert (a.stored, a.new, a.duplicates, a.reason) == (3, 3, 0, None)
+    assert (b.stored, b.new, b.duplicates, b.reason) == (1, 0, 1, "seq-reuse")
+    assert (c.stored, c.reason) == (0, "counter-backwards") and "later" in c.detail
+    assert (d.stored, d.reason) == (0, "counter-backwards") and "earlier" in d.detail
+    assert (e.stored, e.new, e.reason) == (1, 1, None)
+    assert (f.stored, f.reason) == (0, "counter-backwards")
+    assert sorted(s for _, s in stored(cfg)) == [1, 2, 4, 5]
+    assert stored(cfg)[(m.device_id, 2)] == r2
+
+
+def test_fault_readings_are_stored_and_counters_skip_them(tmp_path):
+    m = MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, m)
+    fault = m.reading(2, st=reading.ST_METER_CRC)
+
+    async def body(writer):
+        first = await writer.submit(m.device_id, checked(m, m.reading(1), fault), 1000)
+        # a restarted cache still compares with reading 1 (the last with counters)
+        writer._tails.clear()
+        late = await writer.submit(m.device_id, checked(m, m.reading(3, ei=1000)), 2000)
+        ok = await writer.submit(m.device_id, checked(m, m.reading(3)), 3000)
+        return first, late, ok
+
+    (first, late, ok), _ = run_writer(cfg, body)
+    assert first.new == 2 and late.reason == "counter-backwards" and ok.new == 1
+    conn = sqlite3.connect(cfg.db_path)
+    row = conn.execute("SELECT readings, last_seq, faults, last_fault_seq, last_fault_st, "
+                       "last_received_ms, last_ei FROM device_state").fetchone()
+    conn.close()
+    assert row == (3, 3, 1, 2, reading.ST_METER_CRC, 3000, 1003)
+
+
+def test_failed_commit_fails_every_batch_of_the_group_and_the_writer_goes_on(tmp_path):
+    m = MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, m)
+    db = sqlite3.connect(cfg.db_path, isolation_level=None)
+    db.execute("CREATE TRIGGER broken BEFORE INSERT ON readings WHEN NEW.seq = 2 "
+               "BEGIN SELECT RAISE(ABORT, 'bad sector'); END")
+
+    async def body(writer):
+        f1 = writer.submit(m.device_id, checked(m, m.reading(1)), 1)
+        f2 = writer.submit(m.device_id, checked(m, m.reading(2)), 1)
+        results = await asyncio.gather(f1, f2, return_exceptions=True)
+        db.execute("DROP TRIGGER broken")
+        again = await writer.submit(m.device_id, checked(m, m.reading(1), m.reading(2)), 1)
+        return results, again
+
+    (results, again), _ = run_writer(cfg, body, linger_s=0.05)
+    db.close()
+    assert all(isinstance(r, StorageError) for r in results)
+    assert again.new == 2 and len(stored(cfg)) == 2
+
+
+def test_reject_counts_are_persisted(tmp_path):
+    m = MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, m)
+
+    async def body(writer):
+        writer.count_reject(m.device_id, "bad-signature")
+        writer.count_reject(m.device_id, "bad-signature")
+        writer.count_reject(None, "cbor")
+        writer.flush_rejects()
+        writer.count_reject(None, "cbor")
+
+    run_writer(cfg, body)  # close() flushes what is left
+    conn = sqlite3.connect(cfg.db_path)
+    rows = sorted(conn.execute("SELECT device, reason, count FROM rejects"))
+    conn.close()
+    assert rows == [(b"", "cbor", 2), (m.device_id, "bad-signature", 2)]
+
+
+def test_unopenable_database_fails_at_start(tmp_path):
+    (tmp_path / "db").mkdir()
+    writer = ReadingWriter(tmp_path / "db", 0.001, 10)
+
+    async def main():
+        writer.start(asyncio.get_running_loop())
+
+    with pytest.raises(StorageError):
+        asyncio.run(main())

@@ -1,0 +1,37 @@
+"""The one ``wattshare`` command line (console script ``wattshare = tools.cli:main``).
+
+Each area of the project adds its command groups through a module-level
+``register(subparsers)`` function; list the module in :data:`COMMAND_MODULES`. A
+command handler receives the parsed arguments and returns the exit status.
+"""
+
+import argparse
+import importlib
+import sys
+
+# Modules with a register(subparsers) function, in the order their commands are listed.
+COMMAND_MODULES = [
+    "gateway.cli",  # gateway init/run/status, device add/list/show/revoke
+]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="wattshare",
+        description="Wattshare: neighbours share solar energy with proof. Meters sign their "
+                    "readings, a gateway verifies and stores them, a chain settles them.",
+        epilog="Run `wattshare COMMAND --help` for the commands of each group.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
