@@ -131,7 +131,7 @@ def start_server(directory, devices, workers, cpus):
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError("gateway exited: %s" % proc.stderr.read().decode()[-2000:])
+                raise RuntimeError(f"gateway exited: {proc.stderr.read().decode()[-2000:]}")
             probe.sendto(b"\x40\x01\x00\x01\xb1t", ("127.0.0.1", port))  # CON GET /t
             try:
                 probe.recv(512)

@@ -105,7 +105,7 @@ class BatchCheck(NamedTuple):
 
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _CURVE = ec.SECP256R1()
-_KEYS = {}  # SEC1 bytes -> parsed key, per process
+_KEYS: dict = {}  # SEC1 bytes -> parsed key, per process
 _KEY_CACHE_MAX = 10000
 
 # Every valid COSE_Sign1 with an 8-byte kid starts with these bytes (the protected

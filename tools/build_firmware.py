@@ -51,7 +51,8 @@ def build(out: Path = OUT, arch: str = "xtensawin", romfs: bool = True) -> dict:
     if out.exists():
         shutil.rmtree(out)
     (out / "lib").mkdir(parents=True)
-    manifest = {"arch": arch, "files": {}}
+    files: dict[str, dict] = {}
+    manifest: dict = {"arch": arch, "files": files}
     for src in firmware_sources():
         rel = src.relative_to(FIRMWARE)
         dst = out / "lib" / rel.with_suffix(".mpy")

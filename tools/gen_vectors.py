@@ -42,7 +42,7 @@ KEYS = {
     "sn": 13,
 }
 
-READINGS = [
+READINGS: list[dict] = [
     {
         "name": "producer-exporting",
         "comment": "SDM120CT on a PV roof at noon: exporting 1520 W",
