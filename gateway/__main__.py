@@ -1,8 +1,27 @@
-"""``python -m gateway ARGS`` = ``wattshare gateway ARGS``."""
+"""``python -m gateway COMMAND`` = ``wattshare gateway COMMAND`` (init, run, status).
 
+The service starts this way (gateway/deploy/wattshare-gateway.service): it loads only
+the gateway's own commands, not every command group of the ``wattshare`` CLI and their
+libraries.
+"""
+
+import argparse
 import sys
 
-from tools.cli import main
+from gateway import cli
 
-if __name__ == "__main__":  # spawned verification workers import this module too
-    sys.exit(main(["gateway", *sys.argv[1:]]))
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway",
+        description="Set up, run and inspect the Wattshare gateway (same as `wattshare "
+                    "gateway`). See docs/gateway.md.",
+    )
+    cli.add_gateway_commands(parser.add_subparsers(dest="gateway_command", metavar="COMMAND",
+                                                   required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # spawned child processes may import this module too
+    sys.exit(main())

@@ -4,7 +4,7 @@
 
     meters --CoAP/UDP--> coap_server (aiocoap) --CoapRequest--> ingest.Ingest.handle
         -> verifier_pool (worker processes or inline): verify.check_batch  [stateless]
-        -> writer.ReadingWriter thread: seq/counter checks, INSERT, group COMMIT  [stateful]
+        -> writer process (writer.serve): seq/counter checks, INSERT, group COMMIT  [stateful]
         <- response after COMMIT
     http_status: /, /status.json, /metrics, /healthz
     housekeeping (1 s): flush reject counters, pick up registry changes from the CLI
@@ -57,14 +57,13 @@ class Gateway:
 
     async def start(self):
         cfg = self.config
-        loop = asyncio.get_running_loop()
         self.started_ms = int(time.time() * 1000)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.writer = ReadingWriter(
             cfg.db_path, cfg.ingest.commit_linger_ms / 1000.0, cfg.ingest.commit_max_rows,
             self.metrics,
         )
-        self.writer.start(loop)  # opens and migrates the database
+        await self.writer.start()  # the writer process opens and migrates the database
         self._registry_conn = store.connect(cfg.db_path)
         self.pool = VerifierPool(
             cfg.ingest.worker_count(),
@@ -143,7 +142,7 @@ class Gateway:
         if self.pool is not None:
             await self.pool.close()
         if self.writer is not None:
-            await asyncio.to_thread(self.writer.close)
+            await self.writer.close()
         if self._registry_conn is not None:
             self._registry_conn.close()
             self._registry_conn = None

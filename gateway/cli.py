@@ -19,20 +19,34 @@ from gateway.errors import ConfigError, GatewayError
 
 def register(subparsers):
     """Add the ``gateway`` and ``device`` command groups to the ``wattshare`` parser."""
-    with_config = argparse.ArgumentParser(add_help=False)
-    with_config.add_argument(
-        "--config", metavar="PATH", type=Path, default=None,
-        help="gateway.toml (default: $WATTSHARE_CONFIG, else $WATTSHARE_DATA/gateway.toml, "
-             f"else {gwconfig.DEFAULT_DATA_DIR}/gateway.toml)",
-    )
-
     gw = subparsers.add_parser(
         "gateway", help="set up, run and inspect the Raspberry Pi gateway",
         description="Set up, run and inspect the gateway that receives signed meter readings "
                     "over CoAP, verifies and stores them. See docs/gateway.md.",
     )
-    gw_sub = gw.add_subparsers(dest="gateway_command", metavar="COMMAND", required=True)
+    add_gateway_commands(gw.add_subparsers(dest="gateway_command", metavar="COMMAND",
+                                           required=True))
+    dev = subparsers.add_parser(
+        "device", help="commission, list and revoke meters",
+        description="The device registry: which meters may send readings, with which key.",
+    )
+    add_device_commands(dev.add_subparsers(dest="device_command", metavar="COMMAND",
+                                           required=True))
 
+
+def _with_config():
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config", metavar="PATH", type=Path, default=None,
+        help="gateway.toml (default: $WATTSHARE_CONFIG, else $WATTSHARE_DATA/gateway.toml, "
+             f"else {gwconfig.DEFAULT_DATA_DIR}/gateway.toml)",
+    )
+    return parent
+
+
+def add_gateway_commands(gw_sub):
+    """``init``, ``run``, ``status``: the ``wattshare gateway`` group and ``python -m gateway``."""
+    with_config = _with_config()
     p = gw_sub.add_parser(
         "init", help="create the data folder, gateway.toml, the database and the chain key",
         description="Create DIR with gateway.toml (defaults written out with comments), the "
@@ -64,12 +78,10 @@ def register(subparsers):
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_guard(cmd_status))
 
-    dev = subparsers.add_parser(
-        "device", help="commission, list and revoke meters",
-        description="The device registry: which meters may send readings, with which key.",
-    )
-    dev_sub = dev.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
 
+def add_device_commands(dev_sub):
+    """``add``, ``list``, ``show``, ``revoke`` (the ``wattshare device`` group)."""
+    with_config = _with_config()
     p = dev_sub.add_parser("add", parents=[with_config], help="register a meter",
                            description="Register a meter so the gateway accepts its readings.")
     p.add_argument("--id", required=True, metavar="HEX", help="device id, 8 bytes in hex")

@@ -61,6 +61,16 @@ class _Choice:
         return f'"{value}"'
 
 
+class _IntChoice(_Choice):
+    def check(self, value):
+        if isinstance(value, bool) or value not in self.allowed:
+            raise ValueError("must be one of " + ", ".join(str(a) for a in self.allowed))
+        return value
+
+    def toml(self, value):
+        return str(value)
+
+
 class _Text:
     def __init__(self, default, what="a string"):
         self.default, self.what = default, what
@@ -168,6 +178,15 @@ SCHEMA = {
         "contract": (_EvmAddressOrEmpty(""), "settlement contract; \"\" until deployed"),
         "keystore": (_Text("gateway-key.json", "a file path"),
                      "the gateway's encrypted chain key, relative to data_dir"),
+        "interval_s": (_IntChoice(900, (900, 1800)), "settlement interval, s (as deployed)"),
+        "grace_s": (_Int(120, 0, 86400),
+                    "wait this long after an interval ends before submitting it"),
+        "confirmations": (_Int(1, 1, 1000), "blocks on top before a submission counts"),
+        "poll_s": (_Number(5.0, 0.05, 3600.0), "chain link: how often to look for work"),
+        "rebroadcast_s": (_Int(60, 1, 86400),
+                          "re-send a signed transaction not mined after this long"),
+        "backfill_intervals": (_Int(96, 0, 100_000),
+                               "first start: also submit this many past intervals"),
     },
 }
 
@@ -215,6 +234,12 @@ class ChainConfig:
     chain_id: int
     contract: str
     keystore: str
+    interval_s: int = 900
+    grace_s: int = 120
+    confirmations: int = 1
+    poll_s: float = 5.0
+    rebroadcast_s: int = 60
+    backfill_intervals: int = 96
 
 
 @dataclass(frozen=True)

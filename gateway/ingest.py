@@ -83,7 +83,8 @@ class Ingest:
         try:
             response = await self._route(request)
         except StorageError as e:
-            response = self._reject(request, "storage", str(e), self._now())
+            response = self._reject(request, "storage", str(e), self._now(),
+                                    max_age=self.overload_max_age)
         except PoolBroken as e:
             response = self._reject(request, "internal", str(e), self._now())
         self.metrics.responses.inc(label_value=code_text(response.code))
@@ -107,6 +108,7 @@ class Ingest:
         return self._reject(request, "not-found", f"no resource /{path}", now)
 
     async def _post_readings(self, request, now):
+        received_ms = int(self.clock() * 1000)
         payload = request.payload
         count = verify.batch_length(payload)
         if request.blockwise or len(payload) > exchange.MAX_PAYLOAD or (
@@ -126,7 +128,7 @@ class Ingest:
                 now,
             )
         if self.writer.pending_rows + self.pool.queued >= self.max_pending:
-            return self._reject(request, "overloaded", "backlog full", now,
+            return self._reject(request, "busy", "backlog full", now,
                                 max_age=self.overload_max_age)
         hint = verify.peek_device_id(payload)
         credential = self.credentials.get(hint) if hint is not None else None
@@ -134,9 +136,7 @@ class Ingest:
         readings = check.readings
         outcome = None
         if readings:
-            outcome = await self.writer.submit(
-                check.device_id, readings, int(time.time() * 1000)
-            )
+            outcome = await self.writer.submit(check.device_id, readings, received_ms)
             self.metrics.accepted.inc(outcome.new)
             if outcome.duplicates:
                 self.metrics.duplicates.inc(outcome.duplicates)

@@ -15,6 +15,7 @@ child never blocks it; the child side uses blocking :func:`read_frame` /
 import asyncio
 import os
 import pickle
+import select
 import socket
 import struct
 import subprocess
@@ -54,6 +55,41 @@ def _recv_exactly(sock, n):
 
 def write_frame(sock, obj):
     sock.sendall(encode(obj))
+
+
+TIMEOUT = object()
+
+
+class FrameReader:
+    """Child side: frames from a blocking socket, with an optional wait limit."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._buffer = bytearray()
+        self._eof = False
+
+    def next(self, timeout=None):
+        """The next object; :data:`TIMEOUT` if none arrived in ``timeout`` s; None at EOF."""
+        while True:
+            buffer = self._buffer
+            if len(buffer) >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(buffer)
+                end = _HEADER.size + size
+                if len(buffer) >= end:
+                    obj = pickle.loads(bytes(buffer[_HEADER.size : end]))
+                    del buffer[:end]
+                    return obj
+            if self._eof:
+                return None
+            if timeout is not None:
+                ready, _, _ = select.select([self._sock], [], [], max(0.0, timeout))
+                if not ready:
+                    return TIMEOUT
+                timeout = 0.0  # data is there: no more waiting after this read
+            data = self._sock.recv(1 << 20)
+            if not data:
+                self._eof = True
+            buffer += data
 
 
 class _FrameProtocol(asyncio.Protocol):

@@ -84,6 +84,66 @@ MIGRATIONS = [
         """CREATE TRIGGER devices_del AFTER DELETE ON devices BEGIN
             UPDATE meta SET value = value + 1 WHERE key = 'registry_version'; END""",
     ],
+    # 2: the chain link (gateway/chain/outbox.py): meter indices, per-interval outbox,
+    # Merkle leaves with their salts. Only the chain process writes these tables.
+    [
+        # the batcher reads the readings of one interval (and its neighbours) by time
+        "CREATE INDEX readings_t ON readings (t)",
+        # device -> compact on-chain meter index (MeterRegistry), set at commissioning
+        """CREATE TABLE chain_meters (
+            device BLOB PRIMARY KEY REFERENCES devices(id),
+            meter_index INTEGER NOT NULL UNIQUE CHECK (meter_index BETWEEN 1 AND 65535),
+            set_at INTEGER NOT NULL
+        )""",
+        # one row per (settlement contract, interval): the outbox state machine
+        # built -> signed -> sent -> mined -> confirmed, or failed
+        """CREATE TABLE chain_outbox (
+            contract TEXT NOT NULL,
+            interval INTEGER NOT NULL,
+            length INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN
+                ('built', 'signed', 'sent', 'mined', 'confirmed', 'failed')),
+            root BLOB NOT NULL CHECK (length(root) = 32),
+            packed TEXT NOT NULL,
+            meters INTEGER NOT NULL,
+            leaves INTEGER NOT NULL,
+            gaps TEXT NOT NULL,
+            last_reading_id INTEGER NOT NULL,
+            sender TEXT,
+            nonce INTEGER,
+            raw_tx BLOB,
+            tx_hash BLOB,
+            sent_at INTEGER,
+            block_number INTEGER,
+            block_hash BLOB,
+            gas_used INTEGER,
+            outcome TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            built_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY (contract, interval)
+        )""",
+        "CREATE INDEX chain_outbox_state ON chain_outbox (state)",
+        """CREATE TABLE chain_leaves (
+            contract TEXT NOT NULL,
+            interval INTEGER NOT NULL,
+            leaf_index INTEGER NOT NULL,
+            reading_id INTEGER NOT NULL REFERENCES readings(id),
+            salt BLOB NOT NULL CHECK (length(salt) = 32),
+            PRIMARY KEY (contract, interval, leaf_index)
+        )""",
+        "CREATE INDEX chain_leaves_reading ON chain_leaves (reading_id)",
+        # earlier signed transactions of an interval (re-signed after a lost nonce)
+        """CREATE TABLE chain_tx_history (
+            contract TEXT NOT NULL,
+            interval INTEGER NOT NULL,
+            nonce INTEGER NOT NULL,
+            tx_hash BLOB NOT NULL,
+            replaced_at INTEGER NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

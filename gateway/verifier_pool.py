@@ -1,56 +1,36 @@
-"""Runs :func:`gateway.verify.check_batch` on worker processes, or inline.
+"""Runs :func:`gateway.verify.check_batch` in worker processes, or inline.
 
 Signature checks and CBOR decoding dominate the gateway's CPU time, so with
-``workers > 0`` they run in a process pool and the event loop only frames CoAP and
-feeds the writer. Batches are sent in chunks whose size adapts to load: while every
-worker is busy, new batches wait and leave together in the next chunk, so the
-inter-process cost is paid per chunk rather than per message; at low load a batch
-leaves at once.
+``workers > 0`` they run in worker processes (:mod:`gateway.ipc`) and the event loop
+only frames CoAP and talks to the writer. Batches travel in chunks whose size adapts
+to load: a worker has at most two chunks at a time; while all are busy new batches
+wait and leave together in the next chunk, so the inter-process cost is paid per
+chunk rather than per message, and at low load a batch leaves at once.
 
-Workers are spawned (not forked: the parent has threads), ignore SIGINT (the parent
-handles shutdown) and die with their parent (``PR_SET_PDEATHSIG`` on Linux, plus a
-watchdog thread elsewhere). If a worker dies, the pool is rebuilt and the affected
-requests fail with :class:`PoolBroken` (answered 5.03: the meter retries).
+If a worker dies, its batches fail with :class:`PoolBroken` (answered 5.00: the
+meter keeps the readings and retries) and a new worker is started.
 """
 
 import asyncio
-import concurrent.futures
-import ctypes
-import multiprocessing
-import os
-import signal
-import threading
-import time
-from concurrent.futures.process import BrokenProcessPool
+import logging
 
-from gateway import verify
+from gateway import ipc, verify
+
+log = logging.getLogger("wattshare.verify")
+
+_CHUNKS_PER_WORKER = 2
 
 
 class PoolBroken(Exception):
-    """A verification worker died while checking this batch."""
+    """A verification worker died while checking this batch, or none is running."""
 
 
-def _watch_parent(parent_pid):
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent_pid:
-            os._exit(0)
-
-
-def _init_worker(parent_pid):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    if os.getppid() != parent_pid:
-        os._exit(0)
-
-
-def _warm_up():
-    return os.getpid()
+class _Worker:
+    def __init__(self, index):
+        self.index = index
+        self.channel = None
+        self.ready = None  # future: the worker has imported everything
+        self.chunks = {}  # chunk id -> [future, ...]
 
 
 class VerifierPool:
@@ -60,38 +40,43 @@ class VerifierPool:
         self.workers = workers
         self.policy = policy
         self.max_chunk = max_chunk
-        self._executor = None
+        self._workers = [_Worker(i) for i in range(workers)]
         self._waiting = []  # (job, future) not yet sent to a worker
-        self._in_flight = 0  # chunks sent and not answered
-        self._max_in_flight = 2 * workers
-        self.queued = 0  # batches waiting or in flight
+        self._next_chunk = 0
+        self._closing = False
+        self.queued = 0  # batches waiting or in a worker
+        self.restarts = 0
+
+    @property
+    def processes(self):
+        return [w.channel.process for w in self._workers if w.channel is not None]
 
     async def start(self):
-        if self.workers:
-            self._executor = self._new_executor()
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(*[
-                loop.run_in_executor(self._executor, _warm_up) for _ in range(self.workers)
-            ])
+        await asyncio.gather(*[self._start_worker(w) for w in self._workers])
 
-    def _new_executor(self):
-        return concurrent.futures.ProcessPoolExecutor(
-            self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(os.getpid(),),
+    async def _start_worker(self, worker):
+        worker.ready = asyncio.get_running_loop().create_future()
+        channel = await ipc.Channel.start(
+            "verify", list(self.policy),
+            lambda message, w=worker: self._on_message(w, message),
+            lambda w=worker: self._on_lost(w),
         )
+        worker.channel = channel
+        try:
+            await asyncio.wait_for(asyncio.shield(worker.ready), 60)
+        except TimeoutError:
+            channel.kill()
+            raise PoolBroken("a verification worker did not start within 60 s") from None
 
     async def close(self):
-        if self._executor is not None:
-            executor, self._executor = self._executor, None
-            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+        self._closing = True
+        await asyncio.gather(*[w.channel.stop() for w in self._workers if w.channel])
+        for w in self._workers:
+            w.channel = None
 
     async def check(self, payload, credential, now):
         if not self.workers:
             return verify.check_batch(payload, credential, now, self.policy)
-        if self._executor is None:
-            raise PoolBroken("the verification pool is not running")
         future = asyncio.get_running_loop().create_future()
         self._waiting.append(((payload, credential, now), future))
         self.queued += 1
@@ -102,38 +87,59 @@ class VerifierPool:
             self.queued -= 1
 
     def _dispatch(self):
-        while self._waiting and self._in_flight < self._max_in_flight:
-            per_worker = -(-len(self._waiting) // self.workers)
-            size = max(1, min(self.max_chunk, per_worker))
+        while self._waiting:
+            running = [w for w in self._workers if w.channel is not None and w.ready.done()]
+            free = [w for w in running if len(w.chunks) < _CHUNKS_PER_WORKER]
+            if not free:
+                if not any(w.channel is not None for w in self._workers):
+                    self._fail([f for _, f in self._waiting], "no verification worker runs")
+                    self._waiting = []
+                return
+            worker = min(free, key=lambda w: len(w.chunks))
+            size = min(self.max_chunk, -(-len(self._waiting) // len(free)))
             chunk, self._waiting = self._waiting[:size], self._waiting[size:]
-            self._in_flight += 1
-            executor = self._executor
-            try:
-                done = executor.submit(
-                    verify.check_batches, [job for job, _ in chunk], self.policy
-                )
-            except (BrokenProcessPool, RuntimeError) as e:
-                done = concurrent.futures.Future()
-                done.set_exception(e)
-            asyncio.wrap_future(done).add_done_callback(
-                lambda f, c=chunk, e=executor: self._done(c, f, e)
-            )
+            self._next_chunk += 1
+            worker.chunks[self._next_chunk] = [future for _, future in chunk]
+            worker.channel.send((self._next_chunk, [job for job, _ in chunk]))
 
-    def _done(self, chunk, done, executor):
-        self._in_flight -= 1
-        error = done.exception()
-        if error is None:
-            for (_, future), result in zip(chunk, done.result(), strict=True):
-                if not future.done():
-                    future.set_result(result)
-        else:
-            if isinstance(error, BrokenProcessPool):
-                if executor is self._executor:  # rebuild once per broken pool
-                    self._executor = self._new_executor()
-                    executor.shutdown(wait=False, cancel_futures=True)
-                error = PoolBroken("a verification worker died")
-            for _, future in chunk:
-                if not future.done():
-                    future.set_exception(error)
-        if self._executor is not None:
+    def _on_message(self, worker, message):
+        if message == "ready":
+            worker.ready.set_result(None)
             self._dispatch()
+            return
+        chunk_id, results = message
+        for future, result in zip(worker.chunks.pop(chunk_id), results, strict=True):
+            if not future.done():
+                future.set_result(result)
+        self._dispatch()
+
+    def _fail(self, futures, reason):
+        for future in futures:
+            if not future.done():
+                future.set_exception(PoolBroken(reason))
+
+    def _on_lost(self, worker):
+        worker.channel = None
+        if worker.ready is not None and not worker.ready.done():
+            # Start-up failed: whoever is starting it (start or _restart) handles that.
+            worker.ready.set_exception(PoolBroken("a verification worker exited at start-up"))
+            return
+        for futures in worker.chunks.values():
+            self._fail(futures, "a verification worker died")
+        worker.chunks = {}
+        if self._closing:
+            return
+        log.error("verification worker exited; restarting it",
+                  extra={"fields": {"worker": worker.index}})
+        self.restarts += 1
+        asyncio.get_running_loop().create_task(self._restart(worker))
+
+    async def _restart(self, worker):
+        while not self._closing:
+            try:
+                await self._start_worker(worker)
+                self._dispatch()
+                return
+            except PoolBroken:
+                log.exception("verification worker could not restart")
+                await asyncio.sleep(1.0)

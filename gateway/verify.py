@@ -15,7 +15,10 @@ before it forms the verified prefix. Per reading, in this order:
 2. the first reading names the device of the batch (``unknown-device``, ``revoked``);
    later readings must name the same one (``mixed-devices``);
 3. ES256 signature (``bad-signature``);
-4. plausibility: ``seq-range``, ``clock-untrusted``, ``time-skew``, ``over-rating``.
+4. plausibility: ``seq-range``, ``clock-untrusted``, ``time-skew`` (ahead of the gateway
+   clock), ``too-old`` (older than the maximum age), ``over-rating``.
+
+Reason tokens and codes follow docs/protocol.md, section 4.3.
 """
 
 from typing import NamedTuple
@@ -30,7 +33,7 @@ from wattcore.errors import DecodeError
 # Reason token (sent to the device, used as a metric label) -> CoAP response code.
 REASONS = {
     "cbor": exchange.BAD_REQUEST,  # the batch is not a CBOR array of items
-    "empty-batch": exchange.BAD_REQUEST,
+    "empty": exchange.BAD_REQUEST,  # an array of no readings
     "cose": exchange.BAD_REQUEST,  # an item is not a valid ES256 COSE_Sign1
     "schema": exchange.BAD_REQUEST,  # the signed payload breaks the reading schema
     "kid-mismatch": exchange.BAD_REQUEST,  # COSE kid != reading dev
@@ -45,12 +48,13 @@ REASONS = {
     "content-format": exchange.UNSUPPORTED_FORMAT,
     "seq-range": exchange.UNPROCESSABLE,  # seq above what the store holds (2**63-1)
     "clock-untrusted": exchange.UNPROCESSABLE,
-    "time-skew": exchange.UNPROCESSABLE,  # too far in the future, or older than max age
+    "time-skew": exchange.UNPROCESSABLE,  # further ahead of the gateway clock than allowed
+    "too-old": exchange.UNPROCESSABLE,  # older than the configured maximum age
     "over-rating": exchange.UNPROCESSABLE,  # |p| above phases x CT rating x voltage bound
     "counter-backwards": exchange.UNPROCESSABLE,
-    "storage": exchange.INTERNAL_ERROR,  # the database failed; the device keeps the readings
-    "internal": exchange.INTERNAL_ERROR,  # a gateway bug, logged with its traceback
-    "overloaded": exchange.UNAVAILABLE,  # answered with Max-Age
+    "internal": exchange.INTERNAL_ERROR,  # a gateway fault (e.g. a worker died)
+    "busy": exchange.UNAVAILABLE,  # backlog full; answered with Max-Age
+    "storage": exchange.UNAVAILABLE,  # the database failed; answered with Max-Age
 }
 
 MAX_STORED_SEQ = 2**63 - 1  # SQLite integers are signed 64-bit
@@ -177,7 +181,7 @@ def check_batch(payload, credential, now, policy):
     try:
         items = exchange.decode_batch(payload)
     except DecodeError as e:
-        reason = "empty-batch" if payload == b"\x80" else "cbor"
+        reason = "empty" if payload == b"\x80" else "cbor"
         return BatchCheck(None, [], reason, None, str(e))
     checked = []
     device_id = None
@@ -216,7 +220,7 @@ def check_batch(payload, credential, now, policy):
         if t > now + policy.max_future_skew_s:
             return stop("time-skew", seq, f"t is {t - now} s ahead of the gateway")
         if t < now - policy.max_age_s:
-            return stop("time-skew", seq,
+            return stop("too-old", seq,
                         f"t is {now - t} s old (max age {policy.max_age_s} s)")
         p = r.get("p")
         if p is not None and abs(p) > credential.power_limit_w:

@@ -1,15 +1,17 @@
-"""The one writer of readings: group commit on a dedicated thread.
+"""The one writer of readings: group commit in a writer process.
 
 The event loop hands over verified batches (:meth:`ReadingWriter.submit`) and gets an
-asyncio future back. The writer thread takes everything queued (waiting up to
+asyncio future back. The writer process (:func:`serve`, started as
+``python -m gateway.worker writer``) takes everything that has arrived (waiting up to
 ``linger`` for more, at most ``max_rows`` rows), stores it in ONE transaction, COMMITs
-(WAL, synchronous=FULL: on disk when COMMIT returns) and only then resolves the futures:
-a response to a meter never runs ahead of the disk. If the transaction fails, every
-future of the group fails with :class:`~gateway.errors.StorageError` and nothing of it
-is acknowledged.
+(WAL, synchronous=FULL: on disk when COMMIT returns) and only then answers: a response
+to a meter never runs ahead of the disk. If the transaction fails, every batch of the
+group fails with :class:`~gateway.errors.StorageError` and nothing of it is
+acknowledged; if the process dies, its pending batches fail the same way and a new
+writer is started.
 
-Inside the transaction the writer runs the checks that need stored data, in order per
-batch, stopping a batch at its first failure:
+Inside the transaction :class:`GroupStore` runs the checks that need stored data, in
+order per batch, stopping a batch at its first failure:
 
 - same (device, seq) already stored: identical bytes -> a duplicate (retransmission or
   replay; acknowledged, not stored again); other bytes -> ``seq-reuse``;
@@ -17,21 +19,20 @@ batch, stopping a batch at its first failure:
   (that carries the counter) or above the nearest one with a higher seq.
 
 A per-device cache of the highest stored seq and latest counters makes the usual case
-(a meter appending in order) cost no extra query. SQLite releases the GIL while it
-works and fsyncs, so the event loop keeps serving meanwhile.
+(a meter appending in order) cost no extra query.
 """
 
+import asyncio
 import logging
-import queue
 import sqlite3
-import threading
 import time
 from typing import NamedTuple
 
 from wattcore import reading
 
-from gateway import store
+from gateway import ipc, store
 from gateway.errors import StorageError
+from gateway.logs import RateLimiter
 
 log = logging.getLogger("wattshare.writer")
 
@@ -48,24 +49,6 @@ class StoreOutcome(NamedTuple):
     duplicates: int
     reason: str | None
     detail: str
-
-
-class _Job:
-    __slots__ = ("device_id", "readings", "received_ms", "future")
-
-    def __init__(self, device_id, readings, received_ms, future):
-        self.device_id = device_id
-        self.readings = readings
-        self.received_ms = received_ms
-        self.future = future
-
-
-class _RejectFlush:
-    __slots__ = ("deltas", "now_ms")
-
-    def __init__(self, deltas, now_ms):
-        self.deltas = deltas
-        self.now_ms = now_ms
 
 
 class _Tail:
@@ -89,8 +72,6 @@ class _Touched:
         self.last_fault = None
         self.received_ms = 0
 
-
-_STOP = object()
 
 _INSERT = (
     "INSERT OR IGNORE INTO readings (device, seq, t, st, ei, ee, p, u, i, f, pf, mdl, sn, cose,"
@@ -123,143 +104,44 @@ ON CONFLICT (device, reason) DO UPDATE SET
 """
 
 
-class ReadingWriter:
-    """Group-committing writer thread for one database.
+class GroupStore:
+    """Stores groups of messages on one connection, one transaction per group.
 
-    Loop-side methods (:meth:`submit`, :meth:`count_reject`, :meth:`flush_rejects`)
-    must be called from the event loop thread given to :meth:`start`.
+    Messages: ``("store", job_id, device_id, readings, received_ms)`` with readings as
+    :class:`gateway.verify.Checked`, or ``("rejects", {(device, reason): count},
+    now_ms)``. :meth:`commit` returns ``[(job_id, StoreOutcome)]``, or rolls back and
+    raises :class:`sqlite3.Error`.
     """
 
-    def __init__(self, db_path, linger_s=0.002, max_rows=2000, metrics=None):
-        self._db_path = db_path
-        self._linger = linger_s
-        self._max_rows = max_rows
-        self._metrics = metrics
-        self._queue = queue.SimpleQueue()
+    def __init__(self, conn):
+        self.conn = conn
         self._tails = {}
-        self._submitted_rows = 0  # written by the loop thread only
-        self._done_rows = 0  # written by the writer thread only
-        self._reject_deltas = {}
-        self._loop = None
-        self._thread = None
 
-    @property
-    def pending_rows(self):
-        """Readings handed over and not yet committed (or failed)."""
-        return self._submitted_rows - self._done_rows
-
-    def start(self, loop):
-        # Open (and migrate) here so a broken database fails start-up, not the thread.
-        conn = store.open_store(self._db_path)
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=self._run, args=(conn,), name="reading-writer", daemon=True
-        )
-        self._thread.start()
-
-    def close(self):
-        """Commit what is queued (including reject counts), then stop the thread."""
-        if self._thread is None:
-            return
-        self.flush_rejects()
-        self._queue.put(_STOP)
-        self._thread.join()
-        self._thread = None
-
-    def submit(self, device_id, readings, received_ms):
-        """Queue a verified batch prefix; the future resolves to a :class:`StoreOutcome`."""
-        future = self._loop.create_future()
-        self._submitted_rows += len(readings)
-        self._queue.put(_Job(device_id, readings, received_ms, future))
-        return future
-
-    def count_reject(self, device_id, reason):
-        """Count a reject for the ``rejects`` table (written on the next flush)."""
-        key = (device_id or b"", reason)
-        self._reject_deltas[key] = self._reject_deltas.get(key, 0) + 1
-
-    def flush_rejects(self):
-        """Hand the reject counts gathered so far to the writer (called about once a second)."""
-        if self._reject_deltas:
-            deltas, self._reject_deltas = self._reject_deltas, {}
-            self._queue.put(_RejectFlush(deltas, int(time.time() * 1000)))
-
-    # -- writer thread ---------------------------------------------------------------
-
-    def _run(self, conn):
-        try:
-            while True:
-                job = self._queue.get()
-                if job is _STOP:
-                    return
-                group, stop = self._gather(job)
-                self._commit(conn, group)
-                if stop:
-                    return
-        finally:
-            conn.close()
-
-    def _gather(self, first):
-        group = [first]
-        rows = _rows(first)
-        deadline = time.monotonic() + self._linger
-        while rows < self._max_rows:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    job = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-            if job is _STOP:
-                return group, True
-            group.append(job)
-            rows += _rows(job)
-        return group, False
-
-    def _commit(self, conn, group):
-        started = time.perf_counter()
+    def commit(self, group):
+        conn = self.conn
         results = []
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                touched = {}
-                for job in group:
-                    if isinstance(job, _RejectFlush):
-                        conn.executemany(
-                            _REJECT_UPSERT,
-                            [(d, r, n, job.now_ms) for (d, r), n in job.deltas.items()],
-                        )
-                    else:
-                        results.append((job, self._store(conn, job, touched)))
-                self._write_state(conn, touched)
-                conn.execute("COMMIT")
-            except BaseException:
-                self._tails.clear()  # may hold rows of the rolled-back transaction
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except Exception as e:  # the writer must survive any failure of one group
-            if isinstance(e, sqlite3.Error):
-                log.error("commit failed", extra={"fields": {"error": str(e)}})
-                failure = StorageError(f"database write failed: {e}")
-            else:
-                log.exception("writer bug while storing a group")
-                failure = e
-            self._finish([(job, failure) for job in group if isinstance(job, _Job)])
-            return
-        if self._metrics is not None:
-            self._metrics.commit_seconds.observe(time.perf_counter() - started)
-            self._metrics.commit_rows.observe(sum(len(j.readings) for j, _ in results))
-        self._finish(results)
-
-    def _finish(self, results):
-        self._done_rows += sum(len(job.readings) for job, _ in results)
-        if results:
-            self._loop.call_soon_threadsafe(_resolve, results)
+            touched = {}
+            for message in group:
+                if message[0] == "rejects":
+                    _, deltas, now_ms = message
+                    conn.executemany(
+                        _REJECT_UPSERT, [(d, r, n, now_ms) for (d, r), n in deltas.items()]
+                    )
+                else:
+                    _, job_id, device, readings, received_ms = message
+                    results.append(
+                        (job_id, self._store(conn, device, readings, received_ms, touched))
+                    )
+            self._write_state(conn, touched)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._tails.clear()  # may hold rows of the rolled-back transaction
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
 
     def _tail(self, conn, device):
         tail = self._tails.get(device)
@@ -272,12 +154,11 @@ class ReadingWriter:
             self._tails[device] = tail
         return tail
 
-    def _store(self, conn, job, touched):
-        device = job.device_id
+    def _store(self, conn, device, readings, received_ms, touched):
         tail = self._tail(conn, device)
         new = duplicates = 0
         summary = touched.get(device)
-        for index, r in enumerate(job.readings):
+        for index, r in enumerate(readings):
             appended = tail.last_seq is None or r.seq > tail.last_seq
             if appended:
                 bad = _backwards(r, tail.ei, tail.ee, None, None)
@@ -303,7 +184,7 @@ class ReadingWriter:
             cur = conn.execute(
                 _INSERT,
                 (device, r.seq, r.t, r.st, r.ei, r.ee, r.p, r.u, r.i, r.f, r.pf, r.mdl, r.sn,
-                 r.cose, job.received_ms),
+                 r.cose, received_ms),
             )
             if cur.rowcount == 0:
                 # The cache said "new" but the row exists: drop the cache and decide again.
@@ -319,14 +200,14 @@ class ReadingWriter:
             if summary is None:
                 summary = touched[device] = _Touched()
             summary.new += 1
-            summary.received_ms = max(summary.received_ms, job.received_ms)
+            summary.received_ms = max(summary.received_ms, received_ms)
             if summary.last is None or r.seq > summary.last.seq:
                 summary.last = r
             if r.st & reading.ST_FAULT_MASK:
                 summary.faults += 1
                 if summary.last_fault is None or r.seq > summary.last_fault.seq:
                     summary.last_fault = r
-        return StoreOutcome(len(job.readings), new, duplicates, None, "")
+        return StoreOutcome(len(readings), new, duplicates, None, "")
 
     def _write_state(self, conn, touched):
         rows = []
@@ -341,8 +222,211 @@ class ReadingWriter:
             conn.executemany(_STATE_UPSERT, rows)
 
 
-def _rows(job):
-    return len(job.readings) if isinstance(job, _Job) else 1
+
+def serve(sock, db_path, linger_s, max_rows):
+    """The writer process: gather, store, COMMIT, answer; until the pipe closes.
+
+    Each frame from the gateway is a list of messages (see :class:`GroupStore`).
+    """
+    try:
+        conn = store.open_store(db_path)
+    except StorageError as e:
+        ipc.write_frame(sock, ("failed", str(e)))
+        return 1
+    groups = GroupStore(conn)
+    ipc.write_frame(sock, ("ready", store.SCHEMA_VERSION))
+    frames = ipc.FrameReader(sock)
+    try:
+        closing = False
+        while not closing:
+            frame = frames.next()
+            if frame is None:
+                return 0
+            group = list(frame)
+            rows = sum(map(_rows, frame))
+            deadline = time.monotonic() + linger_s
+            while rows < max_rows:
+                frame = frames.next(max(0.0, deadline - time.monotonic()))
+                if frame is ipc.TIMEOUT:
+                    break
+                if frame is None:
+                    closing = True
+                    break
+                group.extend(frame)
+                rows += sum(map(_rows, frame))
+            started = time.perf_counter()
+            try:
+                results, failure = groups.commit(group), None
+            except sqlite3.Error as e:
+                results, failure = [], f"database write failed: {e}"
+            jobs = [m[1] for m in group if m[0] == "store"]
+            ipc.write_frame(sock, ("done", results, failure, jobs,
+                                   time.perf_counter() - started, rows))
+        return 0
+    finally:
+        conn.close()
+
+
+def _rows(message):
+    return len(message[3]) if message[0] == "store" else 1
+
+
+class ReadingWriter:
+    """The event loop's handle on the writer process.
+
+    :meth:`submit` returns a future resolving to a :class:`StoreOutcome` (or failing
+    with :class:`StorageError`); call the methods from the loop that ran :meth:`start`.
+    """
+
+    def __init__(self, db_path, linger_s=0.002, max_rows=2000, metrics=None):
+        self._db_path = db_path
+        self._linger = linger_s
+        self._max_rows = max_rows
+        self._metrics = metrics
+        self._channel = None
+        self._pending = {}  # job id -> (future, rows)
+        self._next_job = 0
+        self._pending_rows = 0
+        self._reject_deltas = {}
+        self._outbox = []  # messages sent together at the end of this loop iteration
+        self._log_limiter = RateLimiter(window=60.0, global_max=10)
+        self._ready = None
+        self._closing = False
+        self.restarts = 0
+
+    @property
+    def pending_rows(self):
+        """Readings handed over and not yet committed (or failed)."""
+        return self._pending_rows
+
+    @property
+    def process(self):
+        return self._channel.process if self._channel is not None else None
+
+    async def start(self):
+        """Start the writer process; raises :class:`StorageError` if it cannot open the db."""
+        self._ready = asyncio.get_running_loop().create_future()
+        self._channel = await ipc.Channel.start(
+            "writer", [self._db_path, self._linger, self._max_rows],
+            self._on_message, self._on_lost,
+        )
+        try:
+            await self._ready
+        except StorageError:
+            self._closing = True
+            await self._channel.stop()
+            self._channel = None
+            raise
+
+    async def close(self):
+        """Flush reject counts, let the process commit what it has, and stop it."""
+        self._closing = True
+        if self._channel is not None:
+            self.flush_rejects()
+            self._flush()
+            await self._channel.stop()
+            self._channel = None
+
+    def submit(self, device_id, readings, received_ms):
+        future = asyncio.get_running_loop().create_future()
+        self._next_job += 1
+        job = self._next_job
+        self._pending[job] = (future, len(readings))
+        self._pending_rows += len(readings)
+        if self._channel is None:
+            self._fail([job], "the writer process is not running")
+        else:
+            self._post(("store", job, device_id, readings, received_ms))
+        return future
+
+    def _post(self, message):
+        # One frame (one wake-up of the writer) per loop iteration, however many batches.
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(message)
+
+    def _flush(self):
+        outbox, self._outbox = self._outbox, []
+        if not outbox:
+            return
+        if self._channel is not None:
+            self._channel.send(outbox)
+        else:
+            self._fail([m[1] for m in outbox if m[0] == "store"],
+                       "the writer process is not running")
+
+    def count_reject(self, device_id, reason):
+        """Count a reject for the ``rejects`` table (written on the next flush)."""
+        key = (device_id or b"", reason)
+        self._reject_deltas[key] = self._reject_deltas.get(key, 0) + 1
+
+    def flush_rejects(self):
+        """Hand the reject counts gathered so far to the writer (about once a second)."""
+        if self._reject_deltas and self._channel is not None:
+            deltas, self._reject_deltas = self._reject_deltas, {}
+            self._post(("rejects", deltas, int(time.time() * 1000)))
+
+    def _on_message(self, message):
+        kind = message[0]
+        if kind in ("ready", "failed"):
+            if not self._ready.done():
+                if kind == "ready":
+                    self._ready.set_result(None)
+                else:
+                    self._ready.set_exception(StorageError(message[1]))
+            return
+        _, results, failure, jobs, seconds, rows = message
+        if failure is not None:
+            suppressed = self._log_limiter.allow("commit")
+            if suppressed is not None:
+                log.error("commit failed",
+                          extra={"fields": {"error": failure, "suppressed": suppressed}})
+            self._fail(jobs, failure)
+            return
+        for job, outcome in results:
+            entry = self._pending.pop(job, None)
+            if entry is None:
+                continue
+            future, n = entry
+            self._pending_rows -= n
+            if not future.done():
+                future.set_result(outcome)
+        if self._metrics is not None:
+            self._metrics.commit_seconds.observe(seconds)
+            self._metrics.commit_rows.observe(rows)
+
+    def _fail(self, jobs, reason):
+        error = StorageError(reason)
+        for job in jobs:
+            entry = self._pending.pop(job, None)
+            if entry is None:
+                continue
+            future, n = entry
+            self._pending_rows -= n
+            if not future.done():
+                future.set_exception(error)
+
+    def _on_lost(self):
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(StorageError("the writer process exited at start-up"))
+            return
+        self._fail(list(self._pending), "the writer process exited")
+        if self._closing:
+            return
+        # Supervisor: start a new writer; meters retry what failed meanwhile.
+        log.error("writer process exited; restarting it")
+        self._channel = None
+        self.restarts += 1
+        asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self):
+        while not self._closing:
+            try:
+                await self.start()
+                return
+            except StorageError:
+                log.exception("writer process could not restart")
+                await asyncio.sleep(1.0)
 
 
 def _nearest(conn, device, column, seq, higher):
@@ -376,13 +460,3 @@ def _backwards(r, ei_below, ee_below, ei_above, ee_above):
         if ee_above is not None and r.ee > ee_above:
             return f"ee {r.ee} above {ee_above} of a later reading"
     return None
-
-
-def _resolve(results):
-    for job, outcome in results:
-        if job.future.done():  # the request was cancelled meanwhile
-            continue
-        if isinstance(outcome, BaseException):
-            job.future.set_exception(outcome)
-        else:
-            job.future.set_result(outcome)

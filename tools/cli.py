@@ -3,6 +3,9 @@
 Each area of the project adds its command groups through a module-level
 ``register(subparsers)`` function; list the module in :data:`COMMAND_MODULES`. A
 command handler receives the parsed arguments and returns the exit status.
+
+Every listed module is imported for every command, ``--help`` included: keep it light
+and import heavy libraries (web3, eth-account, ...) inside the command handlers.
 """
 
 import argparse
@@ -12,6 +15,7 @@ import sys
 # Modules with a register(subparsers) function, in the order their commands are listed.
 COMMAND_MODULES = [
     "gateway.cli",  # gateway init/run/status, device add/list/show/revoke
+    "gateway.chain.cli",  # chain deploy/status/run/retry, community ..., verify, export-*
 ]
 
 

@@ -12,6 +12,7 @@
           |    +-- TransactionFailed  a transaction was mined but reverted (status 0)
           +-- ProofError            a Merkle-Patricia proof or block header does not verify
           +-- IntervalError         an interval length or reading series is not usable
+          +-- BundleError           a proof bundle cannot be made or read
 
 Programming errors (wrong argument types, a Merkle proof asked for a leaf that does not
 exist) raise the usual ``TypeError`` / ``ValueError`` / ``IndexError``.
@@ -54,3 +55,7 @@ class ProofError(ChainError):
 
 class IntervalError(ChainError):
     """An interval length is not allowed, or a reading series is not usable."""
+
+
+class BundleError(ChainError):
+    """A proof bundle cannot be exported (reading not submitted yet...) or is malformed."""

@@ -1,4 +1,4 @@
-"""5.03 with Max-Age when the store falls behind; 5.00 when the database fails.
+"""5.03 with Max-Age when the store falls behind ("busy") or the database fails ("storage").
 In both cases nothing is acknowledged that is not on disk, and the gateway recovers."""
 
 import asyncio
@@ -43,7 +43,7 @@ def test_overload_answers_5_03_with_max_age_then_recovers(tmp_path):
                 assert gw.writer.pending_rows == 4 * 32
                 assert not any(t.done() for t in tasks[:4])  # waiting for their COMMIT
                 for code, body, reply in early:
-                    assert (code, body["reason"], reply.opt.max_age) == ("5.03", "overloaded", 7)
+                    assert (code, body["reason"], reply.opt.max_age) == ("5.03", "busy", 7)
                     assert "ack" not in body
                 assert stored(cfg) == {}
             finally:
@@ -63,7 +63,7 @@ def test_overload_answers_5_03_with_max_age_then_recovers(tmp_path):
     asyncio.run(scenario())
 
 
-def test_database_failure_answers_5_00_and_stores_nothing(tmp_path):
+def test_database_failure_answers_5_03_and_stores_nothing(tmp_path):
     meter = MeterKey()
     cfg = write_config(tmp_path)
     register(cfg, meter)
@@ -74,8 +74,9 @@ def test_database_failure_answers_5_00_and_stores_nothing(tmp_path):
 
     async def scenario():
         async with running_gateway(cfg) as gw, coap_client() as ctx:
-            code, body, _ = await coap_request(ctx, gw.coap_port, "r", batch)
-            assert (code, body.get("reason"), body.get("ack")) == ("5.00", "storage", None)
+            code, body, response = await coap_request(ctx, gw.coap_port, "r", batch)
+            assert (code, body.get("reason"), body.get("ack")) == ("5.03", "storage", None)
+            assert response.opt.max_age == cfg.ingest.overload_max_age_s
             assert stored(cfg) == {}
             db.execute("DROP TRIGGER broken")
             code, body, _ = await coap_request(ctx, gw.coap_port, "r", batch)

@@ -66,6 +66,15 @@ def test_help_lists_the_command_groups():
         assert command in out
 
 
+def test_the_service_entry_point_loads_no_chain_libraries():
+    # `python -m gateway run` (the systemd unit) must stay light on a Raspberry Pi.
+    code = ("import sys, gateway.__main__, gateway.app, gateway.worker; "
+            "print(sorted(m for m in ('web3', 'eth_account', 'py_ecc') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_init_writes_config_database_and_encrypted_key(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(keystore.ENV_PASSPHRASE, PASS)
     gateway_dir = tmp_path / "ws"
@@ -187,7 +196,7 @@ def test_status_offline_and_while_running(gateway_dir, capsys):
     status = json.loads(capsys.readouterr().out)
     assert status["service_running"] is True
     assert status["readings_total"] == 8 and status["readings_last_minute"] == 8
-    assert status["rejects"] == {"empty-batch": 1}
+    assert status["rejects"] == {"empty": 1}
     device = status["devices"][0]
     assert device["label"] == "Shed" and device["last_seq"] == 8
     assert abs(device["last_seen_ms"] / 1000 - time.time()) < 60

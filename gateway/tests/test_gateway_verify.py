@@ -48,7 +48,7 @@ def test_each_stateless_reject_reason():
     schema_payload = cbor.dumps({1: m.device_id, 2: 3})  # no t, st, mdl
     cases = [
         (b"\xff", credential(m), "cbor", None),
-        (b"\x80", credential(m), "empty-batch", None),
+        (b"\x80", credential(m), "empty", None),
         (b"\x81\x01", credential(m), "cose", None),
         (exchange.encode_batch([cose.sign1(schema_payload, m.device_id, m.sign)]),
          credential(m), "schema", None),
@@ -64,7 +64,7 @@ def test_each_stateless_reject_reason():
          "clock-untrusted", 6),
         (exchange.encode_batch([m.reading(7, t=NOW + 301)]), credential(m), "time-skew", 7),
         (exchange.encode_batch([m.reading(8, t=NOW - 31 * 86400)]), credential(m),
-         "time-skew", 8),
+         "too-old", 8),
         (exchange.encode_batch([m.reading(10, p=-25301)]), credential(m), "over-rating", 10),
     ]
     for payload, cred, reason, seq in cases:

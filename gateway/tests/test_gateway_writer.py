@@ -8,10 +8,11 @@ import pytest
 from gw_testbed import MeterKey, register, stored, write_config
 from wattcore import exchange, reading
 
+from gateway import store as store_module
 from gateway import verify
 from gateway.errors import StorageError
 from gateway.metrics import GatewayMetrics
-from gateway.writer import ReadingWriter
+from gateway.writer import GroupStore, ReadingWriter
 
 POLICY = verify.Policy(300, 30 * 86400)
 
@@ -29,11 +30,11 @@ def run_writer(cfg, body, linger_s=0.002):
 
     async def main():
         writer = ReadingWriter(cfg.db_path, linger_s, 2000, metrics)
-        writer.start(asyncio.get_running_loop())
+        await writer.start()
         try:
             return await body(writer)
         finally:
-            await asyncio.to_thread(writer.close)
+            await writer.close()
 
     return asyncio.run(main()), metrics
 
@@ -91,15 +92,17 @@ def test_fault_readings_are_stored_and_counters_skip_them(tmp_path):
     register(cfg, m)
     fault = m.reading(2, st=reading.ST_METER_CRC)
 
-    async def body(writer):
-        first = await writer.submit(m.device_id, checked(m, m.reading(1), fault), 1000)
-        # a restarted cache still compares with reading 1 (the last with counters)
-        writer._tails.clear()
-        late = await writer.submit(m.device_id, checked(m, m.reading(3, ei=1000)), 2000)
-        ok = await writer.submit(m.device_id, checked(m, m.reading(3)), 3000)
-        return first, late, ok
+    def store(groups, job, items, received_ms):
+        return groups.commit([("store", job, m.device_id, checked(m, *items), received_ms)])[0][1]
 
-    (first, late, ok), _ = run_writer(cfg, body)
+    groups = GroupStore(store_module.open_store(cfg.db_path))
+    first = store(groups, 1, [m.reading(1), fault], 1000)
+    # A fresh writer (empty cache) still compares with reading 1, the last with counters.
+    groups.conn.close()
+    groups = GroupStore(store_module.open_store(cfg.db_path))
+    late = store(groups, 2, [m.reading(3, ei=1000)], 2000)
+    ok = store(groups, 3, [m.reading(3)], 3000)
+    groups.conn.close()
     assert first.new == 2 and late.reason == "counter-backwards" and ok.new == 1
     conn = sqlite3.connect(cfg.db_path)
     row = conn.execute("SELECT readings, last_seq, faults, last_fault_seq, last_fault_st, "
@@ -154,7 +157,27 @@ def test_unopenable_database_fails_at_start(tmp_path):
     writer = ReadingWriter(tmp_path / "db", 0.001, 10)
 
     async def main():
-        writer.start(asyncio.get_running_loop())
+        await writer.start()
 
     with pytest.raises(StorageError):
         asyncio.run(main())
+
+
+def test_a_killed_writer_process_fails_its_batches_and_is_replaced(tmp_path):
+    m = MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, m)
+
+    async def body(writer):
+        first = writer.process
+        first.kill()
+        await asyncio.get_running_loop().run_in_executor(None, first.wait)
+        for _ in range(100):  # until the loss is noticed and a new writer runs
+            if writer.restarts and writer.process is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert writer.process is not first
+        return await writer.submit(m.device_id, checked(m, m.reading(1)), 1)
+
+    outcome, _ = run_writer(cfg, body)
+    assert outcome.new == 1 and len(stored(cfg)) == 1

@@ -1,0 +1,223 @@
+"""Proof bundles: everything a third party needs to check one reading against the chain.
+
+``export_bundle`` (gateway side, from the SQLite store) -> JSON object::
+
+    version, reading_id, cose (hex, the exact signed bytes), device_id, pubkey (65-byte
+    SEC1 hex), meter_index, salt, leaf_index, siblings [hex], root, interval,
+    interval_length, gateway, contract (Settlement), registry (MeterRegistry), chain_id,
+    block_number, block_hash (the block that mined the submission), tx_hash
+
+``verify_bundle(bundle, port)`` checks, with nothing but the bundle and any JSON-RPC node:
+
+1. the COSE_Sign1 decodes, its kid names the reading's device, the ES256 signature
+   verifies with the bundle's public key, and ``t`` falls in the interval;
+2. the Merkle path: ``keccak(salt || sha256(cose))`` at ``leaf_index`` with the siblings
+   gives a root (:mod:`gateway.chain.merkle`);
+3. the node serves the bundle's chain id and its header of ``block_number`` hashes to
+   ``block_hash`` (the one thing taken from the node is that header; a node that lies
+   about the header cannot produce one with the right hash);
+4. ``Settlement.roots[interval][gateway]`` at that block, proven by ``eth_getProof``
+   against the header's stateRoot (:func:`gateway.chain.proof.proven_storage`), equals the
+   root of step 2;
+5. with ``registry`` and ``meter_index``: ``MeterRegistry.meters[index]`` at that block,
+   proven the same way, holds the reading's device id and ``sha256(pubkey)``: the key was
+   the registered one.
+
+Storage slots come from the compiler's layout (:mod:`gateway.chain.contracts`). The
+bundle's addresses, chain id and block hash are what the holder trusts: a verifier should
+compare them with the community's published deployment.
+"""
+
+import hashlib
+from dataclasses import dataclass, field
+
+from eth_utils import to_checksum_address
+from wattcore import cose, reading
+from wattcore.errors import DecodeError
+
+from gateway.chain import contracts, merkle, proof
+from gateway.chain.errors import BundleError, ProofError
+from gateway.verify import signature_valid
+
+VERSION = 1
+
+
+def export_bundle(conn, reading_id, chain_id, registry=None):
+    """The bundle (dict) of stored reading ``reading_id``; :class:`BundleError` if it is
+    not (yet) in a mined submission."""
+    row = conn.execute("SELECT r.device, r.cose, d.pubkey FROM readings r JOIN devices d "
+                       "ON d.id = r.device WHERE r.id = ?", (reading_id,)).fetchone()
+    if row is None:
+        raise BundleError(f"no reading with id {reading_id} in the store")
+    device, cose_bytes, pubkey = bytes(row[0]), bytes(row[1]), bytes(row[2])
+    leaf = conn.execute(
+        "SELECT l.contract, l.interval, l.leaf_index, l.salt, o.state, o.root, o.length, "
+        "o.sender, o.block_number, o.block_hash, o.tx_hash FROM chain_leaves l "
+        "JOIN chain_outbox o ON o.contract = l.contract AND o.interval = l.interval "
+        "WHERE l.reading_id = ? ORDER BY o.state = 'confirmed' DESC, l.interval DESC "
+        "LIMIT 1", (reading_id,)).fetchone()
+    if leaf is None:
+        raise BundleError(f"reading {reading_id} is in no submitted interval (not built yet,"
+                          " or it arrived after its interval was submitted)")
+    (contract, interval, leaf_index, salt, state, root, length, sender, block_number,
+     block_hash, tx_hash) = leaf
+    if state not in ("mined", "confirmed") or block_hash is None:
+        raise BundleError(f"reading {reading_id}: interval {interval} is {state}, not on chain"
+                          " yet (run `wattshare chain run`)")
+    cur = conn.execute(
+        "SELECT l.salt, r.cose FROM chain_leaves l JOIN readings r ON r.id = l.reading_id "
+        "WHERE l.contract = ? AND l.interval = ? ORDER BY l.leaf_index", (contract, interval))
+    tree = merkle.MerkleTree.from_readings((bytes(s), bytes(c)) for s, c in cur.fetchall())
+    if tree.root != bytes(root):
+        raise BundleError(f"interval {interval}: the stored leaves give root"
+                          f" 0x{tree.root.hex()}, the outbox holds 0x{bytes(root).hex()}")
+    path = tree.proof(leaf_index)
+    index_row = conn.execute("SELECT meter_index FROM chain_meters WHERE device = ?",
+                             (device,)).fetchone()
+    return {
+        "version": VERSION, "reading_id": reading_id, "cose": cose_bytes.hex(),
+        "device_id": device.hex(), "pubkey": pubkey.hex(),
+        "meter_index": index_row[0] if index_row else None,
+        "salt": bytes(salt).hex(), "leaf_index": leaf_index,
+        "siblings": [s.hex() for s in path.siblings], "root": bytes(root).hex(),
+        "interval": interval, "interval_length": length,
+        "gateway": to_checksum_address(sender), "contract": to_checksum_address(contract),
+        "registry": to_checksum_address(registry) if registry else None,
+        "chain_id": chain_id, "block_number": block_number, "block_hash": bytes(block_hash).hex(),
+        "tx_hash": bytes(tx_hash).hex() if tx_hash else None,
+    }
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Report:
+    fields: dict = field(default_factory=dict)  # the decoded reading
+    checks: list = field(default_factory=list)
+
+    @property
+    def ok(self):
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def add(self, name, ok, detail):
+        self.checks.append(Check(name, ok, detail))
+        return ok
+
+
+def _hex(bundle, key, size=None):
+    value = bundle.get(key)
+    try:
+        data = bytes.fromhex(value.removeprefix("0x"))
+    except (AttributeError, ValueError):
+        raise BundleError(f"bundle field {key!r} is not hex: {value!r}") from None
+    if size is not None and len(data) != size:
+        raise BundleError(f"bundle field {key!r} must be {size} bytes, got {len(data)}")
+    return data
+
+
+def _int(bundle, key):
+    value = bundle.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BundleError(f"bundle field {key!r} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def verify_bundle(bundle, port):
+    """Run every check (see the module docstring); returns a :class:`Report`.
+
+    Malformed bundles raise :class:`BundleError`; node failures :class:`RpcError`."""
+    if not isinstance(bundle, dict) or bundle.get("version") != VERSION:
+        raise BundleError(f"not a version {VERSION} proof bundle")
+    report = Report()
+    cose_bytes = _hex(bundle, "cose")
+    pubkey = _hex(bundle, "pubkey", 65)
+    salt = _hex(bundle, "salt", merkle.SALT_SIZE)
+    siblings = tuple(_hex({"s": s}, "s", 32) for s in bundle.get("siblings") or [])
+    interval, length = _int(bundle, "interval"), _int(bundle, "interval_length")
+    leaf_index, block_number = _int(bundle, "leaf_index"), _int(bundle, "block_number")
+    block_hash = _hex(bundle, "block_hash", 32)
+    gateway, contract = bundle.get("gateway"), bundle.get("contract")
+
+    # 1. the signed reading
+    try:
+        sign1 = cose.decode_sign1(cose_bytes)
+        fields = reading.decode_payload(sign1.payload)
+    except DecodeError as e:
+        report.add("reading", False, f"not a valid signed reading: {e}")
+        return report
+    report.fields = fields
+    report.add("reading", sign1.kid == fields["dev"],
+               f"device {fields['dev'].hex()}, seq {fields['seq']}, t {fields['t']}")
+    report.add("signature", signature_valid(pubkey, sign1),
+               "ES256 signature with the bundle's device key")
+    report.add("interval", length > 0 and fields["t"] // length == interval,
+               f"t {fields['t']} in interval {interval} ({length} s)")
+
+    # 2. Merkle path
+    computed = merkle.root_from_proof(merkle.leaf_hash(salt, cose_bytes),
+                                      merkle.MerkleProof(leaf_index, siblings))
+    if computed is None:
+        report.add("merkle", False, f"leaf index {leaf_index} does not fit {len(siblings)}"
+                   " siblings")
+        return report
+    claimed = bundle.get("root")
+    report.add("merkle", claimed is None or computed.hex() == str(claimed).removeprefix("0x"),
+               f"path of {len(siblings)} siblings gives root 0x{computed.hex()}")
+
+    # 3.+4. the root in contract storage, proven from the block header
+    chain_id = port.get_chain_id()
+    expected_chain = bundle.get("chain_id")
+    if not report.add("chain", expected_chain in (None, chain_id),
+                      f"node serves chain id {chain_id}"
+                      + ("" if expected_chain is None else f", bundle says {expected_chain}")):
+        return report
+    slot = contracts.roots_slot(interval, gateway)
+    try:
+        stored = proof.proven_storage(port, contract, slot, block_number, block_hash)
+    except ProofError as e:
+        report.add("storage", False, f"storage proof rejected: {e}")
+        return report
+    report.add("storage", stored.word == computed,
+               f"Settlement {contract} roots[{interval}][{gateway}] at block {block_number}"
+               f" = 0x{stored.word.hex()} (proven against stateRoot"
+               f" 0x{stored.state_root.hex()[:16]}..)")
+
+    # 5. the device key registered on chain
+    registry, index = bundle.get("registry"), bundle.get("meter_index")
+    if registry and index:
+        id_slot, key_slot = contracts.meter_slots(index)
+        try:
+            dev_word = proof.proven_storage(port, registry, id_slot, block_number,
+                                            block_hash).word
+            key_word = proof.proven_storage(port, registry, key_slot, block_number,
+                                            block_hash).word
+        except ProofError as e:
+            report.add("device key", False, f"registry proof rejected: {e}")
+            return report
+        report.add("device key", dev_word == fields["dev"].ljust(32, b"\0")
+                   and key_word == hashlib.sha256(pubkey).digest(),
+                   f"MeterRegistry {registry} meter {index}: device id and sha256(key)")
+    else:
+        report.add("device key", True, "not checked on chain (no registry in the bundle)")
+    return report
+
+
+def format_report(report):
+    lines = []
+    if report.fields:
+        f = dict(report.fields)
+        f["dev"] = f["dev"].hex()
+        flags = reading.flag_names(f.get("st", 0))
+        lines.append("reading: " + ", ".join(f"{k}={v}" for k, v in f.items())
+                     + (f" ({', '.join(flags)})" if flags else ""))
+    for c in report.checks:
+        lines.append(f"  [{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+    lines.append("VALID: the reading is signed by its meter and anchored on chain"
+                 if report.ok else "INVALID")
+    return "\n".join(lines)
+

@@ -1,0 +1,203 @@
+"""What the gateway knows about the Wattshare contracts (contracts/*.vy): compiled
+artifacts, the function signatures it calls, the packed submission format, storage slots
+and event decoding.
+
+Artifacts: ``out/contracts/<Name>.json`` from ``contracts/build.py`` when it is newer
+than the source, else compiled here with vyper's Python API (about 12 s for all three)
+and cached in ``out/contracts/.cache/<Name>-<sha256 of the source>.json``.
+"""
+
+import hashlib
+import json
+import os
+import sys
+from functools import cache
+from pathlib import Path
+
+import eth_abi
+from eth_utils import keccak, to_checksum_address
+
+from gateway.chain import proof
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONTRACTS_DIR = REPO_ROOT / "contracts"
+OUT_DIR = REPO_ROOT / "out" / "contracts"
+NAMES = ("CommunityToken", "MeterRegistry", "Settlement")
+
+# ---- function signatures (canonical ABI types)
+SUBMIT = "submit(uint256,bytes32,uint256[])"
+SETTLE = "settle(uint256)"
+ROOTS = "roots(uint256,address)"
+SETTLED = "settled(uint256)"
+SUBMISSION_COUNT = "submission_count(uint256)"
+TOKEN = "token()"
+REGISTRY = "registry()"
+INTERVAL_LENGTH = "interval_length()"
+P2P_PRICE = "p2p_price()"
+SET_PRICE = "set_price(uint256)"
+SET_PRODUCER_KEY = "set_producer_key(uint16,uint8,uint16[],uint32[])"
+SET_PRODUCER_COEFFICIENTS = "set_producer_coefficients(uint16,uint16[],uint32[])"
+SET_COMMUNITY_KEY = "set_community_key(uint8,uint16[],uint32[])"
+DEPOSIT_FOR = "deposit_for(address,uint256)"
+BALANCE_OF = "balance_of(address)"
+ADD_GATEWAY = "add_gateway(address)"
+IS_GATEWAY = "is_gateway(address)"
+REGISTER_METER = "register_meter(bytes8,bytes32,address,address)"
+INDEX_OF = "index_of(bytes8)"
+METERS = "meters(uint16)"
+OWNER = "owner()"
+APPROVE = "approve(address,uint256)"
+TRANSFER = "transfer(address,uint256)"
+ERC20_BALANCE = "balanceOf(address)"
+
+KEY_KINDS = {"none": 0, "static": 1, "prorata": 2, "percent": 3, "priority": 4,
+             "coefficients": 5}
+
+# ---- packed submission (see Settlement.vy): 3 entries of 80 bits per word,
+# entry = meter_index << 64 | import_wh << 32 | export_wh
+ENTRY_BITS = 80
+ENTRIES_PER_WORD = 3
+MAX_METERS = 256
+MAX_WH = (1 << 32) - 1
+
+
+def pack_totals(totals):
+    """``[(meter_index, import_wh, export_wh)]`` -> the ``packed`` words of ``submit``.
+
+    Sorted by meter index (the contract wants strictly increasing indices)."""
+    entries = sorted(totals)
+    if len(entries) > MAX_METERS:
+        raise ValueError(f"{len(entries)} meters: the contract takes at most {MAX_METERS}")
+    words, previous = [], 0
+    for k, (index, imp, exp) in enumerate(entries):
+        if not 1 <= index <= 0xFFFF or index <= previous:
+            raise ValueError(f"meter index {index}: must be 1..65535 and strictly increasing")
+        if not (0 <= imp <= MAX_WH and 0 <= exp <= MAX_WH):
+            raise ValueError(f"meter {index}: import {imp} / export {exp} Wh outside 32 bits")
+        previous = index
+        entry = index << 64 | imp << 32 | exp
+        if k % ENTRIES_PER_WORD == 0:
+            words.append(0)
+        words[-1] |= entry << (ENTRY_BITS * (k % ENTRIES_PER_WORD))
+    return words
+
+
+def unpack_totals(words):
+    """The inverse of :func:`pack_totals`."""
+    out = []
+    for word in words:
+        for k in range(ENTRIES_PER_WORD):
+            entry = (word >> (ENTRY_BITS * k)) & ((1 << ENTRY_BITS) - 1)
+            if entry:
+                out.append((entry >> 64, (entry >> 32) & MAX_WH, entry & MAX_WH))
+    return out
+
+
+# ---- artifacts
+
+
+def _source_hash(name):
+    return hashlib.sha256((CONTRACTS_DIR / f"{name}.vy").read_bytes()).hexdigest()
+
+
+@cache
+def artifact(name):
+    """abi, bytecode (hex), layout of contracts/<name>.vy (see the module docstring)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown contract {name!r}; known: {', '.join(NAMES)}")
+    source = CONTRACTS_DIR / f"{name}.vy"
+    built = OUT_DIR / f"{name}.json"
+    if built.is_file() and built.stat().st_mtime >= source.stat().st_mtime:
+        return json.loads(built.read_text())
+    cached = OUT_DIR / ".cache" / f"{name}-{_source_hash(name)[:16]}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from contracts.build import compile_contract
+
+    result = compile_contract(name)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(cached)
+    return result
+
+
+def storage_slot(name, variable):
+    """Base slot of a top-level storage variable, from the compiler's layout."""
+    layout = artifact(name)["layout"]["storage_layout"]
+    if variable not in layout:
+        raise KeyError(f"{name}: no storage variable {variable!r}")
+    return layout[variable]["slot"]
+
+
+def roots_slot(interval, gateway):
+    """Storage slot of ``Settlement.roots[interval][gateway]``."""
+    return proof.vyper_hashmap_slot(storage_slot("Settlement", "roots"), interval,
+                                    to_checksum_address(gateway))
+
+
+def meter_slots(index):
+    """Storage slots of ``MeterRegistry.meters[index]``: (device_id, key_hash).
+
+    A struct in a HashMap takes consecutive slots from ``keccak(slot || key)`` in field
+    order; ``bytes8`` sits left-aligned in its word."""
+    base = proof.vyper_hashmap_slot(storage_slot("MeterRegistry", "meters"), index)
+    return base, base + 1
+
+
+def deploy_data(name, args):
+    """Deployment bytecode followed by the ABI-encoded constructor arguments."""
+    a = artifact(name)
+    ctor = next((e for e in a["abi"] if e.get("type") == "constructor"), None)
+    types = [_abi_type(i) for i in ctor["inputs"]] if ctor else []
+    return bytes.fromhex(a["bytecode"][2:]) + eth_abi.encode(types, list(args))
+
+
+def _abi_type(item):
+    if item["type"].startswith("tuple"):
+        inner = ",".join(_abi_type(c) for c in item["components"])
+        return f"({inner}){item['type'][5:]}"
+    return item["type"]
+
+
+# ---- events
+
+
+@cache
+def _events(name):
+    out = {}
+    for e in artifact(name)["abi"]:
+        if e.get("type") != "event":
+            continue
+        sig = f"{e['name']}({','.join(_abi_type(i) for i in e['inputs'])})"
+        out[keccak(text=sig)] = e
+    return out
+
+
+def event_topic(name, event):
+    for topic, e in _events(name).items():
+        if e["name"] == event:
+            return topic
+    raise KeyError(f"{name}: no event {event}")
+
+
+def decode_log(name, log):
+    """A JSON-RPC log of contract ``name`` -> (event name, {field: value}), or None."""
+    topics = [bytes.fromhex(t[2:]) for t in log["topics"]]
+    if not topics:
+        return None
+    e = _events(name).get(topics[0])
+    if e is None:
+        return None
+    indexed = [i for i in e["inputs"] if i["indexed"]]
+    plain = [i for i in e["inputs"] if not i["indexed"]]
+    fields = {}
+    for item, topic in zip(indexed, topics[1:], strict=True):
+        fields[item["name"]] = eth_abi.decode([_abi_type(item)], topic)[0]
+    data = bytes.fromhex(log["data"][2:]) if log.get("data") not in (None, "0x") else b""
+    values = eth_abi.decode([_abi_type(i) for i in plain], data) if plain else ()
+    for item, value in zip(plain, values, strict=True):
+        fields[item["name"]] = value
+    return e["name"], fields
