@@ -7,11 +7,19 @@ The demo commissions everything the way a technician would (`wattshare gateway i
 `device add` with the key each device printed), lets the street run, then re-verifies
 every stored reading's signature independently and prints the gateway status.
 
+Part two settles energy on a local anvil chain. Settlement intervals are 15 minutes of
+wall-clock time, longer than a demo should take, so it replays the last closed morning
+hour of three community members (a resident with rooftop PV who gives 40 % of the
+surplus to the school, the school, a household): readings from the same meter
+simulator profiles, signed with the same cores the firmware runs, sent through the
+gateway's real CoAP server. Then, as a technician and the community admin would:
+`wattshare chain deploy`, `community add-meter`, `community producer-key`, `community
+fund`, `chain run --once`, `export-allocations`, and `verify` of one reading down to a
+storage proof against a block header.
+
     python -m tools.demo [--seconds 40]
 
 Everything runs on loopback; the work folder is out/demo/ (wiped at each run).
-The chain part (batching onto a local anvil, settlement) is not wired in yet: see the
-open issue on the chain and docs/architecture.md.
 """
 
 import argparse
@@ -127,6 +135,179 @@ def reverify(db: Path) -> tuple[int, int]:
     return good, bad
 
 
+# Part two: the community on chain (anvil development accounts own the meters)
+COMMUNITY = [
+    # (label, meter, profile, anvil account of the owner)
+    ("resident (PV roof)", "sdm120ct", "pv-household", 3),
+    ("school", "sdm630ct", "school", 4),
+    ("household", "sdm120ct", "household", 5),
+]
+HISTORY_STEP_S = 60  # one reading a minute in the replayed hour
+
+
+def history_window(now: float) -> int:
+    """Start of the last 11:00-12:00 UTC hour that is over (with the batcher's grace)."""
+    day = int(now) // 86400 * 86400
+    start = day + 11 * 3600
+    if start + 3600 + 180 > now:
+        start -= 86400
+    return start
+
+
+def member_readings(meter_id: str, profile: str, seed: int, t0: int) -> list[dict]:
+    from tools.meter_sim import ManualClock, MeterModel, get_meter
+
+    model = MeterModel(get_meter(meter_id), profile, ManualClock(t0), seed=seed, start=t0 - 600)
+    code = {"sdm120ct": 1, "sdm630ct": 2}[meter_id]
+    rows = []
+    for k, t in enumerate(range(t0, t0 + 3600 + 1, HISTORY_STEP_S)):
+        s = model.sample_at(t)
+        rows.append(
+            {
+                "seq": k,
+                "t": t,
+                "st": 0,
+                "mdl": code,
+                "ei": int(s.import_Wh),
+                "ee": int(s.export_Wh),
+                "p": round(s.power_W),
+                "u": round(s.voltage_dV),
+                "i": round(s.current_mA),
+                "f": round(s.frequency_cHz),
+                "pf": max(-1000, min(1000, round(s.power_factor_milli))),
+            }
+        )
+    return rows
+
+
+async def send_signed(port: int, priv: int, dev: bytes, rows: list[dict]) -> None:
+    """Sign with the firmware's cores and POST /r in batches of 8, as a device does."""
+    import aiocoap
+    from wattcore import cose, exchange, p256, reading
+
+    signed = [
+        cose.sign1(reading.encode_payload({"dev": dev, **r}), dev, lambda tbs: p256.sign(priv, tbs))
+        for r in rows
+    ]
+    ctx = await aiocoap.Context.create_client_context()
+    try:
+        # 6 per message: aiocoap switches to block-wise transfer above 1024 bytes,
+        # which the gateway does not take (devices send whole datagrams)
+        for k in range(0, len(signed), 6):
+            req = aiocoap.Message(
+                code=aiocoap.POST,
+                uri=f"coap://127.0.0.1:{port}/r",
+                content_format=exchange.CONTENT_FORMAT_CBOR,
+                payload=exchange.encode_batch(signed[k : k + 6]),
+            )
+            resp = await ctx.request(req).response
+            if resp.code != aiocoap.CHANGED:
+                raise SystemExit(f"demo: gateway answered {resp.code}: {resp.payload!r}")
+    finally:
+        await ctx.shutdown()
+
+
+def part_two(env, coap_port: int, data: Path) -> None:
+    import asyncio
+    import csv
+
+    from wattcore import p256
+
+    from gateway.chain.anvil import Anvil
+
+    keys = Anvil(WORK).account_keys()
+    from eth_account import Account
+
+    t0 = history_window(time.time())
+    say(
+        f"6/9 community: replay {time.strftime('%Y-%m-%d %H:%M', time.gmtime(t0))} UTC "
+        f"+ 1 h of three members through the gateway's CoAP server"
+    )
+    members = {}
+    for i, (label, meter, _profile, acct) in enumerate(COMMUNITY):
+        priv = p256.private_key_from_random(os.urandom)
+        dev = b"WS" + bytes([0xC0 + i, 0, 0, 0, 0, i])
+        wattshare(
+            "device",
+            "add",
+            "--id",
+            dev.hex(),
+            "--pubkey",
+            p256.public_key(priv).hex(),
+            "--model",
+            MODEL_NAMES[meter],
+            "--owner",
+            Account.from_key(keys[acct]).address,
+            "--label",
+            label,
+            env=env,
+        )
+        members[label] = (priv, dev)
+    time.sleep(2)  # the running gateway picks up registry changes every second
+    for i, (label, meter, profile, _acct) in enumerate(COMMUNITY):
+        priv, dev = members[label]
+        rows = member_readings(meter, profile, 10 + i, t0)
+        asyncio.run(send_signed(coap_port, priv, dev, rows))
+        exported = rows[-1]["ee"] - rows[0]["ee"]
+        imported = rows[-1]["ei"] - rows[0]["ei"]
+        say(f"    {label:20s} {len(rows)} readings, imported {imported} Wh, exported {exported} Wh")
+
+    say("7/9 admin: wattshare chain deploy (embedded anvil, state in the data folder)")
+    print(wattshare("chain", "deploy", env=env).rstrip())
+    for _priv, dev in members.values():
+        wattshare("community", "add-meter", "--device", dev.hex(), env=env)
+    say("    resident: community producer-key --static school=4000 (40 % to the school)")
+    wattshare(
+        "community",
+        "producer-key",
+        "--meter",
+        "resident (PV roof)",
+        "--static",
+        "school=4000",
+        "--anvil-account",
+        "3",
+        env=env,
+    )
+    for _label, _, _, acct in COMMUNITY[1:]:
+        wattshare(
+            "community",
+            "fund",
+            "--account",
+            Account.from_key(keys[acct]).address,
+            "--amount",
+            str(10**24),
+            env=env,
+        )
+
+    say("8/9 gateway: wattshare chain run --once (batch, sign, send, confirm)")
+    print(wattshare("chain", "run", "--once", env=env).rstrip())
+    csv_path = WORK / "allocations.csv"
+    wattshare(
+        "export-allocations",
+        "--from",
+        str(t0 // 900),
+        "--to",
+        str((t0 + 3600) // 900),
+        "-o",
+        str(csv_path),
+        env=env,
+    )
+    rows = list(csv.DictReader(csv_path.open()))
+    say(f"    settled flows ({csv_path.relative_to(REPO)}):")
+    for r in rows:
+        say("    " + ", ".join(f"{k}={v}" for k, v in r.items()))
+    if not any(r.get("kind") == "p2p" for r in rows):
+        raise SystemExit("demo: FAILED: no peer-to-peer allocation was settled")
+
+    say("9/9 anyone: wattshare verify (signature, Merkle path, root in contract storage)")
+    con = sqlite3.connect(data / "gateway.sqlite3")
+    rid = con.execute(
+        "SELECT id FROM readings WHERE device = ? ORDER BY seq LIMIT 1 OFFSET 20",
+        (members["school"][1],),
+    ).fetchone()[0]
+    print(wattshare("verify", "--reading", str(rid), env=env).rstrip())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         prog="python -m tools.demo",
@@ -147,7 +328,7 @@ def main() -> int:
     procs = Procs()
     try:
         coap_port, http_port = free_udp_port(), free_tcp_port()
-        say(f"1/5 technician: wattshare gateway init --data {data.relative_to(REPO)}")
+        say(f"1/9 technician: wattshare gateway init --data {data.relative_to(REPO)}")
         wattshare(
             "gateway",
             "init",
@@ -160,7 +341,7 @@ def main() -> int:
             env=env,
         )
 
-        say("2/5 installer: start a simulated meter and provision each device")
+        say("2/9 installer: start a simulated meter and provision each device")
         devices = []
         for i, (label, meter, profile, owner) in enumerate(STREET):
             log = WORK / f"meter{i}.log"
@@ -229,7 +410,7 @@ def main() -> int:
             devices.append(device_args)
 
         say(
-            f"3/5 gateway: wattshare gateway run (CoAP udp/{coap_port}, "
+            f"3/9 gateway: wattshare gateway run (CoAP udp/{coap_port}, "
             f"status page http://127.0.0.1:{http_port}/)"
         )
         glog = WORK / "gateway.log"
@@ -238,7 +419,7 @@ def main() -> int:
         if gw.poll() is not None:
             raise SystemExit(f"demo: the gateway exited:\n{glog.read_text()[-2000:]}")
 
-        say(f"4/5 the street runs for {args.seconds:.0f} s (firmware in MicroPython VMs)")
+        say(f"4/9 the street runs for {args.seconds:.0f} s (firmware in MicroPython VMs)")
         for i, device_args in enumerate(devices):
             procs.start(
                 f"device{i}",
@@ -252,7 +433,7 @@ def main() -> int:
             n = sqlite3.connect(db).execute("SELECT COUNT(*) FROM readings").fetchone()[0]
             say(f"    {n} signed readings verified and stored so far")
 
-        say("5/5 results")
+        say("5/9 results")
         print(wattshare("gateway", "status", env=env))
         say("latest reading per meter (power: export < 0):")
         con = sqlite3.connect(db)
@@ -270,10 +451,8 @@ def main() -> int:
         if good == 0 or bad:
             say("FAILED: expected stored readings, all with valid signatures")
             return 1
-        say(
-            "done. Next on the roadmap: interval batching onto a local anvil chain and "
-            "on-chain settlement (contracts/ are tested with titanoboa)."
-        )
+        part_two(env, coap_port, data)
+        say("done.")
         return 0
     finally:
         procs.stop()
