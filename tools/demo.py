@@ -146,12 +146,13 @@ HISTORY_STEP_S = 60  # one reading a minute in the replayed hour
 
 
 def history_window(now: float) -> int:
-    """Start of the last 11:00-12:00 UTC hour that is over (with the batcher's grace)."""
+    """Start of the latest daylight hour (09:00-14:00 UTC) that is over, grace included.
+
+    It stays within the last 24 h, the batcher's default backfill on a first start.
+    """
     day = int(now) // 86400 * 86400
-    start = day + 11 * 3600
-    if start + 3600 + 180 > now:
-        start -= 86400
-    return start
+    over = [day + h * 3600 for h in (13, 12, 11, 10, 9) if day + h * 3600 + 3600 + 180 <= now]
+    return over[0] if over else day - 86400 + 13 * 3600
 
 
 def member_readings(meter_id: str, profile: str, seed: int, t0: int) -> list[dict]:
