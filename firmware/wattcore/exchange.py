@@ -9,7 +9,7 @@ from wattcore.errors import CborError, DecodeError, EncodeError
 PATH_READINGS = "r"  # POST, CON: a batch of readings
 PATH_TIME = "t"  # GET: gateway time, for a device whose clock is not trusted
 CONTENT_FORMAT_CBOR = const(60)  # application/cbor
-MAX_PAYLOAD = const(4608)  # bytes of CoAP payload the gateway accepts (32 readings)
+MAX_PAYLOAD = const(5632)  # bytes of CoAP payload: 32 readings of the largest size (175 B)
 DEVICE_BATCH = const(8)  # readings per message a device sends: one Wi-Fi frame
 MAX_BATCH = const(32)  # readings per message
 

@@ -150,3 +150,14 @@ def test_every_response_code_has_a_device_action():
     assert exchange.device_action(exchange.UNAVAILABLE) == exchange.ACT_WAIT
     assert exchange.device_action(exchange.FORBIDDEN) in keep
     assert exchange.device_action(0x9F) in keep  # an unknown code never loses data
+
+
+def test_max_batch_of_the_largest_readings_fits_max_payload():
+    big = {"dev": b"\xff" * 8, "seq": 2**64 - 1, "t": 0xFFFFFFFFFF,
+           "st": 0xFFFFFFFF & ~reading.ST_FAULT_MASK, "ei": 2**48 - 1, "ee": 2**48 - 1,
+           "p": -(2**31), "u": 0xFFFF, "i": 0xFFFFFFFF, "f": 0xFFFF, "pf": -1000, "mdl": 255,
+           "sn": 0xFFFFFFFF}
+    one = cose.sign1(reading.encode_payload(big), big["dev"], lambda tbs: b"\x00" * 64)
+    batch = exchange.encode_batch([one] * exchange.MAX_BATCH)
+    assert len(batch) <= exchange.MAX_PAYLOAD
+    assert exchange.decode_batch(batch) == [one] * exchange.MAX_BATCH
