@@ -151,7 +151,9 @@ def cases(m):
              stores=rows(a, [(s1, i1), (s2, i2)])),
     ]
 
-    out["too-large: bytes"] = [Step(b"\x81\x59\x11\xfe" + bytes(4606), expect="4.13",
+    body = exchange.MAX_PAYLOAD + 1 - 4  # one byte over the limit, as [bstr(body)]
+    out["too-large: bytes"] = [Step(b"\x81\x59" + body.to_bytes(2, "big") + bytes(body),
+                                    expect="4.13",
                                     reason="too-large", size1=exchange.MAX_PAYLOAD)]
     out["too-large: readings"] = [Step(b"\x98\x21" + b"\x01" * 33, expect="4.13",
                                        reason="too-large", size1=exchange.MAX_PAYLOAD)]
