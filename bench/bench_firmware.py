@@ -20,24 +20,14 @@ acknowledges. Results:
 """
 
 import json
-import shutil
-import subprocess
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "tools" / "mpvm" / "bench_firmware.mjs"
+from bench.mpvm_script import run_mpvm_script
+
 READINGS = 1000
 
 
 def run() -> dict:
-    node = shutil.which("node")
-    if node is None:
-        raise RuntimeError("node not found on PATH (needed for the MicroPython VM)")
-    proc = subprocess.run([node, str(SCRIPT), str(READINGS)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{SCRIPT.name} failed ({proc.returncode}):\n{proc.stderr}")
-    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    raw = run_mpvm_script("bench_firmware.mjs", READINGS)
     keys = ("cycle_ms", "peak_heap_above_idle_bytes", "allocated_per_cycle_bytes",
             "idle_heap_bytes", "bytes_per_reading_single", "bytes_per_reading_batched",
             "flash_writes_per_reading", "flash_writes_per_reading_batched", "readings",

@@ -13,29 +13,14 @@ comment in the .mjs script. plain_peak_heap_bytes is the same for the plain meth
 """
 
 import json
-import shutil
-import subprocess
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "tools" / "mpvm" / "bench_signing.mjs"
+from bench.mpvm_script import run_mpvm_script
+
 ROUNDS = 31
 
 
 def run() -> dict:
-    node = shutil.which("node")
-    if node is None:
-        raise RuntimeError("node not found on PATH (needed for the MicroPython VM)")
-    proc = subprocess.run(
-        [node, str(SCRIPT), str(ROUNDS)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{SCRIPT.name} failed ({proc.returncode}):\n{proc.stderr}")
-    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    raw = run_mpvm_script("bench_signing.mjs", ROUNDS)
     plain_ms = raw["plain_ms"]
     table_ms = raw["table_ms"]
     return {
