@@ -23,6 +23,7 @@ Reason tokens and codes follow docs/protocol.md, section 4.3.
 
 from typing import NamedTuple
 
+import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -95,8 +96,9 @@ class Checked(NamedTuple):
 class BatchCheck(NamedTuple):
     """Outcome of :func:`check_batch`.
 
-    ``readings`` is the verified prefix; ``reason`` (None when every reading passed)
-    names what stopped the batch at reading ``len(readings)``, whose seq is
+    ``readings`` is the verified prefix (:class:`Checked`, or plain tuples in its field
+    order when the batch was checked in a worker process); ``reason`` (None when every
+    reading passed) names what stopped the batch at reading ``len(readings)``, whose seq is
     ``rejected_seq`` when it could be decoded. ``device_id`` is the first reading's kid.
     """
 
@@ -161,80 +163,252 @@ def public_key(sec1):
     return key
 
 
+class _Parsed(NamedTuple):
+    # One item of a batch, parsed: what the checks below need.
+    cose: bytes  # the exact COSE_Sign1 bytes (stored, re-verifiable)
+    kid: bytes
+    fields: dict  # the reading's fields by name (wattcore.reading.decode_payload)
+    to_be_signed: bytes
+    signature: bytes  # 64 bytes r || s
+
+
+class _Bad(NamedTuple):
+    # An item that could not be parsed: the reason token and the decoder's message.
+    reason: str
+    detail: str
+
+
+def _parse_generic(item):
+    """The reference parse of one item, with wattcore's strict decoders."""
+    try:
+        sign1 = cose.decode_sign1(item)
+    except DecodeError as e:
+        return _Bad("cose", str(e))
+    try:
+        fields = reading.decode_payload(sign1.payload)
+    except DecodeError as e:
+        return _Bad("schema", str(e))
+    return _Parsed(item, sign1.kid, fields, sign1.to_be_signed(), sign1.signature)
+
+
+# -- fast path -------------------------------------------------------------------------
+# A meter's reading always has the same layout: the tag, the fixed protected header, an
+# 8-byte kid, a short payload and a 64-byte signature. For that layout the item is split
+# by offsets and the reading map decoded by cbor2 (C); the result is accepted only if
+# re-encoding it deterministically gives back the exact bytes and the schema holds, which
+# makes it what wattcore's strict decoders return for the same bytes (property-tested in
+# gateway/tests/test_gateway_verify_fast.py). Anything else takes the reference path, so
+# every reject keeps its exact reason and message.
+
+_KID_AT = len(_SIGN1_PREFIX)
+_PAYLOAD_HEAD_AT = _KID_AT + reading.DEVICE_ID_LEN
+# cbor.dumps(["Signature1", h'a10126', h'', payload]) without the payload's own head
+_TBS_PREFIX = b"\x84\x6aSignature1\x43" + cose.PROTECTED_ES256 + b"\x40"
+_SIG_HEAD = b"\x58\x40"  # byte string of 64
+_BY_KEY = {key: (name, lo, hi) for name, (key, lo, hi, _) in reading.FIELDS.items()}
+_REQUIRED_KEYS = frozenset(key for key, _, _, required in reading.FIELDS.values() if required)
+_MEASUREMENT_KEYS = frozenset(reading.FIELDS[name][0] for name in reading.MEASUREMENTS)
+_DEV_KEY = reading.FIELDS["dev"][0]
+_ST_KEY = reading.FIELDS["st"][0]
+
+
+def _split_fast(payload):
+    """``[(start, payload_start, payload_end, end)]`` per item when every item of the batch
+    has the usual layout, else None."""
+    n = len(payload)
+    if n < 2 or n > exchange.MAX_PAYLOAD:
+        return None
+    head = payload[0]
+    if 0x81 <= head <= 0x97:
+        count, pos = head & 0x1F, 1
+    elif head == 0x98 and payload[1] >= 24:
+        count, pos = payload[1], 2
+    else:
+        return None
+    if count > exchange.MAX_BATCH:
+        return None
+    spans = []
+    for _ in range(count):
+        at = pos + _PAYLOAD_HEAD_AT
+        if at + 2 > n or payload[pos:pos + _KID_AT] != _SIGN1_PREFIX:
+            return None
+        b = payload[at]
+        if 0x40 <= b <= 0x57:
+            start, length = at + 1, b - 0x40
+        elif b == 0x58 and payload[at + 1] >= 24:
+            start, length = at + 2, payload[at + 1]
+        else:
+            return None
+        end = start + length
+        stop = end + 2 + cose.SIG_LEN
+        if stop > n or payload[end:end + 2] != _SIG_HEAD:
+            return None
+        spans.append((pos, start, end, stop))
+        pos = stop
+    return spans if pos == n else None
+
+
+def _fields_fast(data):
+    """The reading in ``data`` by field name, or None if the fast path cannot vouch for it.
+
+    Deterministic encoding is checked without re-encoding: the map head counts the pairs
+    cbor2 kept (a repeated key would be lost), keys ascend, and the bytes are exactly as
+    long as the shortest encoding of what was decoded (every longer form of an item, be
+    it a wider integer head, a tag or an indefinite length, would add bytes).
+    """
+    try:
+        m = cbor2.loads(data)
+    except Exception:  # any decoding trouble: the reference path says what it is
+        return None
+    if type(m) is not dict or data[0] != 0xA0 + len(m) or not _REQUIRED_KEYS <= m.keys():
+        return None
+    size = 1
+    last = 0
+    fields = {}
+    for key, value in m.items():
+        if type(key) is not int or key <= last:
+            return None
+        spec = _BY_KEY.get(key)
+        if spec is None:
+            return None
+        last = key
+        name, lo, hi = spec
+        if key == _DEV_KEY:
+            if type(value) is not bytes or len(value) != reading.DEVICE_ID_LEN:
+                return None
+            size += 2 + reading.DEVICE_ID_LEN  # key, head, bytes
+        elif type(value) is not int or not lo <= value <= hi:
+            return None
+        else:
+            u = value if value >= 0 else -1 - value
+            size += (2 if u < 24 else 3 if u < 0x100 else 4 if u < 0x10000
+                     else 6 if u < 0x100000000 else 10)  # key + the value's shortest form
+        fields[name] = value
+    if size != len(data):
+        return None
+    if m[_ST_KEY] & reading.ST_FAULT_MASK and not _MEASUREMENT_KEYS.isdisjoint(m.keys()):
+        return None
+    return fields
+
+
+def _parse_items(payload):
+    """Parsed items of a batch (a :class:`_Parsed` or :class:`_Bad` each), lazily; raises
+    DecodeError when the payload is not a batch."""
+    spans = _split_fast(payload)
+    if spans is None:
+        for item in exchange.decode_batch(payload):
+            yield _parse_generic(item)
+        return
+    for start, payload_start, payload_end, stop in spans:
+        item = payload[start:stop]
+        fields = _fields_fast(payload[payload_start:payload_end])
+        if fields is None:
+            yield _parse_generic(item)
+            continue
+        yield _Parsed(
+            item, payload[start + _KID_AT:start + _PAYLOAD_HEAD_AT], fields,
+            _TBS_PREFIX + payload[start + _PAYLOAD_HEAD_AT:payload_end],
+            payload[payload_end + 2:stop],
+        )
+
+
 def signature_valid(pubkey, sign1):
     """ES256 check of a parsed COSE_Sign1 against a 65-byte SEC1 key."""
-    sig = sign1.signature
+    return _signature_valid(pubkey, sign1.signature, sign1.to_be_signed())
+
+
+def _signature_valid(pubkey, sig, to_be_signed):
     der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
     try:
-        public_key(pubkey).verify(der, sign1.to_be_signed(), _ECDSA_SHA256)
+        public_key(pubkey).verify(der, to_be_signed, _ECDSA_SHA256)
     except InvalidSignature:
         return False
     return True
 
 
-def check_batch(payload, credential, now, policy):
+def check_batch(payload, credential, now, policy, fast=True):
     """Stateless checks of one POST /r payload (see the module docstring).
 
     ``credential``: the :class:`Credential` of the device the first reading names, or
     None when no such device is registered. ``now``: gateway unix time, seconds.
+    ``fast=False`` parses with wattcore's strict decoders only (the reference the fast
+    path is tested against); the outcome is the same either way.
     """
-    try:
-        items = exchange.decode_batch(payload)
-    except DecodeError as e:
-        reason = "empty" if payload == b"\x80" else "cbor"
-        return BatchCheck(None, [], reason, None, str(e))
+    if fast:
+        items = _parse_items(payload)
+    else:
+        try:
+            items = map(_parse_generic, exchange.decode_batch(payload))
+        except DecodeError as e:
+            items = _raise(e)
     checked = []
     device_id = None
 
     def stop(reason, seq, detail):
         return BatchCheck(device_id, checked, reason, seq, detail)
 
-    for index, item in enumerate(items):
-        try:
-            sign1 = cose.decode_sign1(item)
-        except DecodeError as e:
-            return stop("cose", None, f"reading {index}: {e}")
-        try:
-            r = reading.decode_payload(sign1.payload)
-        except DecodeError as e:
-            return stop("schema", None, f"reading {index}: {e}")
-        seq = r["seq"]
-        if sign1.kid != r["dev"]:
-            return stop("kid-mismatch", seq, f"reading {index}: COSE kid differs from dev")
-        if index == 0:
-            device_id = sign1.kid
-            if credential is None or credential.device_id != device_id:
-                return stop("unknown-device", seq, f"device {device_id.hex()} is not registered")
-            if credential.revoked:
-                return stop("revoked", seq, f"device {device_id.hex()} is revoked")
-        elif sign1.kid != device_id:
-            return stop("mixed-devices", seq, f"reading {index} names another device")
-        if not signature_valid(credential.pubkey, sign1):
-            return stop("bad-signature", seq, f"reading {index}: signature does not verify")
-        if seq > MAX_STORED_SEQ:
-            return stop("seq-range", seq, "seq above 2**63-1")
-        st = r["st"]
-        if st & reading.ST_CLOCK_UNTRUSTED:
-            return stop("clock-untrusted", seq, "reading stamped by an unset clock")
-        t = r["t"]
-        if t > now + policy.max_future_skew_s:
-            return stop("time-skew", seq, f"t is {t - now} s ahead of the gateway")
-        if t < now - policy.max_age_s:
-            return stop("too-old", seq,
-                        f"t is {now - t} s old (max age {policy.max_age_s} s)")
-        p = r.get("p")
-        if p is not None and abs(p) > credential.power_limit_w:
-            return stop(
-                "over-rating", seq, f"|p| = {abs(p)} W above {credential.power_limit_w} W"
+    try:
+        for index, parsed in enumerate(items):
+            if type(parsed) is _Bad:
+                return stop(parsed.reason, None, f"reading {index}: {parsed.detail}")
+            r = parsed.fields
+            seq = r["seq"]
+            kid = parsed.kid
+            if kid != r["dev"]:
+                return stop("kid-mismatch", seq, f"reading {index}: COSE kid differs from dev")
+            if index == 0:
+                device_id = kid
+                if credential is None or credential.device_id != device_id:
+                    return stop("unknown-device", seq,
+                                f"device {device_id.hex()} is not registered")
+                if credential.revoked:
+                    return stop("revoked", seq, f"device {device_id.hex()} is revoked")
+            elif kid != device_id:
+                return stop("mixed-devices", seq, f"reading {index} names another device")
+            if not _signature_valid(credential.pubkey, parsed.signature, parsed.to_be_signed):
+                return stop("bad-signature", seq,
+                            f"reading {index}: signature does not verify")
+            if seq > MAX_STORED_SEQ:
+                return stop("seq-range", seq, "seq above 2**63-1")
+            st = r["st"]
+            if st & reading.ST_CLOCK_UNTRUSTED:
+                return stop("clock-untrusted", seq, "reading stamped by an unset clock")
+            t = r["t"]
+            if t > now + policy.max_future_skew_s:
+                return stop("time-skew", seq, f"t is {t - now} s ahead of the gateway")
+            if t < now - policy.max_age_s:
+                return stop("too-old", seq,
+                            f"t is {now - t} s old (max age {policy.max_age_s} s)")
+            p = r.get("p")
+            if p is not None and abs(p) > credential.power_limit_w:
+                return stop(
+                    "over-rating", seq, f"|p| = {abs(p)} W above {credential.power_limit_w} W"
+                )
+            g = r.get
+            checked.append(
+                Checked(seq, t, st, g("ei"), g("ee"), p, g("u"), g("i"), g("f"), g("pf"),
+                        r["mdl"], g("sn"), parsed.cose)
             )
-        g = r.get
-        checked.append(
-            Checked(seq, t, st, g("ei"), g("ee"), p, g("u"), g("i"), g("f"), g("pf"),
-                    r["mdl"], g("sn"), item)
-        )
+    except DecodeError as e:  # the payload is not a batch of items at all
+        reason = "empty" if payload == b"\x80" else "cbor"
+        return BatchCheck(None, [], reason, None, str(e))
     return BatchCheck(device_id, checked, None, None, "")
 
 
+def _raise(error):
+    raise error
+    yield  # a generator: raises when the checks start iterating
+
+
 def check_batches(jobs, policy):
-    """:func:`check_batch` over a list of ``(payload, credential, now)``: one worker task."""
-    return [check_batch(payload, credential, now, policy) for payload, credential, now in jobs]
+    """:func:`check_batch` over a list of ``(payload, credential, now)``: one worker task.
+
+    Results go back as plain tuples, readings too (in :class:`Checked` field order):
+    pickling named tuples costs ten times as much, and the gateway only forwards them.
+    """
+    results = []
+    for payload, credential, now in jobs:
+        device_id, readings, reason, rejected_seq, detail = check_batch(
+            payload, credential, now, policy)
+        results.append((device_id, [tuple(r) for r in readings], reason, rejected_seq, detail))
+    return results

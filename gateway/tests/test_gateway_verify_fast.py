@@ -1,0 +1,205 @@
+"""The gateway's fast parse of readings agrees with wattcore's strict decoders.
+
+``gateway.verify`` splits a batch by offsets and decodes each reading map with cbor2,
+accepting the result only when it can vouch that wattcore's canonical decoder would
+return the same; everything else takes the reference path. These properties check
+that claim on encodings a strict decoder must refuse (wide integer heads, unsorted or
+repeated keys, indefinite lengths, tags) as well as on valid ones, and that the whole
+batch check gives identical outcomes either way.
+"""
+
+import time
+
+import cbor2
+from gw_testbed import MeterKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from wattcore import cose, exchange, reading
+from wattcore.errors import DecodeError
+
+from gateway import verify
+
+NOW = int(time.time())
+POLICY = verify.Policy(300, 10**9)
+METER = MeterKey()
+CRED = verify.Credential(METER.device_id, METER.pubkey, 50_000, False)
+
+
+def _head(major, n, width):
+    # CBOR head for argument n < 2**64: width 0 is the shortest form, higher widths wider
+    forms = [(n, 0)] if n < 24 else []
+    forms += [(info, size) for info, size in ((24, 1), (25, 2), (26, 4), (27, 8))
+              if n < 1 << (8 * size)]
+    info, size = forms[min(width, len(forms) - 1)]
+    return bytes((major << 5 | info,)) + (n.to_bytes(size, "big") if size else b"")
+
+
+def _encode_int(v, width):
+    return _head(0, v, width) if v >= 0 else _head(1, -1 - v, width)
+
+
+values = {
+    "seq": st.integers(-2, 2**64),
+    "t": st.integers(-1, 2**40),
+    "st": st.sampled_from([0, 1, reading.ST_METER_CRC, reading.ST_BOOT, 2**32]),
+    "ei": st.integers(-1, 2**48),
+    "ee": st.one_of(st.integers(0, 300), st.booleans()),
+    "p": st.integers(-(2**31) - 1, 2**31),
+    "u": st.integers(0, 2**16),
+    "pf": st.integers(-1001, 1001),
+    "mdl": st.integers(0, 256),
+    "sn": st.integers(0, 2**32),
+}
+
+
+@st.composite
+def reading_maps(draw):
+    """A reading map encoded the canonical way or one of the ways a strict decoder refuses.
+
+    Returns (bytes, canonical_intent): the second is True when the encoder chose
+    shortest heads, ascending unique keys and no tags.
+    """
+    fields = {"dev": draw(st.sampled_from([METER.device_id, b"\x01" * 7]))}
+    for name, strategy in values.items():
+        if name in ("seq", "t", "st", "mdl") or draw(st.booleans()):
+            fields[name] = draw(strategy)
+    if draw(st.integers(0, 9)) == 0:
+        fields["zz"] = 1  # an unknown key (99)
+    pairs = [(reading.FIELDS[n][0] if n in reading.FIELDS else 99, v) for n, v in fields.items()]
+    pairs.sort()
+    canonical = True
+    if draw(st.integers(0, 4)) == 0:
+        pairs = draw(st.permutations(pairs))
+        canonical = pairs == sorted(pairs)
+    if draw(st.integers(0, 6)) == 0:
+        pairs.append(pairs[0])  # a repeated key
+        canonical = False
+    parts = []
+    for key, value in pairs:
+        key_width = draw(st.sampled_from([0, 0, 0, 1]))
+        value_width = draw(st.sampled_from([0, 0, 0, 0, 1, 2]))
+        canonical &= key_width == 0
+        parts.append(_encode_int(key, key_width))
+        if isinstance(value, bytes):
+            parts.append(_head(2, len(value), value_width) + value)
+            canonical &= value_width == 0
+        elif isinstance(value, bool):
+            parts.append(b"\xf5" if value else b"\xf4")
+        elif draw(st.integers(0, 9)) == 0 and 0 <= value < 2**64:
+            parts.append(b"\xc2" + _head(2, 8, 0) + value.to_bytes(8, "big"))  # bignum tag
+            canonical = False
+        elif -(2**64) <= value < 2**64:
+            encoded = _encode_int(value, value_width)
+            canonical &= len(encoded) == len(_encode_int(value, 0))
+            parts.append(encoded)
+        else:
+            parts.append(b"\xf6")  # null: out of the CBOR integer range
+    if draw(st.integers(0, 9)) == 0:
+        data = b"\xbf" + b"".join(parts) + b"\xff"  # indefinite-length map
+        canonical = False
+    else:
+        data = _head(5, len(pairs), 0) + b"".join(parts)
+    return data, canonical
+
+
+def _reference(data):
+    try:
+        return reading.decode_payload(data)
+    except DecodeError:
+        return None
+
+
+@settings(max_examples=600, deadline=None)
+@given(reading_maps())
+def test_fast_reading_decode_vouches_only_for_what_wattcore_accepts(case):
+    data, canonical = case
+    fast = verify._fields_fast(data)
+    reference = _reference(data)
+    if fast is not None:
+        assert fast == reference
+        assert all(type(fast[k]) is type(reference[k]) for k in fast)  # no True for 1
+    if canonical and reference is not None:
+        assert fast is not None, "the fast path must take every canonical valid reading"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120))
+def test_fast_reading_decode_on_arbitrary_bytes(data):
+    fast = verify._fields_fast(data)
+    assert fast is None or fast == _reference(data)
+
+
+def _batch(n=3, **kw):
+    return [METER.reading(seq, t=NOW - 100 + seq, **kw) for seq in range(1, n + 1)]
+
+
+@st.composite
+def mutated_batches(draw):
+    items = _batch(draw(st.integers(1, 4)))
+    payload = bytearray(exchange.encode_batch(items))
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.integers(0, 3))
+        at = draw(st.integers(0, len(payload) - 1))
+        if kind == 0:
+            payload[at] = draw(st.integers(0, 255))
+        elif kind == 1:
+            del payload[at]
+        elif kind == 2:
+            payload.insert(at, draw(st.integers(0, 255)))
+        else:
+            payload += draw(st.binary(min_size=1, max_size=3))
+    return bytes(payload)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_batches())
+def test_batch_outcome_is_the_same_with_and_without_the_fast_path(payload):
+    fast = verify.check_batch(payload, CRED, NOW, POLICY)
+    reference = verify.check_batch(payload, CRED, NOW, POLICY, fast=False)
+    assert fast == reference
+
+
+def test_fast_path_keeps_exact_bytes_and_signed_bytes():
+    items = _batch(4)
+    payload = exchange.encode_batch(items)
+    spans = verify._split_fast(payload)
+    assert spans is not None and len(spans) == 4
+    parsed = list(verify._parse_items(payload))
+    for item, p in zip(items, parsed, strict=True):
+        sign1 = cose.decode_sign1(item)
+        assert p.cose == item
+        assert p.kid == sign1.kid
+        assert p.to_be_signed == sign1.to_be_signed()
+        assert p.signature == sign1.signature
+        assert p.fields == reading.decode_payload(sign1.payload)
+    result = verify.check_batch(payload, CRED, NOW, POLICY)
+    assert result.reason is None and [c.cose for c in result.readings] == items
+
+
+def test_layouts_outside_the_fast_path_still_verify():
+    # 24 readings need a two-byte array head; a reading whose payload needs a one-byte
+    # length head; both must go the same way as the reference.
+    big = exchange.encode_batch(_batch(24))
+    assert verify._split_fast(big) is not None
+    assert verify.check_batch(big, CRED, NOW, POLICY).reason is None
+    # a non-canonical array head (0x98 0x03) is refused by both paths alike
+    items = _batch(3)
+    odd = b"\x98\x03" + b"".join(items)
+    assert verify._split_fast(odd) is None
+    assert verify.check_batch(odd, CRED, NOW, POLICY) == verify.check_batch(
+        odd, CRED, NOW, POLICY, fast=False)
+    assert verify.check_batch(odd, CRED, NOW, POLICY).reason == "cbor"
+
+
+def test_fast_path_rejects_what_cbor2_would_happily_accept():
+    # cbor2 decodes a bignum-tagged seq and a repeated key without complaint; the
+    # fast path must not, and the reject reason comes from the reference decoder.
+    fields = METER.fields(5, t=NOW)
+    canonical = reading.encode_payload(fields)
+    assert verify._fields_fast(canonical) == fields
+    wide = canonical.replace(b"\x02\x05", b"\x02\x18\x05", 1)  # seq 5 in a 2-byte head
+    assert cbor2.loads(wide)[2] == 5
+    assert verify._fields_fast(wide) is None
+    item = cose.sign1(wide, METER.device_id, METER.sign)
+    result = verify.check_batch(exchange.encode_batch([item]), CRED, NOW, POLICY)
+    assert result.reason == "schema" and "non-shortest" in result.detail
