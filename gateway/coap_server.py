@@ -1,5 +1,8 @@
 """CoAP over UDP front end on aiocoap: translates messages to and from the handler.
 
+The alternative to :mod:`gateway.coap_lean` (the default), chosen with
+``[coap] front_end = "aiocoap"``; docs/gateway.md lists where the two differ.
+
 aiocoap does the CoAP work (parsing, deduplication of CON retransmissions by message
 id, ACKs, dropping unparsable datagrams); every request, whatever its path, goes to one
 root resource that calls :meth:`gateway.ingest.Ingest.handle`. Blockwise assembly is

@@ -100,7 +100,8 @@ class GatewayMetrics:
         )
         self.dropped = Counter(
             "wattshare_coap_datagrams_dropped_total",
-            "Datagrams dropped because they are not valid CoAP (never answered).",
+            "Datagrams dropped because they are not valid CoAP or not a request "
+            "(never given a response; a CON may get a Reset).",
         )
         self.responses = Counter(
             "wattshare_coap_responses_total", "CoAP responses sent, by code.", label="code"

@@ -21,6 +21,8 @@ from gateway import registry, store
 from gateway.app import Gateway
 
 OWNER = "0x" + "ab" * 20
+FRONT_ENDS = gwconfig.FRONT_ENDS  # parametrize tests that must hold for every CoAP front end
+_FRONT_END_MODULES = {"lean": "gateway.coap_lean", "aiocoap": "gateway.coap_server"}
 
 
 class MeterKey:
@@ -104,6 +106,8 @@ async def running_gateway(cfg, http=True):
     gw = Gateway(cfg, http=http)
     try:
         await gw.start()
+        # The front end the test asked for is the one serving.
+        assert type(gw.coap).__module__ == _FRONT_END_MODULES[cfg.coap.front_end]
         yield gw
     finally:
         await gw.stop()

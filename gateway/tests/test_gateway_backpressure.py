@@ -1,10 +1,13 @@
 """5.03 with Max-Age when the store falls behind ("busy") or the database fails ("storage").
-In both cases nothing is acknowledged that is not on disk, and the gateway recovers."""
+In both cases nothing is acknowledged that is not on disk, and the gateway recovers.
+Both CoAP front ends (lean and aiocoap)."""
 
 import asyncio
 import sqlite3
 
+import pytest
 from gw_testbed import (
+    FRONT_ENDS,
     MeterKey,
     RawUdp,
     coap_client,
@@ -18,9 +21,11 @@ from gw_testbed import (
 from wattcore import exchange
 
 
-def test_overload_answers_5_03_with_max_age_then_recovers(tmp_path):
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_overload_answers_5_03_with_max_age_then_recovers(tmp_path, front_end):
     meters = [MeterKey() for _ in range(6)]
-    cfg = write_config(tmp_path, ingest={"max_pending_readings": 100, "overload_max_age_s": 7})
+    cfg = write_config(tmp_path, coap={"front_end": front_end},
+                       ingest={"max_pending_readings": 100, "overload_max_age_s": 7})
     register(cfg, *meters)
     batches = [exchange.encode_batch([m.reading(s) for s in range(1, 33)]) for m in meters]
 
@@ -63,9 +68,10 @@ def test_overload_answers_5_03_with_max_age_then_recovers(tmp_path):
     asyncio.run(scenario())
 
 
-def test_database_failure_answers_5_03_and_stores_nothing(tmp_path):
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_database_failure_answers_5_03_and_stores_nothing(tmp_path, front_end):
     meter = MeterKey()
-    cfg = write_config(tmp_path)
+    cfg = write_config(tmp_path, coap={"front_end": front_end})
     register(cfg, meter)
     batch = exchange.encode_batch([meter.reading(s) for s in (1, 2)])
     db = sqlite3.connect(cfg.db_path, isolation_level=None)

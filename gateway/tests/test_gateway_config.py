@@ -11,6 +11,8 @@ def test_rendered_defaults_load_back_to_the_defaults(tmp_path):
     path.write_text(config.render())
     cfg = config.load(path)
     assert cfg.coap.port == 5683 and cfg.coap.bind == "::"
+    assert cfg.coap.front_end == "lean"
+    assert 'front_end = "lean"' in path.read_text()  # `gateway init` writes the key
     assert cfg.ingest.max_future_skew_s == 300 and cfg.ingest.max_age_s == 30 * 86400
     assert cfg.chain.rpc_url == "anvil"
     assert cfg.data_dir == tmp_path.resolve()  # "." is relative to the file
@@ -20,6 +22,13 @@ def test_rendered_defaults_load_back_to_the_defaults(tmp_path):
 def test_empty_file_means_all_defaults(tmp_path):
     cfg = config.parse("", tmp_path / "g.toml")
     assert cfg.http.port == 8683 and cfg.ingest.worker_count() >= 1
+
+
+def test_coap_front_end_is_selectable(tmp_path):
+    cfg = config.parse('[coap]\nfront_end = "aiocoap"\n', tmp_path / "g.toml")
+    assert cfg.coap.front_end == "aiocoap"
+    text = config.render({"coap": {"front_end": "aiocoap"}})
+    assert config.parse(text, tmp_path / "g.toml").coap.front_end == "aiocoap"
 
 
 def test_overrides_and_absolute_data_dir(tmp_path):
@@ -33,6 +42,8 @@ def test_overrides_and_absolute_data_dir(tmp_path):
     ('[coap]\nport = "5683"\n', ["[coap] port = '5683'", "integer"]),
     ('[coap]\nbind = "localhost"\n', ["[coap] bind = 'localhost'", "IP address"]),
     ('[log]\nformat = "xml"\n', ["[log] format = 'xml'", '"json", "kv"']),
+    ('[coap]\nfront_end = "libcoap"\n', ["[coap] front_end = 'libcoap'", '"lean", "aiocoap"']),
+    ("[coap]\nfront_end = 1\n", ["[coap] front_end = 1", '"lean", "aiocoap"']),
     ("[ingest]\nverify_workers = -1\n", ["verify_workers = -1", '"auto" or an integer']),
     ('[chain]\nrpc_url = "ftp://x"\n', ["rpc_url = 'ftp://x'", '"anvil"']),
     ('[chain]\ncontract = "0x12"\n', ["contract = '0x12'", "20-byte address"]),

@@ -1,6 +1,7 @@
 """Every answer of POST /r and GET /t over real CoAP: once through an aiocoap client,
-once through raw UDP datagrams. After each case the database holds exactly the readings
-acknowledged so far (nothing rejected is stored) and the gateway still answers."""
+once through raw UDP datagrams, each against both CoAP front ends (lean and aiocoap).
+After each case the database holds exactly the readings acknowledged so far (nothing
+rejected is stored) and the gateway still answers."""
 
 import asyncio
 import itertools
@@ -8,8 +9,10 @@ import time
 import urllib.request
 from typing import NamedTuple
 
+import pytest
 from aiocoap.numbers.codes import Code
 from gw_testbed import (
+    FRONT_ENDS,
     MeterKey,
     RawUdp,
     coap_client,
@@ -196,8 +199,8 @@ def cases(m):
     return out
 
 
-def setup_gateway(tmp_path, meters):
-    cfg = write_config(tmp_path)
+def setup_gateway(tmp_path, meters, front_end):
+    cfg = write_config(tmp_path, coap={"front_end": front_end})
     register(cfg, meters.a, meters.b, meters.revoked)
     conn = store.open_store(cfg.db_path)
     registry.revoke_device(conn, meters.revoked.device_id)
@@ -249,9 +252,10 @@ def check_counters(gw, cfg, meters, counts):
     assert b'wattshare_readings_rejected_total{reason="seq-reuse"} 1' in metrics
 
 
-def test_every_answer_with_aiocoap_client(tmp_path):
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_every_answer_with_aiocoap_client(tmp_path, front_end):
     meters = Meters()
-    cfg = setup_gateway(tmp_path, meters)
+    cfg = setup_gateway(tmp_path, meters, front_end)
 
     async def scenario():
         async with running_gateway(cfg) as gw, coap_client() as ctx:
@@ -267,9 +271,10 @@ def test_every_answer_with_aiocoap_client(tmp_path):
     asyncio.run(scenario())
 
 
-def test_every_answer_with_raw_datagrams(tmp_path):
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_every_answer_with_raw_datagrams(tmp_path, front_end):
     meters = Meters()
-    cfg = setup_gateway(tmp_path, meters)
+    cfg = setup_gateway(tmp_path, meters, front_end)
 
     async def scenario():
         async with running_gateway(cfg) as gw:

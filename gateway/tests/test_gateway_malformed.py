@@ -1,13 +1,16 @@
 """Malformed datagrams never crash or stall the gateway and are never stored;
-retransmissions are answered again without a second copy in the database."""
+retransmissions are answered again without a second copy in the database. Every test
+runs against both CoAP front ends (lean and aiocoap)."""
 
 import asyncio
 import random
 
+import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from gw_testbed import (
+    FRONT_ENDS,
     MeterKey,
     RawUdp,
     coap_datagram,
@@ -63,9 +66,11 @@ def same_request(a, b):
         mb.code, mb.mtype, mb.opt.uri_path, mb.opt.content_format, mb.payload)
 
 
-def test_malformed_datagrams_are_dropped_or_refused_and_the_gateway_keeps_answering(tmp_path):
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_malformed_datagrams_are_dropped_or_refused_and_the_gateway_keeps_answering(
+        tmp_path, front_end):
     meter = MeterKey()
-    cfg = write_config(tmp_path)
+    cfg = write_config(tmp_path, coap={"front_end": front_end})
     register(cfg, meter)
 
     async def scenario():
@@ -108,8 +113,9 @@ def test_malformed_datagrams_are_dropped_or_refused_and_the_gateway_keeps_answer
     asyncio.run(scenario())
 
 
-def test_oversized_datagram_is_answered_4_13(tmp_path):
-    cfg = write_config(tmp_path)
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_oversized_datagram_is_answered_4_13(tmp_path, front_end):
+    cfg = write_config(tmp_path, coap={"front_end": front_end})
 
     async def scenario():
         async with running_gateway(cfg) as gw:
@@ -125,9 +131,10 @@ def test_oversized_datagram_is_answered_4_13(tmp_path):
     asyncio.run(scenario())
 
 
-def test_retransmission_and_replay_are_stored_once(tmp_path):
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_retransmission_and_replay_are_stored_once(tmp_path, front_end):
     meter = MeterKey()
-    cfg = write_config(tmp_path)
+    cfg = write_config(tmp_path, coap={"front_end": front_end})
     register(cfg, meter)
     batch = exchange.encode_batch([meter.reading(s) for s in (1, 2, 3)])
 
@@ -137,7 +144,7 @@ def test_retransmission_and_replay_are_stored_once(tmp_path):
             try:
                 datagram = coap_datagram(77, token=b"rt", payload=batch)
                 first = await udp.exchange(datagram)
-                # CoAP retransmission: same message id, answered from aiocoap's cache.
+                # CoAP retransmission: same message id, answered from the front end's cache.
                 again = await udp.exchange(datagram)
                 # Replay in a new exchange (device retrying after a lost ACK).
                 replay = await udp.exchange(coap_datagram(78, token=b"r2", payload=batch))
