@@ -2,7 +2,8 @@
 
 ::
 
-    meters --CoAP/UDP--> coap_server (aiocoap) --CoapRequest--> ingest.Ingest.handle
+    meters --CoAP/UDP--> coap_lean (default) or coap_server (aiocoap), by [coap] front_end
+        --CoapRequest--> ingest.Ingest.handle
         -> verifier_pool (worker processes or inline): verify.check_batch  [stateless]
         -> writer process (writer.serve): seq/counter checks, INSERT, group COMMIT  [stateful]
         <- response after COMMIT
@@ -17,7 +18,6 @@ import signal
 import time
 
 from gateway import registry, store
-from gateway.coap_server import CoapServer
 from gateway.http_status import StatusHttp
 from gateway.ingest import Ingest
 from gateway.metrics import GatewayMetrics
@@ -61,7 +61,7 @@ class Gateway:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.writer = ReadingWriter(
             cfg.db_path, cfg.ingest.commit_linger_ms / 1000.0, cfg.ingest.commit_max_rows,
-            self.metrics,
+            self.metrics, busy_linger_s=cfg.ingest.commit_linger_busy_ms / 1000.0,
         )
         await self.writer.start()  # the writer process opens and migrates the database
         self._registry_conn = store.connect(cfg.db_path)
@@ -76,8 +76,9 @@ class Gateway:
             overload_max_age=cfg.ingest.overload_max_age_s,
         )
         self._refresh_registry()
-        self.coap = CoapServer(self.ingest.handle, cfg.coap.bind, cfg.coap.port,
-                               cfg.coap.receive_buffer_bytes, on_drop=self.metrics.dropped.inc)
+        server_class = coap_server_class(cfg.coap.front_end)
+        self.coap = server_class(self.ingest.handle, cfg.coap.bind, cfg.coap.port,
+                                 cfg.coap.receive_buffer_bytes, on_drop=self.metrics.dropped.inc)
         await self.coap.start()
         if self._http_enabled:
             self.http = StatusHttp(cfg.db_path, self.metrics, self.live, cfg.http.bind,
@@ -98,6 +99,7 @@ class Gateway:
         gc.set_threshold(50_000, 50, 100)
         log.info("gateway ready", extra={"fields": {
             "coap": _endpoint(cfg.coap.bind, self.coap_port),
+            "coap_front_end": cfg.coap.front_end,
             "http": _endpoint(cfg.http.bind, self.http_port) if self.http else "off",
             "verify_workers": self.pool.workers,
             "devices": len(self.ingest.credentials),
@@ -148,6 +150,19 @@ class Gateway:
             self._registry_conn = None
         gc.unfreeze()
         log.info("gateway stopped")
+
+
+def coap_server_class(front_end):
+    """The CoAP front end class for ``[coap] front_end`` (aiocoap is imported only if used)."""
+    if front_end == "lean":
+        from gateway.coap_lean import LeanCoapServer
+
+        return LeanCoapServer
+    if front_end == "aiocoap":
+        from gateway.coap_server import CoapServer
+
+        return CoapServer
+    raise ValueError(f"unknown CoAP front end {front_end!r}")
 
 
 def _endpoint(host, port):

@@ -4,7 +4,6 @@ Registered into the one ``wattshare`` CLI by :func:`register` (see tools/cli.py)
 """
 
 import argparse
-import asyncio
 import functools
 import json
 import sys
@@ -179,12 +178,17 @@ def cmd_init(args):
 
 
 def cmd_run(args):
+    import uvloop
+
     from gateway.app import serve
 
     cfg = gwconfig.load(args.config)
     logs.setup(cfg.log.level, cfg.log.format)
     try:
-        asyncio.run(serve(cfg))
+        # uvloop: the event loop's own overhead per datagram and per pipe message is a
+        # large share of the ingest CPU (docs/benchmarks.md); it also reads several
+        # queued datagrams per wake-up, so they reach the writer as one group.
+        uvloop.run(serve(cfg))
     except KeyboardInterrupt:
         pass
     return 0

@@ -133,6 +133,7 @@ class _EvmAddressOrEmpty(_Text):
 
 
 _HEX = set("0123456789abcdefABCDEF")
+FRONT_ENDS = ("lean", "aiocoap")  # gateway.coap_lean, gateway.coap_server
 _DAY = 86400
 
 # section -> key -> (field spec, comment written by `gateway init`)
@@ -147,6 +148,8 @@ SCHEMA = {
         "port": (_Int(5683, 0, 65535), "CoAP over UDP (0 = any free port, for tests)"),
         "receive_buffer_bytes": (_Int(4 << 20, 1 << 16, 1 << 28),
                                  "SO_RCVBUF; the kernel caps it at net.core.rmem_max"),
+        "front_end": (_Choice("lean", FRONT_ENDS),
+                      '"lean" (own UDP layer, fast) or "aiocoap" (docs/gateway.md)'),
     },
     "ingest": {
         "max_future_skew_s": (_Int(300, 0, 86400),
@@ -159,6 +162,8 @@ SCHEMA = {
                            "signature-checking processes; \"auto\" = one per core, 0 = inline"),
         "commit_linger_ms": (_Number(2.0, 0.0, 100.0),
                              "group commit: wait this long for more readings before COMMIT"),
+        "commit_linger_busy_ms": (_Number(5.0, 0.0, 100.0),
+                                  "the same while busy (the last group held 4+ requests)"),
         "commit_max_rows": (_Int(2000, 1, 100000), "group commit: at most this many rows"),
         "max_pending_readings": (_Int(20000, 100, 10_000_000),
                                  "above this backlog answer 5.03 Service Unavailable"),
@@ -196,6 +201,7 @@ class CoapConfig:
     bind: str
     port: int
     receive_buffer_bytes: int
+    front_end: str = "lean"
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,7 @@ class IngestConfig:
     voltage_max_v: float
     verify_workers: object  # "auto" or int
     commit_linger_ms: float
+    commit_linger_busy_ms: float
     commit_max_rows: int
     max_pending_readings: int
     overload_max_age_s: int

@@ -3,9 +3,11 @@
 Signature checks and CBOR decoding dominate the gateway's CPU time, so with
 ``workers > 0`` they run in worker processes (:mod:`gateway.ipc`) and the event loop
 only frames CoAP and talks to the writer. Batches travel in chunks whose size adapts
-to load: a worker has at most two chunks at a time; while all are busy new batches
-wait and leave together in the next chunk, so the inter-process cost is paid per
-chunk rather than per message, and at low load a batch leaves at once.
+to load: batches that arrive in one turn of the event loop leave together, a worker
+has at most two chunks at a time, and what waits is cut into chunks of
+waiting / (workers x 2) batches, so every worker gets a share (one large chunk to the
+first free worker left the others idle) while the inter-process cost is paid per chunk
+rather than per message. At low load a batch leaves at the end of its loop turn.
 
 If a worker dies, its batches fail with :class:`PoolBroken` (answered 5.00: the
 meter keeps the readings and retries) and a new worker is started.
@@ -43,6 +45,7 @@ class VerifierPool:
         self._workers = [_Worker(i) for i in range(workers)]
         self._waiting = []  # (job, future) not yet sent to a worker
         self._next_chunk = 0
+        self._dispatch_soon = False
         self._closing = False
         self.queued = 0  # batches waiting or in a worker
         self.restarts = 0
@@ -77,16 +80,20 @@ class VerifierPool:
     async def check(self, payload, credential, now):
         if not self.workers:
             return verify.check_batch(payload, credential, now, self.policy)
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._waiting.append(((payload, credential, now), future))
         self.queued += 1
+        if not self._dispatch_soon:  # once per loop turn, with every batch of the turn
+            self._dispatch_soon = True
+            loop.call_soon(self._dispatch)
         try:
-            self._dispatch()
             return await future
         finally:
             self.queued -= 1
 
     def _dispatch(self):
+        self._dispatch_soon = False
         while self._waiting:
             running = [w for w in self._workers if w.channel is not None and w.ready.done()]
             free = [w for w in running if len(w.chunks) < _CHUNKS_PER_WORKER]
@@ -96,7 +103,8 @@ class VerifierPool:
                     self._waiting = []
                 return
             worker = min(free, key=lambda w: len(w.chunks))
-            size = min(self.max_chunk, -(-len(self._waiting) // len(free)))
+            share = len(running) * _CHUNKS_PER_WORKER
+            size = min(self.max_chunk, -(-len(self._waiting) // share))
             chunk, self._waiting = self._waiting[:size], self._waiting[size:]
             self._next_chunk += 1
             worker.chunks[self._next_chunk] = [future for _, future in chunk]
@@ -110,7 +118,7 @@ class VerifierPool:
         chunk_id, results = message
         for future, result in zip(worker.chunks.pop(chunk_id), results, strict=True):
             if not future.done():
-                future.set_result(result)
+                future.set_result(verify.BatchCheck._make(result))
         self._dispatch()
 
     def _fail(self, futures, reason):

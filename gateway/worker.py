@@ -2,11 +2,12 @@
 
 ``python -m gateway.worker verify FD PARENT_PID MAX_FUTURE_SKEW_S MAX_AGE_S``
     checks chunks of batches with :func:`gateway.verify.check_batches`.
-``python -m gateway.worker writer FD PARENT_PID DB_PATH LINGER_S MAX_ROWS``
+``python -m gateway.worker writer FD PARENT_PID DB_PATH LINGER_S MAX_ROWS BUSY_S``
     the one database writer (:func:`gateway.writer.serve`).
 """
 
 import ctypes
+import gc
 import os
 import signal
 import socket
@@ -48,6 +49,11 @@ def verify_loop(sock, max_future_skew_s, max_age_s):
 def main(argv):
     kind, fd, parent_pid, *args = argv
     _die_with_parent(int(parent_pid))
+    # As in the gateway process: what start-up allocated is never scanned again, and the
+    # young generation is collected less often (checking a batch allocates a lot).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(fd))
@@ -57,8 +63,9 @@ def main(argv):
         if kind == "writer":
             from gateway import writer
 
-            db_path, linger_s, max_rows = args
-            return writer.serve(sock, db_path, float(linger_s), int(max_rows))
+            db_path, linger_s, max_rows, busy_linger_s = args
+            return writer.serve(sock, db_path, float(linger_s), int(max_rows),
+                                float(busy_linger_s))
         raise SystemExit(f"unknown worker kind {kind!r}")
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the gateway went away

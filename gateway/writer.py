@@ -33,6 +33,7 @@ from wattcore import reading
 from gateway import ipc, store
 from gateway.errors import StorageError
 from gateway.logs import RateLimiter
+from gateway.verify import Checked
 
 log = logging.getLogger("wattshare.writer")
 
@@ -108,9 +109,9 @@ class GroupStore:
     """Stores groups of messages on one connection, one transaction per group.
 
     Messages: ``("store", job_id, device_id, readings, received_ms)`` with readings as
-    :class:`gateway.verify.Checked`, or ``("rejects", {(device, reason): count},
-    now_ms)``. :meth:`commit` returns ``[(job_id, StoreOutcome)]``, or rolls back and
-    raises :class:`sqlite3.Error`.
+    tuples in :class:`gateway.verify.Checked` field order, or
+    ``("rejects", {(device, reason): count}, now_ms)``. :meth:`commit` returns
+    ``[(job_id, StoreOutcome)]``, or rolls back and raises :class:`sqlite3.Error`.
     """
 
     def __init__(self, conn):
@@ -158,11 +159,13 @@ class GroupStore:
         tail = self._tail(conn, device)
         new = duplicates = 0
         summary = touched.get(device)
-        for index, r in enumerate(readings):
+        rows = []  # new rows not yet inserted: one executemany per run of appended readings
+        for index, r in enumerate(map(Checked._make, readings)):
             appended = tail.last_seq is None or r.seq > tail.last_seq
             if appended:
                 bad = _backwards(r, tail.ei, tail.ee, None, None)
             else:
+                self._insert(conn, device, rows)  # the queries below must see them
                 row = conn.execute(
                     "SELECT cose FROM readings WHERE device = ? AND seq = ?", (device, r.seq)
                 ).fetchone()
@@ -180,16 +183,10 @@ class GroupStore:
                     _nearest(conn, device, "ee", r.seq, True) if r.ee is not None else None,
                 )
             if bad:
+                self._insert(conn, device, rows)
                 return StoreOutcome(index, new, duplicates, "counter-backwards", bad)
-            cur = conn.execute(
-                _INSERT,
-                (device, r.seq, r.t, r.st, r.ei, r.ee, r.p, r.u, r.i, r.f, r.pf, r.mdl, r.sn,
-                 r.cose, received_ms),
-            )
-            if cur.rowcount == 0:
-                # The cache said "new" but the row exists: drop the cache and decide again.
-                self._tails.pop(device, None)
-                raise sqlite3.DatabaseError("reading cache out of step with the database")
+            rows.append((device, r.seq, r.t, r.st, r.ei, r.ee, r.p, r.u, r.i, r.f, r.pf, r.mdl,
+                         r.sn, r.cose, received_ms))
             new += 1
             if appended:
                 tail.last_seq = r.seq
@@ -207,7 +204,18 @@ class GroupStore:
                 summary.faults += 1
                 if summary.last_fault is None or r.seq > summary.last_fault.seq:
                     summary.last_fault = r
+        self._insert(conn, device, rows)
         return StoreOutcome(len(readings), new, duplicates, None, "")
+
+    def _insert(self, conn, device, rows):
+        if not rows:
+            return
+        cur = conn.executemany(_INSERT, rows)
+        if cur.rowcount != len(rows):
+            # The cache said "new" but a row exists: drop the cache and decide again.
+            self._tails.pop(device, None)
+            raise sqlite3.DatabaseError("reading cache out of step with the database")
+        rows.clear()
 
     def _write_state(self, conn, touched):
         rows = []
@@ -223,11 +231,24 @@ class GroupStore:
 
 
 
-def serve(sock, db_path, linger_s, max_rows):
+# A group with batches from at least this many requests: several meters are sending
+# at once (one meter alone has one request in flight), so linger longer.
+BUSY_BATCHES = 4
+
+
+def serve(sock, db_path, linger_s, max_rows, busy_linger_s=None):
     """The writer process: gather, store, COMMIT, answer; until the pipe closes.
 
     Each frame from the gateway is a list of messages (see :class:`GroupStore`).
+    After the first frame of a group the writer lingers ``linger_s``, or
+    ``busy_linger_s`` when the previous group held batches of :data:`BUSY_BATCHES` or
+    more requests: a COMMIT costs about as much CPU as 30 inserts, so while many meters
+    catch up at once larger groups leave more of the CPU to verification, while a quiet
+    gateway, or a single meter catching up (one request in flight), is answered after
+    the short linger.
     """
+    if busy_linger_s is None:
+        busy_linger_s = linger_s
     try:
         conn = store.open_store(db_path)
     except StorageError as e:
@@ -238,15 +259,21 @@ def serve(sock, db_path, linger_s, max_rows):
     frames = ipc.FrameReader(sock)
     try:
         closing = False
+        busy = False
         while not closing:
             frame = frames.next()
             if frame is None:
                 return 0
             group = list(frame)
             rows = sum(map(_rows, frame))
-            deadline = time.monotonic() + linger_s
+            # Linger asleep rather than waiting on the pipe: frames that arrive meanwhile
+            # are queued without waking us (a wake-up per frame cost more CPU than the
+            # inserts on a busy gateway), then everything queued joins the group.
+            linger = busy_linger_s if busy else linger_s
+            if rows < max_rows and linger > 0:
+                time.sleep(linger)
             while rows < max_rows:
-                frame = frames.next(max(0.0, deadline - time.monotonic()))
+                frame = frames.next(0.0)
                 if frame is ipc.TIMEOUT:
                     break
                 if frame is None:
@@ -254,6 +281,7 @@ def serve(sock, db_path, linger_s, max_rows):
                     break
                 group.extend(frame)
                 rows += sum(map(_rows, frame))
+            busy = sum(message[0] == "store" for message in group) >= BUSY_BATCHES
             started = time.perf_counter()
             try:
                 results, failure = groups.commit(group), None
@@ -278,9 +306,11 @@ class ReadingWriter:
     with :class:`StorageError`); call the methods from the loop that ran :meth:`start`.
     """
 
-    def __init__(self, db_path, linger_s=0.002, max_rows=2000, metrics=None):
+    def __init__(self, db_path, linger_s=0.002, max_rows=2000, metrics=None,
+                 busy_linger_s=None):
         self._db_path = db_path
         self._linger = linger_s
+        self._busy_linger = linger_s if busy_linger_s is None else busy_linger_s
         self._max_rows = max_rows
         self._metrics = metrics
         self._channel = None
@@ -307,7 +337,7 @@ class ReadingWriter:
         """Start the writer process; raises :class:`StorageError` if it cannot open the db."""
         self._ready = asyncio.get_running_loop().create_future()
         self._channel = await ipc.Channel.start(
-            "writer", [self._db_path, self._linger, self._max_rows],
+            "writer", [self._db_path, self._linger, self._max_rows, self._busy_linger],
             self._on_message, self._on_lost,
         )
         try:
@@ -336,7 +366,8 @@ class ReadingWriter:
         if self._channel is None:
             self._fail([job], "the writer process is not running")
         else:
-            self._post(("store", job, device_id, readings, received_ms))
+            # plain tuples: a tenth of the pickling cost of named tuples
+            self._post(("store", job, device_id, [tuple(r) for r in readings], received_ms))
         return future
 
     def _post(self, message):

@@ -56,6 +56,30 @@ def test_group_commit_stores_many_batches_in_few_transactions(tmp_path):
     assert metrics.commit_rows.sum == 50
 
 
+def test_queries_inside_a_batch_see_the_rows_stored_before_them(tmp_path):
+    # New rows are inserted in runs (executemany); a reading that needs a query (a
+    # lower seq than one already in the batch, or a repeated seq) must see them.
+    m = MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, m)
+    r4 = m.reading(4)
+
+    async def body(writer):
+        out = [await writer.submit(m.device_id, checked(m, m.reading(1)), 1)]
+        # 7 (ei 1007) is appended, then 6 with ei above 7's: counter-backwards
+        out.append(await writer.submit(
+            m.device_id, checked(m, m.reading(7), m.reading(6, ei=1500)), 1))
+        # 4 twice in one batch: stored once, the copy counted as a duplicate
+        out.append(await writer.submit(m.device_id, checked(m, r4, r4, m.reading(5)), 1))
+        return out
+
+    (a, b, c), _ = run_writer(cfg, body)
+    assert (a.stored, a.new, a.reason) == (1, 1, None)
+    assert (b.stored, b.new, b.reason) == (1, 1, "counter-backwards")
+    assert (c.stored, c.new, c.duplicates, c.reason) == (3, 2, 1, None)
+    assert sorted(seq for _, seq in stored(cfg)) == [1, 4, 5, 7]
+
+
 def test_duplicates_seq_reuse_and_counters_in_order(tmp_path):
     m = MeterKey()
     cfg = write_config(tmp_path)
