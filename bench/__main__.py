@@ -42,6 +42,15 @@ def _meets(name: str, result: dict) -> str:
     return "met" if ok else "NOT met"
 
 
+def _module_doc(name: str) -> str:
+    """The benchmark module's docstring (what its figures mean), or "" if it has none."""
+    try:
+        module = importlib.import_module(f"bench.bench_{name}")
+    except ImportError:
+        return ""
+    return (module.__doc__ or "").strip()
+
+
 def write_summary() -> None:
     lines = [
         "# Benchmarks",
@@ -62,7 +71,11 @@ def write_summary() -> None:
             status = _meets(name, result)
             value = result.get(key)
             lines.append(f"| {name} | `{key}` {op} {bound} ({what}) | {value} | {status} |")
-        details += ["", f"## {name}", "", "```json", json.dumps(result, indent=1), "```"]
+        details += ["", f"## {name}", ""]
+        doc = _module_doc(name)
+        if doc:
+            details += [f"What `bench/bench_{name}.py` measures:", "", doc, ""]
+        details += ["```json", json.dumps(result, indent=1), "```"]
     DOC.write_text("\n".join(lines + details) + "\n")
 
 

@@ -2,8 +2,8 @@
 
 :meth:`Ingest.handle` takes a :class:`CoapRequest` (method, Uri-Path, Content-Format,
 payload) and returns a :class:`CoapResponse` (code, CBOR payload, Max-Age, Size1). A
-front end (:mod:`gateway.coap_server` on aiocoap today; a lean DatagramProtocol on
-``wattcore.coap`` could be another) only translates messages. Resources
+front end (:mod:`gateway.coap_lean` on ``wattcore.coap``, the default, or
+:mod:`gateway.coap_server` on aiocoap) only translates messages. Resources
 (``wattcore.exchange``):
 
 - ``POST /r``: a batch of signed readings of one device. Checked by
