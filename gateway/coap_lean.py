@@ -36,6 +36,7 @@ import collections
 import logging
 import os
 import socket
+import sys
 import time
 
 from wattcore import coap
@@ -133,14 +134,7 @@ class LeanCoapServer(asyncio.DatagramProtocol):
             if family == socket.AF_INET6:
                 # "::" means every IPv4 and IPv6 address, as with aiocoap.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
-            granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            if granted < self._rcvbuf:  # Linux reports twice the usable size
-                log.warning(
-                    "receive buffer smaller than configured",
-                    extra={"fields": {"wanted": self._rcvbuf, "granted": granted,
-                                      "hint": "raise net.core.rmem_max (docs/gateway.md)"}},
-                )
+            set_receive_buffer(sock, self._rcvbuf)
             sock.bind((host, port))
             sock.setblocking(False)
             asyncio.get_running_loop().add_reader(sock.fileno(), self._read_ready)
@@ -356,6 +350,23 @@ class LeanCoapServer(asyncio.DatagramProtocol):
 
 
 _CBOR_FORMAT = coap.uint_option(60)
+# Linux doubles the SO_RCVBUF asked for (the kernel's bookkeeping) and reports that.
+_RCVBUF_REPORTED = 2 if sys.platform.startswith("linux") else 1
+
+
+def set_receive_buffer(sock, wanted):
+    """Ask for a ``wanted``-byte receive buffer on ``sock``; warn when the kernel caps it
+    (``net.core.rmem_max``): a burst of meters would then lose datagrams. Returns the
+    usable size granted."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // _RCVBUF_REPORTED
+    if granted < wanted:
+        log.warning(
+            "receive buffer smaller than configured",
+            extra={"fields": {"wanted": wanted, "granted": granted,
+                              "hint": "raise net.core.rmem_max (docs/gateway.md)"}},
+        )
+    return granted
 
 
 def encode_response(response, mtype, mid, token):

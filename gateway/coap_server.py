@@ -10,13 +10,13 @@ off: a meter sends one datagram per batch, so a Block1 request is answered 4.13.
 """
 
 import logging
-import socket
 
 import aiocoap
 import aiocoap.interfaces
 import aiocoap.resource
 from aiocoap.numbers.codes import Code
 
+from gateway.coap_lean import set_receive_buffer
 from gateway.ingest import CoapRequest, CoapResponse
 from gateway.logs import RateLimiter
 
@@ -136,14 +136,7 @@ class CoapServer:
             sock = transport.get_extra_info("socket")
             transport.max_size = _RECV_MAX
             self._guard(messages)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
-            granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            if granted < self._rcvbuf:  # Linux reports twice the usable size
-                log.warning(
-                    "receive buffer smaller than configured",
-                    extra={"fields": {"wanted": self._rcvbuf, "granted": granted,
-                                      "hint": "raise net.core.rmem_max (docs/gateway.md)"}},
-                )
+            set_receive_buffer(sock, self._rcvbuf)
             return sock
         log.warning("could not reach aiocoap's UDP socket to tune it")
         return None

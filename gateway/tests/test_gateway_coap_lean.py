@@ -635,3 +635,19 @@ def test_a_burst_of_queued_datagrams_is_read_in_batches_and_all_answered():
         assert len(calls) == 199 and drops == [1]
 
     asyncio.run(scenario())
+
+
+def test_receive_buffer_capped_by_the_kernel_is_reported(caplog):
+    from pathlib import Path
+
+    from gateway.coap_lean import set_receive_buffer
+
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, caplog.at_level("WARNING"):
+        assert set_receive_buffer(sock, 64 * 1024) == 64 * 1024
+        assert "receive buffer smaller" not in caplog.text
+        # Above net.core.rmem_max the kernel grants rmem_max: say so (Linux reports
+        # twice the usable size, which must not hide a cap of up to half).
+        granted = set_receive_buffer(sock, 2 * rmem_max)
+        assert granted == rmem_max
+        assert "receive buffer smaller" in caplog.text
