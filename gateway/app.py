@@ -61,7 +61,7 @@ class Gateway:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.writer = ReadingWriter(
             cfg.db_path, cfg.ingest.commit_linger_ms / 1000.0, cfg.ingest.commit_max_rows,
-            self.metrics, busy_linger_s=cfg.ingest.commit_linger_busy_ms / 1000.0,
+            self.metrics,
         )
         await self.writer.start()  # the writer process opens and migrates the database
         self._registry_conn = store.connect(cfg.db_path)

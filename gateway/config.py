@@ -162,8 +162,6 @@ SCHEMA = {
                            "signature-checking processes; \"auto\" = one per core, 0 = inline"),
         "commit_linger_ms": (_Number(2.0, 0.0, 100.0),
                              "group commit: wait this long for more readings before COMMIT"),
-        "commit_linger_busy_ms": (_Number(5.0, 0.0, 100.0),
-                                  "the same while busy (the last group held 4+ requests)"),
         "commit_max_rows": (_Int(2000, 1, 100000), "group commit: at most this many rows"),
         "max_pending_readings": (_Int(20000, 100, 10_000_000),
                                  "above this backlog answer 5.03 Service Unavailable"),
@@ -211,7 +209,6 @@ class IngestConfig:
     voltage_max_v: float
     verify_workers: object  # "auto" or int
     commit_linger_ms: float
-    commit_linger_busy_ms: float
     commit_max_rows: int
     max_pending_readings: int
     overload_max_age_s: int

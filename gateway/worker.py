@@ -2,7 +2,7 @@
 
 ``python -m gateway.worker verify FD PARENT_PID MAX_FUTURE_SKEW_S MAX_AGE_S``
     checks chunks of batches with :func:`gateway.verify.check_batches`.
-``python -m gateway.worker writer FD PARENT_PID DB_PATH LINGER_S MAX_ROWS BUSY_S``
+``python -m gateway.worker writer FD PARENT_PID DB_PATH LINGER_S MAX_ROWS``
     the one database writer (:func:`gateway.writer.serve`).
 """
 
@@ -63,9 +63,8 @@ def main(argv):
         if kind == "writer":
             from gateway import writer
 
-            db_path, linger_s, max_rows, busy_linger_s = args
-            return writer.serve(sock, db_path, float(linger_s), int(max_rows),
-                                float(busy_linger_s))
+            db_path, linger_s, max_rows = args
+            return writer.serve(sock, db_path, float(linger_s), int(max_rows))
         raise SystemExit(f"unknown worker kind {kind!r}")
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the gateway went away
