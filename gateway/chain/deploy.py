@@ -21,12 +21,12 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 
 from gateway import config as gwconfig
-from gateway.chain import contracts, rpc
+from gateway.chain import contracts, defaults, rpc
 from gateway.chain.errors import ChainError, RpcError
 
 DEPLOYMENT_NAME = "chain-deployment.json"
-DEFAULT_SETTLE_DELAY_S = 3600
-DEFAULT_PRICE = 150 * 10**12  # token units per Wh: 0.15 token/kWh at 18 decimals
+DEFAULT_SETTLE_DELAY_S = defaults.SETTLE_DELAY_S
+DEFAULT_PRICE = defaults.PRICE
 DEFAULT_SUPPLY = 10**9 * 10**18
 GATEWAY_FUNDING_WEI = 10**18  # embedded anvil: gas money for the gateway account
 

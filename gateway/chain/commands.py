@@ -1,0 +1,393 @@
+"""The handlers of ``wattshare chain/community/verify/export-*`` (see
+:mod:`gateway.chain.cli`, which registers them and imports this module only when one of
+them runs: web3 and eth-account take seconds to import on a Pi).
+
+Keys: the gateway signs submissions with its keystore (``wattshare gateway init``); the
+community admin signs deployments and registry changes with ``--admin-key-file`` (a file
+holding the hex private key), which defaults to anvil's public development account 0 when
+``[chain] rpc_url = "anvil"``.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from eth_account import Account
+from eth_utils import is_address, to_checksum_address
+
+from gateway import config as gwconfig
+from gateway import keystore, registry
+from gateway.chain import allocations, batcher, bundle, deploy, node, outbox, rpc
+from gateway.chain.errors import BundleError, ChainError
+from gateway.cli import _open_db
+from gateway.errors import ConfigError, GatewayError
+
+log = logging.getLogger("wattshare.chain")
+
+
+def _deployment_path(cfg):
+    return cfg.data_dir / deploy.DEPLOYMENT_NAME
+
+
+def _deployment(cfg):
+    d = deploy.Deployment.load(_deployment_path(cfg))
+    if cfg.chain.contract and to_checksum_address(cfg.chain.contract) != d.settlement:
+        raise ConfigError(f"{cfg.path}: [chain] contract = {cfg.chain.contract} differs from"
+                          f" {_deployment_path(cfg)} ({d.settlement})")
+    return d
+
+
+def _contract(cfg):
+    if not cfg.chain.contract:
+        raise ConfigError(f"{cfg.path}: [chain] contract is empty: run `wattshare chain "
+                          "deploy` or set the settlement address")
+    return to_checksum_address(cfg.chain.contract)
+
+
+def _read_key(path, what):
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+        key = bytes.fromhex(text.removeprefix("0x"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} key: {e}") from None
+    except ValueError:
+        raise ConfigError(f"{path}: the {what} key must be 32 bytes of hex") from None
+    if len(key) != 32:
+        raise ConfigError(f"{path}: the {what} key must be 32 bytes of hex, got {len(key)}")
+    return key
+
+
+def _admin_key(cfg, args):
+    if args.admin_key_file is not None:
+        return _read_key(args.admin_key_file, "admin")
+    if cfg.chain.rpc_url == "anvil":
+        return node.anvil_dev_key(0)
+    raise ConfigError("--admin-key-file is required with [chain] rpc_url = "
+                      f"{cfg.chain.rpc_url} (no development accounts there)")
+
+
+def _device(conn, text):
+    """A meter named by index, device id (hex) or label -> (device id, index or None)."""
+    mapping = batcher.meter_map(conn)
+    if text.isdigit() and int(text) in mapping.values():
+        index = int(text)
+        return next(d for d, i in mapping.items() if i == index), index
+    try:
+        device_id = registry.parse_device_id(text)
+    except GatewayError:
+        labels = [d for d in registry.list_devices(conn) if d.label == text]
+        if len(labels) != 1:
+            raise ConfigError(f"meter {text!r}: not a mapped index, device id or unique label"
+                              ) from None
+        device_id = labels[0].id
+    registry.get_device(conn, device_id)
+    return device_id, mapping.get(device_id)
+
+
+# ---- chain
+
+
+def cmd_deploy(args):
+    cfg = gwconfig.load(args.config)
+    path = _deployment_path(cfg)
+    if path.exists() and not args.force:
+        d = deploy.Deployment.load(path)
+        raise ChainError(f"{path}: already deployed (settlement {d.settlement}); pass --force "
+                         "to deploy a new community")
+    gateway = keystore.address(cfg.keystore_path)
+    admin_key = _admin_key(cfg, args)
+    with node.chain_port(cfg) as port:
+        d = deploy.deploy_community(
+            port, admin_key, [gateway], interval_s=cfg.chain.interval_s,
+            settle_delay_s=args.settle_delay, price=args.price,
+            fund_gateways_wei=deploy.GATEWAY_FUNDING_WEI if cfg.chain.rpc_url == "anvil" else 0)
+    d.save(path)
+    deploy.write_contract_to_config(cfg.path, d.settlement)
+    print(f"chain id {d.chain_id}, block {d.block_number}")
+    print(f"token:      {d.token}")
+    print(f"registry:   {d.registry}")
+    print(f"settlement: {d.settlement}  (written to {cfg.path} [chain] contract)")
+    print(f"admin:      {d.admin}")
+    print(f"gateway:    {gateway} (authorised)")
+    print(f"record:     {path}")
+    return 0
+
+
+def cmd_status(args):
+    cfg = gwconfig.load(args.config)
+    out = {"rpc_url": cfg.chain.rpc_url, "chain_id": cfg.chain.chain_id,
+           "contract": cfg.chain.contract or None}
+    gateway = keystore.address(cfg.keystore_path)
+    out["gateway"] = gateway
+    conn = _open_db(cfg)
+    try:
+        if cfg.chain.contract:
+            contract = _contract(cfg)
+            out["outbox"] = outbox.counts(conn, contract)
+            row = conn.execute("SELECT max(interval) FROM chain_outbox WHERE contract = ? AND "
+                               "state = 'confirmed'", (contract,)).fetchone()
+            out["last_confirmed_interval"] = row[0]
+            out["failed"] = [{"interval": k, "error": e} for k, e in conn.execute(
+                "SELECT interval, error FROM chain_outbox WHERE contract = ? AND "
+                "state = 'failed' ORDER BY interval", (contract,))]
+        out["mapped_meters"] = len(batcher.meter_map(conn))
+    finally:
+        conn.close()
+    try:
+        with node.chain_port(cfg) as port:
+            out["node"] = {"reachable": True, "block": port.get_block_number()}
+            out["gateway_balance_wei"] = int(port.request("eth_getBalance",
+                                                          [gateway, "latest"]), 16)
+            if cfg.chain.contract:
+                d = deploy.Deployment.load(_deployment_path(cfg)) \
+                    if _deployment_path(cfg).exists() else None
+                if d is not None:
+                    out["gateway_authorised"] = deploy.view(
+                        port, d.registry, "is_gateway(address)", [gateway], ["bool"])
+    except ChainError as e:
+        out["node"] = {"reachable": False, "error": str(e)}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"node:      {cfg.chain.rpc_url} chain id {cfg.chain.chain_id}: "
+          + (f"block {out['node']['block']}" if out["node"]["reachable"]
+             else "UNREACHABLE " + out["node"]["error"]))
+    print(f"contract:  {out['contract'] or 'not deployed (wattshare chain deploy)'}")
+    print(f"gateway:   {gateway}"
+          + (f", balance {out['gateway_balance_wei'] / 1e18:.4f} ETH"
+             if "gateway_balance_wei" in out else "")
+          + ("" if out.get("gateway_authorised", True) else ", NOT AUTHORISED"))
+    print(f"meters:    {out['mapped_meters']} mapped to on-chain indices")
+    if "outbox" in out:
+        states = ", ".join(f"{k} {v}" for k, v in sorted(out["outbox"].items())) or "empty"
+        print(f"outbox:    {states}; last confirmed interval "
+              f"{out['last_confirmed_interval']}")
+        for f in out["failed"]:
+            print(f"  FAILED interval {f['interval']}: {f['error']}")
+    return 0
+
+
+def cmd_run(args):
+    cfg = gwconfig.load(args.config)
+    contract = _contract(cfg)
+    key = keystore.unlock(cfg.keystore_path, keystore.read_passphrase(args.passphrase_file))
+    conn = _open_db(cfg)
+    try:
+        with node.chain_port(cfg, keep_url=not args.once) as port:
+            b = batcher.Batcher(conn, contract, length=cfg.chain.interval_s,
+                                grace_s=cfg.chain.grace_s)
+            since = b.since(cfg.chain.backfill_intervals)
+            box = outbox.Outbox(conn, port, key, contract,
+                                confirmations=cfg.chain.confirmations,
+                                rebroadcast_s=cfg.chain.rebroadcast_s)
+            while True:
+                for built in b.build_due(since):
+                    print(f"built interval {built.interval}: {built.leaves} readings, "
+                          f"{len(built.totals)} meters, {len(built.gaps)} gaps", flush=True)
+                changed = box.step()
+                for interval, state in sorted(changed.items()):
+                    print(f"interval {interval}: {state}", flush=True)
+                if args.once and not changed:
+                    break
+                if not args.once:
+                    time.sleep(cfg.chain.poll_s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        conn.close()
+    return 0
+
+
+def cmd_retry(args):
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    try:
+        if not outbox.retry(conn, _contract(cfg), args.interval):
+            raise ChainError(f"interval {args.interval} is not a failed outbox row")
+    finally:
+        conn.close()
+    print(f"interval {args.interval} will be submitted again by `wattshare chain run`")
+    return 0
+
+
+# ---- community
+
+
+def cmd_add_gateway(args):
+    cfg = gwconfig.load(args.config)
+    if not is_address(args.address):
+        raise ConfigError(f"{args.address!r} is not an address")
+    d = _deployment(cfg)
+    with node.chain_port(cfg) as port:
+        r = deploy.add_gateway(port, _admin_key(cfg, args), d.registry, args.address)
+    print(f"gateway {to_checksum_address(args.address)} "
+          + ("authorised" if r else "was already authorised"))
+    return 0
+
+
+def cmd_add_meter(args):
+    cfg = gwconfig.load(args.config)
+    d = _deployment(cfg)
+    device_id = registry.parse_device_id(args.device)
+    gateway = keystore.address(cfg.keystore_path)
+    conn = _open_db(cfg)
+    try:
+        dev = registry.get_device(conn, device_id)
+        with node.chain_port(cfg) as port:
+            if args.index is not None:
+                on_chain = deploy.meter_index(port, d.registry, device_id)
+                if on_chain != args.index:
+                    raise ChainError(f"device {device_id.hex()} is meter {on_chain or 'none'} "
+                                     f"in the registry, not {args.index}")
+                index = args.index
+            else:
+                index = deploy.register_meter(port, _admin_key(cfg, args), d.registry,
+                                              device_id, dev.pubkey, dev.owner, gateway)
+        batcher.set_meter_index(conn, device_id, index)
+    finally:
+        conn.close()
+    print(f"device {device_id.hex()} ({dev.label}) is meter {index}, owner {dev.owner}, "
+          f"gateway {gateway}")
+    return 0
+
+
+def cmd_set_price(args):
+    cfg = gwconfig.load(args.config)
+    with node.chain_port(cfg) as port:
+        deploy.set_price(port, _admin_key(cfg, args), _contract(cfg), args.price)
+    print(f"P2P price set to {args.price} token units per Wh")
+    return 0
+
+
+def _members(conn, text, weighted):
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition("=")
+        if weighted and not weight.isdigit():
+            raise ConfigError(f"{part!r}: expected METER=BASIS_POINTS")
+        _, index = _device(conn, name)
+        if index is None:
+            raise ConfigError(f"meter {name!r} has no on-chain index (community add-meter)")
+        out.append((index, int(weight) if weighted else 0))
+    return out
+
+
+def cmd_producer_key(args):
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    try:
+        _, producer = _device(conn, args.meter)
+        if producer is None:
+            raise ConfigError(f"meter {args.meter!r} has no on-chain index (community add-meter)")
+        for kind, weighted in (("static", True), ("percent", True), ("prorata", False),
+                               ("priority", False)):
+            text = getattr(args, kind)
+            if text is not None:
+                members = _members(conn, text, weighted)
+                break
+        else:
+            kind, members = "none", []
+    finally:
+        conn.close()
+    if args.owner_key_file is not None:
+        key = _read_key(args.owner_key_file, "owner")
+    elif args.anvil_account is not None and cfg.chain.rpc_url == "anvil":
+        key = node.anvil_dev_key(args.anvil_account)
+    else:
+        raise ConfigError("the producer's owner signs its key: pass --owner-key-file FILE"
+                          " (or --anvil-account N on the embedded anvil)")
+    with node.chain_port(cfg) as port:
+        deploy.set_producer_key(port, key, _contract(cfg), producer, kind,
+                                [m for m, _ in members], [w for _, w in members])
+    shown = ", ".join(f"{m}={w}" if w else str(m) for m, w in members) or "-"
+    print(f"meter {producer}: key {kind} {shown} (set by {Account.from_key(key).address})")
+    return 0
+
+
+def cmd_fund(args):
+    cfg = gwconfig.load(args.config)
+    d = _deployment(cfg)
+    with node.chain_port(cfg) as port:
+        deploy.fund(port, _admin_key(cfg, args), d.token, d.settlement, args.account,
+                    args.amount)
+    print(f"deposited {args.amount} token units for {to_checksum_address(args.account)}")
+    return 0
+
+
+# ---- proofs and exports
+
+
+def _port_for(cfg, args):
+    if getattr(args, "rpc", None):
+        chain_id = cfg.chain.chain_id if cfg is not None else None
+        port = rpc.Web3Chain(args.rpc, chain_id or 0)
+        port.chain_id = port.get_chain_id()
+        return _nullcontext(port)
+    return node.chain_port(cfg)
+
+
+class _nullcontext:
+    def __init__(self, value):
+        self.value = value
+
+    def __enter__(self):
+        return self.value
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _bundle_from_store(cfg, reading_id):
+    d = _deployment(cfg) if _deployment_path(cfg).exists() else None
+    conn = _open_db(cfg)
+    try:
+        return bundle.export_bundle(conn, reading_id, cfg.chain.chain_id,
+                                    d.registry if d else None)
+    finally:
+        conn.close()
+
+
+def cmd_verify(args):
+    if args.bundle is not None:
+        try:
+            data = json.loads(args.bundle.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise BundleError(f"{args.bundle}: cannot read the bundle: {e}") from None
+        if not args.rpc:
+            raise ConfigError("--bundle needs --rpc URL (a node of the bundle's chain)")
+        cfg = None
+    else:
+        cfg = gwconfig.load(args.config)
+        data = _bundle_from_store(cfg, args.reading)
+    with _port_for(cfg, args) as port:
+        report = bundle.verify_bundle(data, port)
+    print(bundle.format_report(report))
+    return 0 if report.ok else 1
+
+
+def cmd_export_proof(args):
+    cfg = gwconfig.load(args.config)
+    data = _bundle_from_store(cfg, args.reading)
+    args.output.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.output}: reading {args.reading}, interval {data['interval']}, "
+          f"leaf {data['leaf_index']}, block {data['block_number']}")
+    return 0
+
+
+def cmd_export_allocations(args):
+    cfg = gwconfig.load(args.config)
+    if args.interval is not None:
+        first = last = args.interval
+    elif args.first is not None and args.last is not None:
+        first, last = args.first, args.last
+    else:
+        raise ConfigError("give --interval N, or --from N and --to N")
+    contract = _contract(cfg)
+    d = _deployment(cfg) if _deployment_path(cfg).exists() else None
+    with _port_for(cfg, args) as port:
+        rows = allocations.allocation_rows(port, contract, first, last,
+                                           d.block_number if d else 0)
+    allocations.write_csv(rows, args.output)
+    print(f"wrote {args.output}: {len(rows)} allocations, intervals {first}..{last}")
+    return 0
