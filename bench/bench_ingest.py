@@ -21,13 +21,15 @@ every repeat is listed. ``verify_limit_per_s`` is the median of all limit sample
 
 Ratios at 8 readings per message:
 
-- ``ratio_per_core_at_8`` (the target, >= 0.5): the one-core run, where the gateway
-  (event loop, inline verification and the writer process) is pinned to CPU 0 and the
-  load generator runs on CPU 1: the gateway's throughput on one core of its own;
+- ``ratio_one_core_at_8``: the one-core run, where the gateway (event loop, inline
+  verification and the writer process) is pinned to CPU 0 and the load generator runs
+  on CPU 1: the gateway's throughput on one core of its own;
 - ``ratio_per_gateway_core_at_8``: the all-cores run, readings/s divided by the cores
   the gateway actually used (``gateway_cores_used``: CPU seconds of every gateway
   process per second of the max-rate window, read from /proc by the load generator),
   because on this machine the load generator shares those cores;
+- ``ratio_per_core_at_8`` (the target, >= 0.5): the lower of those two, since the
+  target holds per core both on one core and on all of them;
 - ``ratio_per_machine_core_at_8``: the all-cores run divided by every core of the
   machine and the median limit, the load generator's share counted against the
   gateway (the definition used before the one-core run was pinned; kept for
@@ -286,7 +288,8 @@ def run():
         "verify_limit_samples": [round(x) for x in limits],
         "cores": ncpu,
         "runs": runs,
-        "ratio_per_core_at_8": one_at_8["ratio_per_core"],
+        "ratio_per_core_at_8": min(one_at_8["ratio_per_core"], at_8["ratio_per_core"]),
+        "ratio_one_core_at_8": one_at_8["ratio_per_core"],
         "ratio_per_gateway_core_at_8": at_8["ratio_per_core"],
         "ratio_per_machine_core_at_8": round(at_8["readings_per_s"] / ncpu / limit, 3),
         "aiocoap_at_8": aiocoap_at_8,
