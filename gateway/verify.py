@@ -291,10 +291,10 @@ def _fields_fast(data):
     return fields
 
 
-def _parse_items(payload):
+def _parse_items(payload, fast=True):
     """Parsed items of a batch (a :class:`_Parsed` or :class:`_Bad` each), lazily; raises
-    DecodeError when the payload is not a batch."""
-    spans = _split_fast(payload)
+    DecodeError when the payload is not a batch. ``fast=False``: wattcore's decoders only."""
+    spans = _split_fast(payload) if fast else None
     if spans is None:
         for item in exchange.decode_batch(payload):
             yield _parse_generic(item)
@@ -334,13 +334,7 @@ def check_batch(payload, credential, now, policy, fast=True):
     ``fast=False`` parses with wattcore's strict decoders only (the reference the fast
     path is tested against); the outcome is the same either way.
     """
-    if fast:
-        items = _parse_items(payload)
-    else:
-        try:
-            items = map(_parse_generic, exchange.decode_batch(payload))
-        except DecodeError as e:
-            items = _raise(e)
+    items = _parse_items(payload, fast)
     checked = []
     device_id = None
 
@@ -393,11 +387,6 @@ def check_batch(payload, credential, now, policy, fast=True):
         reason = "empty" if payload == b"\x80" else "cbor"
         return BatchCheck(None, [], reason, None, str(e))
     return BatchCheck(device_id, checked, None, None, "")
-
-
-def _raise(error):
-    raise error
-    yield  # a generator: raises when the checks start iterating
 
 
 def check_batches(jobs, policy):
