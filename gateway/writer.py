@@ -397,26 +397,27 @@ class ReadingWriter:
             self._fail(jobs, failure)
             return
         for job, outcome in results:
-            entry = self._pending.pop(job, None)
-            if entry is None:
-                continue
-            future, n = entry
-            self._pending_rows -= n
-            if not future.done():
+            future = self._take(job)
+            if future is not None:
                 future.set_result(outcome)
         if self._metrics is not None:
             self._metrics.commit_seconds.observe(seconds)
             self._metrics.commit_rows.observe(rows)
 
+    def _take(self, job):
+        """The future of pending ``job``, no longer pending; None if gone or done."""
+        entry = self._pending.pop(job, None)
+        if entry is None:
+            return None
+        future, n = entry
+        self._pending_rows -= n
+        return None if future.done() else future
+
     def _fail(self, jobs, reason):
         error = StorageError(reason)
         for job in jobs:
-            entry = self._pending.pop(job, None)
-            if entry is None:
-                continue
-            future, n = entry
-            self._pending_rows -= n
-            if not future.done():
+            future = self._take(job)
+            if future is not None:
                 future.set_exception(error)
 
     def _on_lost(self):
