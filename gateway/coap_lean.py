@@ -56,15 +56,10 @@ DEDUP_MAX_ENTRIES = 100_000
 READ_BATCH = 64  # datagrams read per wakeup of the event loop, at most
 _RECV_SIZE = MAX_DATAGRAM + 1
 
-BAD_OPTION = 130  # 4.02
-PROXYING_NOT_SUPPORTED = 165  # 5.05
-
 _CON, _NON, _ACK, _RST = coap.CON, coap.NON, coap.ACK, coap.RST
 _URI_PATH = coap.OPT_URI_PATH
 _CONTENT_FORMAT = coap.OPT_CONTENT_FORMAT
 _BLOCK1 = coap.OPT_BLOCK1
-_PROXY_URI = 35
-_PROXY_SCHEME = 39
 # Critical options understood (read or safely ignored), with the value lengths RFC 7252
 # 5.10 and RFC 7959 2.1 allow. Uri-Path and Uri-Query repeat; the others may not.
 _CRITICAL_LENGTHS = {
@@ -248,7 +243,7 @@ class LeanCoapServer(asyncio.DatagramProtocol):
         if len(order) > self._max_entries:
             self._forget_oldest()
         if type(request) is int:  # refused here: 4.02 or 5.05
-            if request == BAD_OPTION and mtype == _NON:
+            if request == coap.BAD_OPTION and mtype == _NON:
                 self._sendto(coap.encode(_RST, 0, msg.mid), addr)
                 return
             self._send(CoapResponse(request, b""), msg, addr, entry)
@@ -275,22 +270,22 @@ class LeanCoapServer(asyncio.DatagramProtocol):
             for number, value in msg.options:
                 if number == _URI_PATH:
                     if len(value) > 255:
-                        return BAD_OPTION
+                        return coap.BAD_OPTION
                     path.append(value.decode("utf-8"))
                 elif number == _CONTENT_FORMAT:
                     # Elective: a second one, or a value over 2 bytes, is ignored (5.4.5, 5.4.3).
                     if content_format is None and len(value) <= 2:
                         content_format = int.from_bytes(value, "big")
                 elif number & 1:  # critical
-                    if number == _PROXY_URI or number == _PROXY_SCHEME:
-                        return PROXYING_NOT_SUPPORTED
+                    if number == coap.OPT_PROXY_URI or number == coap.OPT_PROXY_SCHEME:
+                        return coap.PROXYING_NOT_SUPPORTED
                     lengths = _CRITICAL_LENGTHS.get(number)
                     if lengths is None or not lengths[0] <= len(value) <= lengths[1]:
-                        return BAD_OPTION
+                        return coap.BAD_OPTION
                     if number not in _REPEATABLE:
                         seen = seen or set()
                         if number in seen:
-                            return BAD_OPTION
+                            return coap.BAD_OPTION
                         seen.add(number)
                     if number in _TEXT:
                         value.decode("utf-8")

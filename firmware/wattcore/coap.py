@@ -28,6 +28,7 @@ CHANGED = const(68)  # 2.04
 CONTENT = const(69)  # 2.05
 BAD_REQUEST = const(128)  # 4.00
 UNAUTHORIZED = const(129)  # 4.01
+BAD_OPTION = const(130)  # 4.02
 FORBIDDEN = const(131)  # 4.03
 NOT_FOUND = const(132)  # 4.04
 METHOD_NOT_ALLOWED = const(133)  # 4.05
@@ -37,6 +38,7 @@ UNSUPPORTED_CONTENT_FORMAT = const(143)  # 4.15
 UNPROCESSABLE_ENTITY = const(150)  # 4.22
 INTERNAL_SERVER_ERROR = const(160)  # 5.00
 SERVICE_UNAVAILABLE = const(163)  # 5.03
+PROXYING_NOT_SUPPORTED = const(165)  # 5.05
 
 # Option numbers
 OPT_URI_HOST = const(3)
@@ -51,6 +53,8 @@ OPT_URI_QUERY = const(15)
 OPT_ACCEPT = const(17)
 OPT_BLOCK2 = const(23)
 OPT_BLOCK1 = const(27)
+OPT_PROXY_URI = const(35)
+OPT_PROXY_SCHEME = const(39)
 OPT_SIZE1 = const(60)
 
 # Bounds. 1152 bytes is the RFC's message size upper bound for a 1280-byte

@@ -156,3 +156,19 @@ def test_decode_fuzz_mutated_messages(mtype, code, mid, token, opts, payload, da
     raw[i] = data.draw(st.integers(min_value=0, max_value=255))
     cut = data.draw(st.integers(min_value=0, max_value=len(raw)))
     _check_decode(bytes(raw[:cut]))
+
+
+def test_code_and_option_numbers_equal_aiocoap():
+    # every code and option number of the core, named as aiocoap names it
+    from aiocoap.numbers.codes import Code
+
+    checked = 0
+    for name in dir(c):
+        value = getattr(c, name)
+        if name.startswith("OPT_"):
+            assert int(OptionNumber[name[4:]]) == value, name
+            checked += 1
+        elif name in Code.__members__:
+            assert int(Code[name]) == value, name
+            checked += 1
+    assert checked >= 30  # the names match, so nothing was skipped silently
