@@ -8,25 +8,13 @@ import pytest
 from chain_testbed import base_slot, deploy, read_root, set_root
 from eth_utils import keccak
 
-from gateway.chain import proof, rpc
-from gateway.chain.anvil import Anvil
+from gateway.chain import proof
 from gateway.chain.errors import ProofError
 from gateway.errors import GatewayError
 
 GATEWAY = "0x" + "5a" * 20
 INTERVAL = 1_764_000_000 // 900
 ROOT = keccak(b"interval root")
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    with Anvil(tmp_path_factory.mktemp("anvil")) as node:
-        yield node
-
-
-@pytest.fixture(scope="module")
-def chain(node):
-    return rpc.Web3Chain.connect(node.url, node.chain_id)
 
 
 @pytest.fixture(scope="module")

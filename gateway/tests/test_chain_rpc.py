@@ -16,7 +16,7 @@ from eth_utils import keccak
 from web3 import Web3
 
 from gateway.chain import rpc
-from gateway.chain.anvil import Anvil, free_loopback_port
+from gateway.chain.anvil import free_loopback_port
 from gateway.chain.errors import (
     ChainIdMismatch,
     ReceiptTimeout,
@@ -25,17 +25,6 @@ from gateway.chain.errors import (
 )
 
 GATEWAY = "0x" + "5a" * 20
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    with Anvil(tmp_path_factory.mktemp("anvil")) as node:
-        yield node
-
-
-@pytest.fixture(scope="module")
-def chain(node):
-    return rpc.Web3Chain.connect(node.url, node.chain_id)
 
 
 @pytest.fixture(scope="module")
