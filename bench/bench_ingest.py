@@ -344,32 +344,27 @@ def _datagram(meter, per_message, counter):
             + b"\xb1r\x11\x3c\xff" + head + b"".join(chunk))
 
 
+def _proc_stat(pid):
+    """The fields of /proc/PID/stat after the command name (field 3 first), or None if
+    the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _gateway_pids(pid):
     """The gateway process and its children (verification workers, the writer)."""
-    pids = [pid]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                pids.append(int(entry))
-    return pids
+    children = [int(e) for e in os.listdir("/proc") if e.isdigit()
+                and (_proc_stat(e) or (None, None))[1] == str(pid)]
+    return [pid] + children
 
 
 def _cpu_seconds(pids):
     """User + system CPU seconds of ``pids`` (processes that are gone count 0)."""
-    ticks = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    stats = [s for s in map(_proc_stat, pids) if s is not None]
+    return sum(int(s[11]) + int(s[12]) for s in stats) / os.sysconf("SC_CLK_TCK")
 
 
 def _loadgen(params):
