@@ -177,8 +177,8 @@ def test_fast_path_keeps_exact_bytes_and_signed_bytes():
 
 
 def test_layouts_outside_the_fast_path_still_verify():
-    # 24 readings need a two-byte array head; a reading whose payload needs a one-byte
-    # length head; both must go the same way as the reference.
+    # 24 readings need a two-byte array head (0x98 0x18), which the fast path takes;
+    # a needlessly wide array head is refused by both paths alike.
     big = exchange.encode_batch(_batch(24))
     assert verify._split_fast(big) is not None
     assert verify.check_batch(big, CRED, NOW, POLICY).reason is None
