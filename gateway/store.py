@@ -9,6 +9,7 @@ Migrations are a list of statement lists; ``PRAGMA user_version`` counts how man
 been applied. Append to :data:`MIGRATIONS`, never edit an applied entry.
 """
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -183,18 +184,28 @@ def migrate(conn):
                 f"({SCHEMA_VERSION}): upgrade wattshare"
             )
         for number in range(version, SCHEMA_VERSION):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(conn):
                 for statement in MIGRATIONS[number]:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number + 1:d}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         return SCHEMA_VERSION
     except sqlite3.Error as e:
         raise MigrationError(f"cannot migrate the database: {e}") from None
+
+
+@contextlib.contextmanager
+def immediate(conn):
+    """One write transaction on ``conn`` (opened with ``isolation_level=None``): BEGIN
+    IMMEDIATE (the write lock now, not at the first write), COMMIT when the block ends,
+    ROLLBACK if it raises or the COMMIT fails."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def open_store(path):

@@ -121,26 +121,23 @@ class GroupStore:
     def commit(self, group):
         conn = self.conn
         results = []
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            touched = {}
-            for message in group:
-                if message[0] == "rejects":
-                    _, deltas, now_ms = message
-                    conn.executemany(
-                        _REJECT_UPSERT, [(d, r, n, now_ms) for (d, r), n in deltas.items()]
-                    )
-                else:
-                    _, job_id, device, readings, received_ms = message
-                    results.append(
-                        (job_id, self._store(conn, device, readings, received_ms, touched))
-                    )
-            self._write_state(conn, touched)
-            conn.execute("COMMIT")
+            with store.immediate(conn):
+                touched = {}
+                for message in group:
+                    if message[0] == "rejects":
+                        _, deltas, now_ms = message
+                        conn.executemany(
+                            _REJECT_UPSERT, [(d, r, n, now_ms) for (d, r), n in deltas.items()]
+                        )
+                    else:
+                        _, job_id, device, readings, received_ms = message
+                        results.append(
+                            (job_id, self._store(conn, device, readings, received_ms, touched))
+                        )
+                self._write_state(conn, touched)
         except BaseException:
             self._tails.clear()  # may hold rows of the rolled-back transaction
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             raise
         return results
 

@@ -30,6 +30,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from gateway import store
 from gateway.chain import contracts, intervals, merkle
 
 log = logging.getLogger("wattshare.chain")
@@ -150,13 +151,11 @@ class Batcher:
         packed = contracts.pack_totals(totals)
         now = int(self._clock())
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with store.immediate(conn):
             exists = conn.execute("SELECT 1 FROM chain_outbox WHERE contract = ? AND interval = ?",
                                   (self.contract, interval)).fetchone()
             if exists:
-                conn.execute("ROLLBACK")
-                return None
+                return None  # built before (the transaction wrote nothing)
             conn.execute(
                 "INSERT INTO chain_outbox (contract, interval, length, state, root, packed, "
                 "meters, leaves, gaps, last_reading_id, built_at, updated_at) "
@@ -169,11 +168,6 @@ class Batcher:
                 "VALUES (?, ?, ?, ?, ?)",
                 [(self.contract, interval, i, rid, salt)
                  for i, ((rid, _), salt) in enumerate(zip(leaves, salts, strict=True))])
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         if gaps:
             log.warning("interval has gaps", extra={"fields": {
                 "interval": interval, "gaps": gaps}})

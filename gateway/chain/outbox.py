@@ -37,6 +37,7 @@ import time
 
 from eth_account import Account
 
+from gateway import store
 from gateway.chain import contracts, rpc
 from gateway.chain.errors import RpcError
 
@@ -179,8 +180,7 @@ class Outbox:
         fees = self.port.suggest_fees()
         chain_nonce = self.port.get_nonce(self.sender, "latest")
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with store.immediate(conn):
             top = conn.execute(
                 "SELECT max(nonce) FROM chain_outbox WHERE sender = ? AND state IN "
                 "('signed', 'sent', 'mined')", (self.sender,)).fetchone()[0]
@@ -191,11 +191,6 @@ class Outbox:
             self._update(interval, state="signed", sender=self.sender, nonce=nonce,
                          raw_tx=signed.raw, tx_hash=signed.tx_hash, sent_at=None,
                          attempts=0, error=None)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         changed[interval] = "signed"
         self._hook("signed", interval)
 
@@ -238,19 +233,13 @@ class Outbox:
             self._finish(interval, outcome, changed)
             return
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with store.immediate(conn):
             conn.execute(
                 "INSERT INTO chain_tx_history (contract, interval, nonce, tx_hash, replaced_at,"
                 " reason) VALUES (?, ?, ?, ?, ?, 'nonce used by another transaction')",
                 (self.contract, interval, row["nonce"], row["tx_hash"], self._now()))
             self._update(interval, state="built", nonce=None, raw_tx=None, tx_hash=None,
                          sent_at=None)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         changed[interval] = "built"
         log.warning("nonce taken by another transaction; signing again", extra={"fields": {
             "interval": interval, "nonce": row["nonce"]}})
