@@ -4,8 +4,9 @@ Measured in one run:
 
 - ``verify_limit_per_s``: single-core P-256 verifications per second with
   `cryptography` (parsed key cached), the ceiling the gateway is compared with;
-- for 1, 8 and 32 readings per CoAP message, on one core (server pinned to CPU 0,
-  verification inline) and on all cores (verification workers = cores): the real
+- for 1, 8 and 32 readings per CoAP message, on one core (server pinned to CPU 0, ingest
+  in the gateway process) and on all cores (``[ingest] processes`` = cores, each
+  receiving, verifying and storing on its own socket of the CoAP port): the real
   gateway (`python -m gateway run`: lean CoAP front end on uvloop, WAL +
   synchronous=FULL, group commit) fed by a load generator in a separate process;
   ``readings_per_s`` counts readings
@@ -21,9 +22,9 @@ every repeat is listed. ``verify_limit_per_s`` is the median of all limit sample
 
 Ratios at 8 readings per message:
 
-- ``ratio_one_core_at_8``: the one-core run, where the gateway (event loop, inline
-  verification and the writer process) is pinned to CPU 0 and the load generator runs
-  on CPU 1: the gateway's throughput on one core of its own;
+- ``ratio_one_core_at_8``: the one-core run, where the gateway (one process: CoAP,
+  verification, storage) is pinned to CPU 0 and the load generator runs on CPU 1: the
+  gateway's throughput on one core of its own;
 - ``ratio_per_gateway_core_at_8``: the all-cores run, readings/s divided by the cores
   the gateway actually used (``gateway_cores_used``: CPU seconds of every gateway
   process per second of the max-rate window, read from /proc by the load generator),
@@ -36,7 +37,8 @@ Ratios at 8 readings per message:
   comparison).
 
 ``aiocoap_at_8``: the all-cores run at 8 per message with ``[coap] front_end =
-"aiocoap"``, for comparison with the default lean front end.
+"aiocoap"``, for comparison with the default lean front end; aiocoap binds its own
+socket, so it serves from the gateway process alone (one core at most).
 """
 
 import json
@@ -143,7 +145,7 @@ def free_udp_port():
         return s.getsockname()[1]
 
 
-def start_server(directory, devices, workers, cpus, front_end="lean"):
+def start_server(directory, devices, processes, cpus, front_end="lean"):
     from gateway import config as gwconfig
     from gateway import registry, store
 
@@ -153,7 +155,7 @@ def start_server(directory, devices, workers, cpus, front_end="lean"):
         "gateway": {"data_dir": "."},
         "coap": {"bind": "127.0.0.1", "port": port, "front_end": front_end},
         "http": {"bind": "127.0.0.1", "port": 0},
-        "ingest": {"verify_workers": workers, "max_pending_readings": 100000},
+        "ingest": {"processes": processes, "max_pending_readings": 100000},
         "log": {"level": "warning"},
     })
     path = directory / gwconfig.CONFIG_NAME
@@ -198,12 +200,12 @@ def stop_server(proc):
 
 def one_run(workdir, pool_path, devices, per_message, cores, ncpu, front_end="lean"):
     if cores == 1:
-        server_cpus, loadgen_cpus, workers = {0}, ({1} if ncpu > 1 else None), 0
+        server_cpus, loadgen_cpus, processes = {0}, ({1} if ncpu > 1 else None), 0
     else:
-        server_cpus, loadgen_cpus, workers = None, None, cores
+        server_cpus, loadgen_cpus, processes = None, None, cores
     proc, port, db_path = start_server(
         Path(tempfile.mkdtemp(prefix=f"run-{per_message}-{cores}-{front_end}-", dir=workdir)),
-        devices, workers, server_cpus, front_end)
+        devices, processes, server_cpus, front_end)
     try:
         params = {"port": port, "pool": str(pool_path), "per_message": per_message,
                   "gateway_pid": proc.pid}
@@ -296,7 +298,7 @@ def run():
         "aiocoap_ratio_per_machine_core_at_8": round(
             aiocoap_at_8["readings_per_s"] / ncpu / limit, 3),
         # the stateless checks alone (COSE + reading decode, then verify), one core,
-        # 8 per message: the ceiling of the verification workers
+        # 8 per message: the ceiling of one ingest process without CoAP and storage
         "check_batch_limit_per_s": round(check_rate),
         "meters": METERS,
         "front_end": "lean (gateway.coap_lean) on uvloop",
@@ -355,7 +357,7 @@ def _proc_stat(pid):
 
 
 def _gateway_pids(pid):
-    """The gateway process and its children (verification workers, the writer)."""
+    """The gateway process and its children (the ingest processes)."""
     children = [int(e) for e in os.listdir("/proc") if e.isdigit()
                 and (_proc_stat(e) or (None, None))[1] == str(pid)]
     return [pid] + children

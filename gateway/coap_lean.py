@@ -100,8 +100,10 @@ class LeanCoapServer(asyncio.DatagramProtocol):
     """
 
     def __init__(self, handle, bind, port, receive_buffer_bytes=4 << 20, on_drop=None,
-                 dedup_max_entries=DEDUP_MAX_ENTRIES, drain_s=2.0, clock=time.monotonic):
+                 dedup_max_entries=DEDUP_MAX_ENTRIES, drain_s=2.0, clock=time.monotonic,
+                 sock=None):
         self._handle = handle
+        self._given_sock = sock  # a bound socket to serve instead of binding one
         self._bind = (bind, port)
         self._rcvbuf = receive_buffer_bytes
         self._on_drop = on_drop or (lambda: None)
@@ -122,16 +124,8 @@ class LeanCoapServer(asyncio.DatagramProtocol):
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self):
-        host, port = self._bind
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = self._given_sock or bind_udp(*self._bind, self._rcvbuf)
         try:
-            if family == socket.AF_INET6:
-                # "::" means every IPv4 and IPv6 address, as with aiocoap.
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            set_receive_buffer(sock, self._rcvbuf)
-            sock.bind((host, port))
-            sock.setblocking(False)
             asyncio.get_running_loop().add_reader(sock.fileno(), self._read_ready)
         except BaseException:
             sock.close()
@@ -347,6 +341,24 @@ class LeanCoapServer(asyncio.DatagramProtocol):
 _CBOR_FORMAT = coap.uint_option(60)
 # Linux doubles the SO_RCVBUF asked for (the kernel's bookkeeping) and reports that.
 _RCVBUF_REPORTED = 2 if sys.platform.startswith("linux") else 1
+
+
+def bind_udp(host, port, receive_buffer_bytes, reuse_port=False):
+    """A bound, non-blocking UDP socket; "::" also takes IPv4, as with aiocoap."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        set_receive_buffer(sock, receive_buffer_bytes)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def set_receive_buffer(sock, wanted):

@@ -105,7 +105,7 @@ class _Workers:
         if value == "auto":
             return value
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
-            raise ValueError('must be "auto" or an integer 0..64 (0 = verify in the main process)')
+            raise ValueError('must be "auto" or an integer 0..64 (0 = all in the gateway process)')
         return value
 
     def toml(self, value):
@@ -158,10 +158,12 @@ SCHEMA = {
                       "refuse readings older than this (catch-up after an outage is fine)"),
         "voltage_max_v": (_Number(253.0, 1.0, 1000.0),
                           "|p| may not exceed phases x CT rating x this voltage"),
-        "verify_workers": (_Workers(),
-                           "signature-checking processes; \"auto\" = one per core, 0 = inline"),
-        "commit_linger_ms": (_Number(2.0, 0.0, 100.0),
-                             "group commit: wait this long for more readings before COMMIT"),
+        "processes": (_Workers(),
+                      "ingest processes, each receiving, verifying and storing; \"auto\" = "
+                      "one per core (0 on one core), 0 = all in the gateway process"),
+        "commit_linger_ms": (_Number(0.0, 0.0, 100.0),
+                             "group commit: wait this long for more readings before COMMIT "
+                             "(0 = commit what one turn of the event loop verified)"),
         "commit_max_rows": (_Int(2000, 1, 100000), "group commit: at most this many rows"),
         "max_pending_readings": (_Int(20000, 100, 10_000_000),
                                  "above this backlog answer 5.03 Service Unavailable"),
@@ -207,17 +209,19 @@ class IngestConfig:
     max_future_skew_s: int
     max_age_s: int
     voltage_max_v: float
-    verify_workers: object  # "auto" or int
+    processes: object  # "auto" or int
     commit_linger_ms: float
     commit_max_rows: int
     max_pending_readings: int
     overload_max_age_s: int
 
-    def worker_count(self):
-        """Verification processes to start (0 = verify in the main process)."""
-        if self.verify_workers == "auto":
-            return os.cpu_count() or 1
-        return self.verify_workers
+    def process_count(self):
+        """Ingest processes to start (0 = ingest in the gateway process). "auto": one per
+        core this process may run on, none on a single core (nothing to spread)."""
+        if self.processes == "auto":
+            cores = len(os.sched_getaffinity(0))
+            return cores if cores > 1 else 0
+        return self.processes
 
 
 @dataclass(frozen=True)

@@ -89,8 +89,8 @@ def render_page(snapshot, live):
         ("Readings/s (last minute)", f"{snapshot.readings_per_s:.2f}"),
         ("Storage", f"{snapshot.storage_bytes / 1e6:.1f} MB"),
         ("Chain", snapshot.chain),
-        ("Verify queue", f"{live['verify_queue']} batches"),
         ("Store queue", f"{live['store_queue']} readings"),
+        ("Ingest processes", str(live["ingest_processes"] or "none (in the gateway process)")),
         ("Up since", _when(live["started_ms"], now)),
     ]
     summary_rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary)

@@ -7,7 +7,7 @@ front end (:mod:`gateway.coap_lean` on ``wattcore.coap``, the default, or
 (``wattcore.exchange``):
 
 - ``POST /r``: a batch of signed readings of one device. Checked by
-  :mod:`gateway.verify` (stateless, possibly in a worker process), stored by
+  :mod:`gateway.verify` (stateless, in this process), stored by
   :mod:`gateway.writer` (stateful checks, group commit). The response comes after the
   COMMIT: ``ack`` = seq of the last reading of the stored prefix, ``rejected``/
   ``reason`` = the reading that stopped the batch.
@@ -26,7 +26,6 @@ from wattcore import exchange
 from gateway import verify
 from gateway.errors import StorageError
 from gateway.logs import RateLimiter
-from gateway.verifier_pool import PoolBroken
 
 log = logging.getLogger("wattshare.ingest")
 
@@ -60,14 +59,14 @@ def code_text(code):
 class Ingest:
     """Handles CoAP requests for one gateway.
 
-    ``pool``: a :class:`gateway.verifier_pool.VerifierPool`; ``writer``: a started
+    ``policy``: a :class:`gateway.verify.Policy`; ``writer``: a started
     :class:`gateway.writer.ReadingWriter`; ``credentials``: device id ->
     :class:`gateway.verify.Credential` (replace with :meth:`set_credentials`).
     """
 
-    def __init__(self, pool, writer, metrics, max_pending=20000, overload_max_age=5,
+    def __init__(self, policy, writer, metrics, max_pending=20000, overload_max_age=5,
                  clock=time.time, log_limiter=None):
-        self.pool = pool
+        self.policy = policy
         self.writer = writer
         self.metrics = metrics
         self.max_pending = max_pending
@@ -86,8 +85,10 @@ class Ingest:
         except StorageError as e:
             response = self._reject(request, "storage", str(e), self._now(),
                                     max_age=self.overload_max_age)
-        except PoolBroken as e:
-            response = self._reject(request, "internal", str(e), self._now())
+        except Exception as e:  # a fault of ours: 5.00 (the meter retries), keep serving
+            if self._limiter.allow("internal error") is not None:
+                log.exception("request handling failed")
+            response = self._reject(request, "internal", f"{type(e).__name__}: {e}", self._now())
         self.metrics.responses.inc(label_value=code_text(response.code))
         self.metrics.latency.observe(time.perf_counter() - started)
         return response
@@ -128,12 +129,12 @@ class Ingest:
                 f"expected {exchange.CONTENT_FORMAT_CBOR}",
                 now,
             )
-        if self.writer.pending_rows + self.pool.queued >= self.max_pending:
+        if self.writer.pending_rows >= self.max_pending:
             return self._reject(request, "busy", "backlog full", now,
                                 max_age=self.overload_max_age)
         hint = verify.peek_device_id(payload)
         credential = self.credentials.get(hint) if hint is not None else None
-        check = await self.pool.check(payload, credential, now)
+        check = verify.check_batch(payload, credential, now, self.policy)
         readings = check.readings
         outcome = None
         if readings:

@@ -1,15 +1,15 @@
 """Child processes of the gateway and the framed pipes to them.
 
-Signature checks run in verification workers and all database writes in one writer
-process, so the event loop never shares the GIL with helper threads (threads
-contending for the GIL made each hand-over wait up to the 5 ms switch interval and
-left cores idle). Each child is ``python -m gateway.worker KIND FD ...`` connected by
-a socketpair; messages are length-prefixed pickles between our own processes only.
-Children die with the gateway (``PR_SET_PDEATHSIG``, plus a parent watchdog).
+The gateway's ingest processes (:mod:`gateway.app`) are children started as
+``python -m gateway.worker KIND FD ...``, connected by a socketpair; messages are
+length-prefixed pickles between our own processes only. Processes, not threads: a
+thread contending for the GIL made each hand-over wait up to the 5 ms switch interval
+and left cores idle. Children die with the gateway (``PR_SET_PDEATHSIG``, plus a
+parent watchdog).
 
-The event loop side reads and writes through asyncio (:class:`Channel`), so a busy
-child never blocks it; the child side uses blocking :func:`read_frame` /
-:func:`write_frame`.
+Both sides read and write through asyncio (:class:`Channel` in the gateway,
+:class:`FrameProtocol` in a child), so a busy peer never blocks either; blocking
+:func:`read_frame` / :func:`write_frame` / :class:`FrameReader` serve simple children.
 """
 
 import asyncio
@@ -92,7 +92,9 @@ class FrameReader:
             buffer += data
 
 
-class _FrameProtocol(asyncio.Protocol):
+class FrameProtocol(asyncio.Protocol):
+    """Frames from a stream, each unpickled and passed to ``on_message``."""
+
     def __init__(self, on_message, on_lost):
         self._buffer = bytearray()
         self._on_message = on_message
@@ -122,21 +124,22 @@ class Channel:
         self._transport = transport
 
     @classmethod
-    async def start(cls, kind, args, on_message, on_lost):
-        """Start ``python -m gateway.worker KIND FD *args`` and connect to it."""
+    async def start(cls, kind, args, on_message, on_lost, pass_fds=()):
+        """Start ``python -m gateway.worker KIND FD *args`` and connect to it; the file
+        descriptors ``pass_fds`` are inherited by the child (same numbers)."""
         parent, child = socket.socketpair()
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "gateway.worker", kind, str(child.fileno()),
                  str(os.getpid()), *map(str, args)],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+                pass_fds=(child.fileno(), *pass_fds), stdin=subprocess.DEVNULL,
             )
         finally:
             child.close()
         parent.setblocking(False)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.connect_accepted_socket(
-            lambda: _FrameProtocol(on_message, on_lost), parent
+            lambda: FrameProtocol(on_message, on_lost), parent
         )
         return cls(process, transport)
 

@@ -1,7 +1,8 @@
 """Prometheus metrics of the gateway, rendered in the text exposition format.
 
-Each metric is written by one thread only (the event loop, or the writer thread for
-the commit metrics), so plain Python numbers are enough.
+Each metric is written by one event loop only, so plain Python numbers are enough.
+Ingest processes send :meth:`GatewayMetrics.state` to the gateway process, which sums
+them with :meth:`GatewayMetrics.absorb`.
 """
 
 import bisect
@@ -30,6 +31,13 @@ class Counter:
 
     def total(self):
         return sum(self.values.values())
+
+    def state(self):
+        return dict(self.values)
+
+    def absorb(self, state):
+        for label_value, n in state.items():
+            self.inc(n, label_value)
 
     def render(self):
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
@@ -67,6 +75,15 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
         self.count += 1
+
+    def state(self):
+        return list(self.counts), self.sum, self.count
+
+    def absorb(self, state):
+        counts, total, count = state
+        self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+        self.sum += total
+        self.count += count
 
     def render(self):
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
@@ -123,9 +140,24 @@ class GatewayMetrics:
     def add_gauge(self, name, help_text, read):
         self.gauges.append(Gauge(name, help_text, read))
 
+    def _own(self):
+        return {"accepted": self.accepted, "duplicates": self.duplicates,
+                "rejected": self.rejected, "dropped": self.dropped,
+                "responses": self.responses, "latency": self.latency,
+                "commit_seconds": self.commit_seconds, "commit_rows": self.commit_rows}
+
+    def state(self):
+        """Counters and histograms as plain data (picklable), for :meth:`absorb`."""
+        return {name: metric.state() for name, metric in self._own().items()}
+
+    def absorb(self, state):
+        """Add the counts of another :meth:`state` to these."""
+        own = self._own()
+        for name, metric_state in state.items():
+            own[name].absorb(metric_state)
+
     def render(self):
         lines = []
-        for metric in (self.accepted, self.duplicates, self.rejected, self.dropped, self.responses,
-                       self.latency, self.commit_seconds, self.commit_rows, *self.gauges):
+        for metric in (*self._own().values(), *self.gauges):
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"

@@ -185,3 +185,8 @@ def credentials(conn, voltage_max_v):
         d.id: Credential(d.id, d.pubkey, d.power_limit_w(voltage_max_v), d.status == "revoked")
         for d in list_devices(conn)
     }
+
+
+def active_count(conn):
+    """Registered devices that are not revoked."""
+    return conn.execute("SELECT count(*) FROM devices WHERE status = 'active'").fetchone()[0]

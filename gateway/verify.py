@@ -2,8 +2,8 @@
 
 :func:`check_batch` is a pure function (bytes and plain values in, plain values out,
 no I/O, no clock, no shared state except a cache of parsed public keys), so it runs
-unchanged in the main process or in verification worker processes
-(:mod:`gateway.verifier_pool`). The checks that need stored readings (duplicates,
+unchanged in every ingest process (:mod:`gateway.app`). The checks that need stored
+readings (duplicates,
 sequence reuse, counters going backwards) run later, in the writer
 (:mod:`gateway.writer`), inside the transaction that stores the readings.
 
@@ -53,7 +53,7 @@ REASONS = {
     "too-old": exchange.UNPROCESSABLE,  # older than the configured maximum age
     "over-rating": exchange.UNPROCESSABLE,  # |p| above phases x CT rating x voltage bound
     "counter-backwards": exchange.UNPROCESSABLE,
-    "internal": exchange.INTERNAL_ERROR,  # a gateway fault (e.g. a worker died)
+    "internal": exchange.INTERNAL_ERROR,  # a gateway fault (an unexpected error)
     "busy": exchange.UNAVAILABLE,  # backlog full; answered with Max-Age
     "storage": exchange.UNAVAILABLE,  # the database failed; answered with Max-Age
 }
@@ -387,17 +387,3 @@ def check_batch(payload, credential, now, policy, fast=True):
         reason = "empty" if payload == b"\x80" else "cbor"
         return BatchCheck(None, [], reason, None, str(e))
     return BatchCheck(device_id, checked, None, None, "")
-
-
-def check_batches(jobs, policy):
-    """:func:`check_batch` over a list of ``(payload, credential, now)``: one worker task.
-
-    Results go back as plain tuples, readings too (in :class:`Checked` field order):
-    pickling named tuples costs ten times as much, and the gateway only forwards them.
-    """
-    results = []
-    for payload, credential, now in jobs:
-        device_id, readings, reason, rejected_seq, detail = check_batch(
-            payload, credential, now, policy)
-        results.append((device_id, [tuple(r) for r in readings], reason, rejected_seq, detail))
-    return results

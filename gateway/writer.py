@@ -1,14 +1,12 @@
-"""The one writer of readings: group commit in a writer process.
+"""Group commit of verified readings, in the process that received them.
 
 The event loop hands over verified batches (:meth:`ReadingWriter.submit`) and gets an
-asyncio future back. The writer process (:func:`serve`, started as
-``python -m gateway.worker writer``) takes everything that has arrived (waiting up to
-``linger`` for more, at most ``max_rows`` rows), stores it in ONE transaction, COMMITs
-(WAL, synchronous=FULL: on disk when COMMIT returns) and only then answers: a response
+asyncio future back. Everything submitted in one turn of the loop (or within
+``linger``, at most ``max_rows`` rows) is stored in ONE transaction and COMMITted (WAL,
+synchronous=FULL: on disk when COMMIT returns) before any future resolves: a response
 to a meter never runs ahead of the disk. If the transaction fails, every batch of the
 group fails with :class:`~gateway.errors.StorageError` and nothing of it is
-acknowledged; if the process dies, its pending batches fail the same way and a new
-writer is started.
+acknowledged (the meter keeps its readings and retries).
 
 Inside the transaction :class:`GroupStore` runs the checks that need stored data, in
 order per batch, stopping a batch at its first failure:
@@ -19,18 +17,21 @@ order per batch, stopping a batch at its first failure:
   (that carries the counter) or above the nearest one with a higher seq.
 
 A per-device cache of the highest stored seq and latest counters makes the usual case
-(a meter appending in order) cost no extra query.
+(a meter appending in order) cost no extra query; it is dropped whenever another
+connection has committed since (``PRAGMA data_version``), so several ingest processes
+can share the database.
 """
 
 import asyncio
 import logging
 import sqlite3
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 from wattcore import reading
 
-from gateway import ipc, store
+from gateway import store
 from gateway.errors import StorageError
 from gateway.logs import RateLimiter
 from gateway.verify import Checked
@@ -117,12 +118,19 @@ class GroupStore:
     def __init__(self, conn):
         self.conn = conn
         self._tails = {}
+        self._data_version = None  # PRAGMA data_version when the cache was last right
 
     def commit(self, group):
         conn = self.conn
         results = []
         try:
             with store.immediate(conn):
+                # Another connection (another ingest process) committed since our last
+                # transaction: the cached tails may be behind the database.
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._data_version:
+                    self._tails.clear()
+                    self._data_version = version
                 touched = {}
                 for message in group:
                     if message[0] == "rejects":
@@ -228,216 +236,172 @@ class GroupStore:
 
 
 
-def serve(sock, db_path, linger_s, max_rows):
-    """The writer process: gather, store, COMMIT, answer; until the pipe closes.
-
-    Each frame from the gateway is a list of messages (see :class:`GroupStore`).
-    """
-    try:
-        conn = store.open_store(db_path)
-    except StorageError as e:
-        ipc.write_frame(sock, ("failed", str(e)))
-        return 1
-    groups = GroupStore(conn)
-    ipc.write_frame(sock, ("ready", store.SCHEMA_VERSION))
-    frames = ipc.FrameReader(sock)
-    try:
-        closing = False
-        while not closing:
-            frame = frames.next()
-            if frame is None:
-                return 0
-            group = list(frame)
-            rows = sum(map(_rows, frame))
-            # Linger asleep rather than waiting on the pipe: frames that arrive meanwhile
-            # are queued without waking us, then everything queued joins the group
-            # (A/B at 8 readings per message: +13% readings/s on one core, +4% on two).
-            if rows < max_rows and linger_s > 0:
-                time.sleep(linger_s)
-            while rows < max_rows:
-                frame = frames.next(0.0)
-                if frame is ipc.TIMEOUT:
-                    break
-                if frame is None:
-                    closing = True
-                    break
-                group.extend(frame)
-                rows += sum(map(_rows, frame))
-            started = time.perf_counter()
-            try:
-                results, failure = groups.commit(group), None
-            except sqlite3.Error as e:
-                results, failure = [], f"database write failed: {e}"
-            jobs = [m[1] for m in group if m[0] == "store"]
-            ipc.write_frame(sock, ("done", results, failure, jobs,
-                                   time.perf_counter() - started, rows))
-        return 0
-    finally:
-        conn.close()
-
-
 def _rows(message):
     return len(message[3]) if message[0] == "store" else 1
 
 
 class ReadingWriter:
-    """The event loop's handle on the writer process.
+    """Group commit in the event loop's process.
 
     :meth:`submit` returns a future resolving to a :class:`StoreOutcome` (or failing
-    with :class:`StorageError`); call the methods from the loop that ran :meth:`start`.
+    with :class:`StorageError`). Batches submitted while the loop is busy wait for one
+    COMMIT together: the group is stored when the loop turn that started it ends (or
+    ``linger_s`` later, if set, so that more can join), or at once when it reaches
+    ``max_rows``. Under load a loop turn handles everything the front end read in one
+    wakeup, so groups grow with the load by themselves.
+
+    The write lock is never waited for in the event loop: when another connection holds
+    it (another ingest process, the chain link, the CLI) BEGIN fails at once and the
+    group is tried again a little later while the loop goes on verifying and answering
+    (5.03 when the backlog is full). After ``lock_timeout_s`` without the lock the group
+    fails with :class:`StorageError`. Call the methods from the loop that ran :meth:`start`.
     """
 
-    def __init__(self, db_path, linger_s=0.002, max_rows=2000, metrics=None):
-        self._db_path = db_path
+    RETRY_FIRST_S = 0.001
+    RETRY_MAX_S = 0.02
+
+    def __init__(self, db_path, linger_s=0.0, max_rows=2000, metrics=None, lock_timeout_s=10.0):
+        self._db_path = Path(db_path)
         self._linger = linger_s
         self._max_rows = max_rows
         self._metrics = metrics
-        self._channel = None
-        self._pending = {}  # job id -> (future, rows)
-        self._next_job = 0
-        self._pending_rows = 0
-        self._reject_deltas = {}
-        self._outbox = []  # messages sent together at the end of this loop iteration
-        self._log_limiter = RateLimiter(window=60.0, global_max=10)
-        self._ready = None
+        self._lock_timeout = lock_timeout_s
+        self._conn = None
+        self._groups = None
+        self._group = []  # messages of the next COMMIT
+        self._group_rows = 0
+        self._timer = None  # the scheduled commit of the group, if any
+        self._locked_since = None  # monotonic time of the first BEGIN that found the lock taken
+        self._retry_s = self.RETRY_FIRST_S
         self._closing = False
-        self.restarts = 0
+        self._pending = {}  # job id -> future
+        self._next_job = 0
+        self._reject_deltas = {}
+        self._log_limiter = RateLimiter(window=60.0, global_max=10)
+        self.lock_waits = 0  # BEGINs that found the write lock taken
 
     @property
     def pending_rows(self):
         """Readings handed over and not yet committed (or failed)."""
-        return self._pending_rows
+        return self._group_rows
 
-    @property
-    def process(self):
-        return self._channel.process if self._channel is not None else None
+    def start(self):
+        """Open (and migrate) the database; raises :class:`StorageError`."""
+        conn = store.open_store(self._db_path)
+        conn.execute("PRAGMA busy_timeout = 0")  # a taken write lock: SQLITE_BUSY at once
+        self._conn = conn
+        self._groups = GroupStore(conn)
 
-    async def start(self):
-        """Start the writer process; raises :class:`StorageError` if it cannot open the db."""
-        self._ready = asyncio.get_running_loop().create_future()
-        self._channel = await ipc.Channel.start(
-            "writer", [self._db_path, self._linger, self._max_rows],
-            self._on_message, self._on_lost,
-        )
-        try:
-            await self._ready
-        except StorageError:
-            self._closing = True
-            await self._channel.stop()
-            self._channel = None
-            raise
-
-    async def close(self):
-        """Flush reject counts, let the process commit what it has, and stop it."""
+    def close(self):
+        """Commit what is pending (reject counts too; waiting for the lock if need be)
+        and close the database."""
+        if self._conn is None:
+            return
+        self.flush_rejects()
         self._closing = True
-        if self._channel is not None:
-            self.flush_rejects()
-            self._flush()
-            await self._channel.stop()
-            self._channel = None
+        deadline = time.monotonic() + self._lock_timeout
+        while self._group and not self.commit() and time.monotonic() < deadline:
+            time.sleep(self._retry_s)
+        if self._group:
+            self._fail(self._take_group(), "the gateway stopped before the write lock was free")
+        self._conn.close()
+        self._conn = None
 
     def submit(self, device_id, readings, received_ms):
         future = asyncio.get_running_loop().create_future()
         self._next_job += 1
         job = self._next_job
-        self._pending[job] = (future, len(readings))
-        self._pending_rows += len(readings)
-        if self._channel is None:
-            self._fail([job], "the writer process is not running")
-        else:
-            # plain tuples: a tenth of the pickling cost of named tuples
-            self._post(("store", job, device_id, [tuple(r) for r in readings], received_ms))
+        self._pending[job] = future
+        self._add(("store", job, device_id, readings, received_ms), len(readings))
         return future
 
-    def _post(self, message):
-        # One frame (one wake-up of the writer) per loop iteration, however many batches.
-        if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._outbox.append(message)
-
-    def _flush(self):
-        outbox, self._outbox = self._outbox, []
-        if not outbox:
-            return
-        if self._channel is not None:
-            self._channel.send(outbox)
-        else:
-            self._fail([m[1] for m in outbox if m[0] == "store"],
-                       "the writer process is not running")
-
     def count_reject(self, device_id, reason):
-        """Count a reject for the ``rejects`` table (written on the next flush)."""
+        """Count a reject for the ``rejects`` table (written with the next COMMIT)."""
         key = (device_id or b"", reason)
         self._reject_deltas[key] = self._reject_deltas.get(key, 0) + 1
 
     def flush_rejects(self):
-        """Hand the reject counts gathered so far to the writer (about once a second)."""
-        if self._reject_deltas and self._channel is not None:
+        """Hand the reject counts gathered so far to the next COMMIT (about once a second)."""
+        if self._reject_deltas:
             deltas, self._reject_deltas = self._reject_deltas, {}
-            self._post(("rejects", deltas, int(time.time() * 1000)))
+            self._add(("rejects", deltas, int(time.time() * 1000)), 0)
 
-    def _on_message(self, message):
-        kind = message[0]
-        if kind in ("ready", "failed"):
-            if not self._ready.done():
-                if kind == "ready":
-                    self._ready.set_result(None)
-                else:
-                    self._ready.set_exception(StorageError(message[1]))
-            return
-        _, results, failure, jobs, seconds, rows = message
-        if failure is not None:
-            suppressed = self._log_limiter.allow("commit")
-            if suppressed is not None:
-                log.error("commit failed",
-                          extra={"fields": {"error": failure, "suppressed": suppressed}})
-            self._fail(jobs, failure)
-            return
+    def _add(self, message, rows):
+        self._group.append(message)
+        self._group_rows += rows
+        if self._locked_since is not None:
+            return  # the retry timer runs
+        if self._group_rows >= self._max_rows:
+            self.commit()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = (loop.call_later(self._linger, self.commit) if self._linger > 0
+                           else loop.call_soon(self.commit))
+
+    def _take_group(self):
+        group = self._group
+        self._group, self._group_rows = [], 0
+        return group
+
+    def commit(self):
+        """Store the group in one transaction now and resolve its futures. Returns False
+        if the write lock was taken (the group stays, a retry is scheduled)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._group:
+            return True
+        rows = self._group_rows
+        started = time.perf_counter()
+        try:
+            results = self._groups.commit(self._group)
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                return self._locked()
+            self._fail(self._take_group(), f"database write failed: {e}")
+            return True
+        except Exception as e:  # sqlite3.Error, or a bug: fail the group and go on
+            self._fail(self._take_group(), f"database write failed: {e}")
+            return True
+        self._take_group()
+        self._locked_since = None
+        self._retry_s = self.RETRY_FIRST_S
         for job, outcome in results:
-            future = self._take(job)
-            if future is not None:
+            future = self._pending.pop(job)
+            if not future.done():  # its request may have been cancelled meanwhile
                 future.set_result(outcome)
         if self._metrics is not None:
-            self._metrics.commit_seconds.observe(seconds)
+            self._metrics.commit_seconds.observe(time.perf_counter() - started)
             self._metrics.commit_rows.observe(rows)
+        return True
 
-    def _take(self, job):
-        """The future of pending ``job``, no longer pending; None if gone or done."""
-        entry = self._pending.pop(job, None)
-        if entry is None:
-            return None
-        future, n = entry
-        self._pending_rows -= n
-        return None if future.done() else future
-
-    def _fail(self, jobs, reason):
-        error = StorageError(reason)
-        for job in jobs:
-            future = self._take(job)
-            if future is not None:
-                future.set_exception(error)
-
-    def _on_lost(self):
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(StorageError("the writer process exited at start-up"))
-            return
-        self._fail(list(self._pending), "the writer process exited")
+    def _locked(self):
+        self.lock_waits += 1
+        now = time.monotonic()
+        if self._locked_since is None:
+            self._locked_since = now
+        elif now - self._locked_since >= self._lock_timeout:
+            self._locked_since = None
+            self._fail(self._take_group(), f"database is locked by another connection for "
+                                           f"{self._lock_timeout:g} s")
+            return False
         if self._closing:
-            return
-        # Supervisor: start a new writer; meters retry what failed meanwhile.
-        log.error("writer process exited; restarting it")
-        self._channel = None
-        self.restarts += 1
-        asyncio.get_running_loop().create_task(self._restart())
+            return False  # close() waits itself
+        self._timer = asyncio.get_running_loop().call_later(self._retry_s, self.commit)
+        self._retry_s = min(self._retry_s * 2, self.RETRY_MAX_S)
+        return False
 
-    async def _restart(self):
-        while not self._closing:
-            try:
-                await self.start()
-                return
-            except StorageError:
-                log.exception("writer process could not restart")
-                await asyncio.sleep(1.0)
+    def _fail(self, group, failure):
+        suppressed = self._log_limiter.allow("commit")
+        if suppressed is not None:
+            log.error("commit failed", extra={"fields": {"error": failure,
+                                                         "suppressed": suppressed}})
+        error = StorageError(failure)
+        for message in group:
+            if message[0] == "store":
+                future = self._pending.pop(message[1])
+                if not future.done():
+                    future.set_exception(error)
 
 
 def _nearest(conn, device, column, seq, higher):

@@ -210,7 +210,8 @@ def test_run_serves_until_sigterm(gateway_dir, tmp_path):
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = json.loads(proc.stderr.readline())
-        assert line["msg"] == "gateway ready" and line["verify_workers"] >= 1
+        assert line["msg"] == "gateway ready"
+        assert line["ingest_processes"] == config.load(conf).ingest.process_count()
     finally:
         proc.terminate()
         proc.wait(20)

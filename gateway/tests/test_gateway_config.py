@@ -21,7 +21,16 @@ def test_rendered_defaults_load_back_to_the_defaults(tmp_path):
 
 def test_empty_file_means_all_defaults(tmp_path):
     cfg = config.parse("", tmp_path / "g.toml")
-    assert cfg.http.port == 8683 and cfg.ingest.worker_count() >= 1
+    assert cfg.http.port == 8683 and cfg.ingest.processes == "auto"
+
+
+@pytest.mark.parametrize("setting, cores, expected", [
+    ('"auto"', {0, 1, 2, 3}, 4), ('"auto"', {0}, 0), ("3", {0}, 3), ("0", {0, 1}, 0)])
+def test_ingest_processes_auto_means_one_per_usable_core(tmp_path, monkeypatch, setting, cores,
+                                                         expected):
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: cores)
+    cfg = config.parse(f"[ingest]\nprocesses = {setting}\n", tmp_path / "g.toml")
+    assert cfg.ingest.process_count() == expected
 
 
 def test_coap_front_end_is_selectable(tmp_path):
@@ -32,9 +41,9 @@ def test_coap_front_end_is_selectable(tmp_path):
 
 
 def test_overrides_and_absolute_data_dir(tmp_path):
-    cfg = config.parse('[gateway]\ndata_dir = "/srv/ws"\n[ingest]\nverify_workers = 0\n',
+    cfg = config.parse('[gateway]\ndata_dir = "/srv/ws"\n[ingest]\nprocesses = 0\n',
                        tmp_path / "g.toml")
-    assert str(cfg.data_dir) == "/srv/ws" and cfg.ingest.worker_count() == 0
+    assert str(cfg.data_dir) == "/srv/ws" and cfg.ingest.process_count() == 0
 
 
 @pytest.mark.parametrize("text, fragments", [
@@ -44,7 +53,7 @@ def test_overrides_and_absolute_data_dir(tmp_path):
     ('[log]\nformat = "xml"\n', ["[log] format = 'xml'", '"json", "kv"']),
     ('[coap]\nfront_end = "libcoap"\n', ["[coap] front_end = 'libcoap'", '"lean", "aiocoap"']),
     ("[coap]\nfront_end = 1\n", ["[coap] front_end = 1", '"lean", "aiocoap"']),
-    ("[ingest]\nverify_workers = -1\n", ["verify_workers = -1", '"auto" or an integer']),
+    ("[ingest]\nprocesses = -1\n", ["processes = -1", '"auto" or an integer']),
     ('[chain]\nrpc_url = "ftp://x"\n', ["rpc_url = 'ftp://x'", '"anvil"']),
     ('[chain]\ncontract = "0x12"\n', ["contract = '0x12'", "20-byte address"]),
     ("[ingest]\nmax_age = 5\n", ["unknown key [ingest] max_age", "max_age_s"]),

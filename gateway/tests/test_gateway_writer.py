@@ -30,11 +30,11 @@ def run_writer(cfg, body, linger_s=0.002):
 
     async def main():
         writer = ReadingWriter(cfg.db_path, linger_s, 2000, metrics)
-        await writer.start()
+        writer.start()
         try:
             return await body(writer)
         finally:
-            await writer.close()
+            writer.close()
 
     return asyncio.run(main()), metrics
 
@@ -179,29 +179,83 @@ def test_reject_counts_are_persisted(tmp_path):
 def test_unopenable_database_fails_at_start(tmp_path):
     (tmp_path / "db").mkdir()
     writer = ReadingWriter(tmp_path / "db", 0.001, 10)
+    with pytest.raises(StorageError):
+        writer.start()
+
+
+def test_a_taken_write_lock_is_waited_for_without_blocking_the_event_loop(tmp_path):
+    m = MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, m)
+    blocker = sqlite3.connect(cfg.db_path, isolation_level=None)
+
+    async def body(writer):
+        blocker.execute("BEGIN IMMEDIATE")  # e.g. the chain link writing its outbox
+        future = writer.submit(m.device_id, checked(m, m.reading(1)), 1)
+        ticks = 0
+        while writer.lock_waits < 3:  # the loop keeps running while the writer retries
+            await asyncio.sleep(0.001)
+            ticks += 1
+        assert not future.done() and writer.pending_rows == 1 and ticks >= 3
+        blocker.execute("COMMIT")
+        return await asyncio.wait_for(future, 5)
+
+    outcome, _ = run_writer(cfg, body)
+    blocker.close()
+    assert outcome.new == 1 and len(stored(cfg)) == 1
+
+
+def test_a_write_lock_held_too_long_fails_the_group_with_a_storage_error(tmp_path):
+    m = MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, m)
+    blocker = sqlite3.connect(cfg.db_path, isolation_level=None)
 
     async def main():
-        await writer.start()
+        writer = ReadingWriter(cfg.db_path, 0.0, 2000, lock_timeout_s=0.2)
+        writer.start()
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StorageError, match="locked by another connection for 0.2 s"):
+                await asyncio.wait_for(writer.submit(m.device_id, checked(m, m.reading(1)), 1), 5)
+        finally:
+            blocker.execute("ROLLBACK")
+        # the next group finds the lock free
+        outcome = await writer.submit(m.device_id, checked(m, m.reading(1)), 1)
+        writer.close()
+        return outcome
 
-    with pytest.raises(StorageError):
-        asyncio.run(main())
+    assert asyncio.run(main()).new == 1
+    blocker.close()
+    assert len(stored(cfg)) == 1
 
 
-def test_a_killed_writer_process_fails_its_batches_and_is_replaced(tmp_path):
+def test_two_writers_on_one_database_see_each_others_readings(tmp_path):
+    # Ingest processes share the database; a meter's requests may reach another process
+    # (e.g. after its source port changed). Each writer's cache of the latest seq and
+    # counters must not hide what the other stored.
     m = MeterKey()
     cfg = write_config(tmp_path)
     register(cfg, m)
 
-    async def body(writer):
-        first = writer.process
-        first.kill()
-        await asyncio.get_running_loop().run_in_executor(None, first.wait)
-        for _ in range(100):  # until the loss is noticed and a new writer runs
-            if writer.restarts and writer.process is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert writer.process is not first
-        return await writer.submit(m.device_id, checked(m, m.reading(1)), 1)
+    async def main():
+        a = ReadingWriter(cfg.db_path)
+        b = ReadingWriter(cfg.db_path)
+        a.start()
+        b.start()
+        try:
+            first = await a.submit(m.device_id, checked(m, *[m.reading(s) for s in (1, 2)]), 1)
+            second = await b.submit(m.device_id, checked(m, m.reading(3, ei=5000)), 1)
+            # below seq 3's counter, above seq 2's (which a's cache last saw)
+            backwards = await a.submit(m.device_id, checked(m, m.reading(4, ei=4000)), 1)
+            reuse = await a.submit(m.device_id, checked(m, m.reading(3, ei=6000)), 1)
+            return first, second, backwards, reuse
+        finally:
+            a.close()
+            b.close()
 
-    outcome, _ = run_writer(cfg, body)
-    assert outcome.new == 1 and len(stored(cfg)) == 1
+    first, second, backwards, reuse = asyncio.run(main())
+    assert (first.new, second.new) == (2, 1)
+    assert (backwards.stored, backwards.reason) == (0, "counter-backwards")
+    assert (reuse.stored, reuse.reason) == (0, "seq-reuse")
+    assert sorted(stored(cfg)) == [(m.device_id, s) for s in (1, 2, 3)]

@@ -1,0 +1,100 @@
+"""Ingest processes sharing the CoAP port: same answers as in one process, metrics
+summed in the gateway process, a killed process is replaced."""
+
+import asyncio
+import os
+import signal
+
+from gw_testbed import (
+    MeterKey,
+    RawUdp,
+    coap_datagram,
+    register,
+    running_gateway,
+    stored,
+    write_config,
+)
+from aiocoap.numbers.codes import Code
+from wattcore import exchange
+
+
+async def post(udp, mid, payload):
+    reply = await udp.exchange(coap_datagram(mid, token=mid.to_bytes(3, "big"), payload=payload),
+                               timeout=20)
+    return str(reply.code).split(" ")[0], exchange.decode_response(reply.payload)
+
+
+def test_ingest_processes_serve_concurrent_senders_and_survive_a_killed_process(tmp_path):
+    meters = [MeterKey() for _ in range(8)]
+    cfg = write_config(tmp_path, ingest={"processes": 2})
+    register(cfg, *meters)
+
+    async def sender(gw, meter, seqs, mid_base):
+        udp = RawUdp(gw.coap_port)
+        try:
+            results = []
+            for i, chunk in enumerate(seqs):
+                payload = exchange.encode_batch([meter.reading(s) for s in chunk])
+                results.append(await post(udp, mid_base + i, payload))
+            return results
+        finally:
+            udp.close()
+
+    async def scenario():
+        async with running_gateway(cfg) as gw:
+            assert gw.service is None and len(gw.processes.processes) == 2
+            chunks = [list(range(1 + 4 * i, 5 + 4 * i)) for i in range(5)]
+            results = await asyncio.gather(*[
+                sender(gw, m, chunks, 1000 * k) for k, m in enumerate(meters)])
+            for per_meter in results:
+                assert [(code, body["ack"]) for code, body in per_meter] == [
+                    ("2.04", c[-1]) for c in chunks]
+            # Both processes serve (the kernel spreads source ports over them): 32 more
+            # senders ask for the time; the chance that all reach one process is 2**-39.
+            for i in range(32):
+                probe = RawUdp(gw.coap_port)
+                reply = await probe.exchange(coap_datagram(i, path="t", code=Code.GET,
+                                                           payload=b"", content_format=None))
+                probe.close()
+                assert str(reply.code).startswith("2.05")
+            # A bad signature is found in an ingest process just as inline.
+            forged = bytearray(meters[0].reading(21))
+            forged[-1] ^= 1
+            udp = RawUdp(gw.coap_port)
+            try:
+                code, body = await post(udp, 50, exchange.encode_batch([bytes(forged)]))
+                assert (code, body["reason"], body["rejected"]) == ("4.01", "bad-signature", 21)
+                # The gateway process sums what the processes report (once a second).
+                for _ in range(100):
+                    metrics = gw.metrics
+                    if metrics.rejected.total() and metrics.accepted.total() >= 8 * 20:
+                        break
+                    await asyncio.sleep(0.05)
+                assert metrics.accepted.total() == 8 * 20
+                assert metrics.rejected.values == {"bad-signature": 1}
+                assert "wattshare_readings_accepted_total 160" in metrics.render()
+                for state in gw.processes.states():
+                    assert sum(state["responses"].values()) > 0
+                # Kill both processes: new ones start on the same port; the meter's
+                # retransmission is answered once they run, and nothing counted is lost.
+                victims = gw.processes.processes
+                for victim in victims:
+                    os.kill(victim.pid, signal.SIGKILL)
+                payload = exchange.encode_batch([meters[0].reading(21)])
+                datagram = coap_datagram(60, token=b"k", payload=payload)
+                for _ in range(40):  # the meter retransmits until it gets an answer
+                    try:
+                        reply = await udp.exchange(datagram, timeout=0.5)
+                        break
+                    except TimeoutError:
+                        continue
+                assert str(reply.code).startswith("2.04")
+                assert exchange.decode_response(reply.payload)["ack"] == 21
+                assert gw.processes.restarts == 2
+                assert not set(victims) & set(gw.processes.processes)
+                assert gw.metrics.accepted.total() >= 8 * 20
+            finally:
+                udp.close()
+            assert len(stored(cfg)) == 8 * 20 + 1
+
+    asyncio.run(scenario())
