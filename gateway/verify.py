@@ -23,7 +23,6 @@ Reason tokens and codes follow docs/protocol.md, section 4.3.
 
 from typing import NamedTuple
 
-import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -194,9 +193,9 @@ def _parse_generic(item):
 # -- fast path -------------------------------------------------------------------------
 # A meter's reading always has the same layout: the tag, the fixed protected header, an
 # 8-byte kid, a short payload and a 64-byte signature. For that layout the item is split
-# by offsets and the reading map decoded by cbor2 (C); the result is accepted only if
-# re-encoding it deterministically gives back the exact bytes and the schema holds, which
-# makes it what wattcore's strict decoders return for the same bytes (property-tested in
+# by offsets and the reading map read by a parser that knows only the deterministic
+# encoding of the schema (_fields_fast), which makes its result what wattcore's strict
+# decoders return for the same bytes (property-tested against them in
 # gateway/tests/test_gateway_verify_fast.py). Anything else takes the reference path, so
 # every reject keeps its exact reason and message.
 
@@ -206,10 +205,12 @@ _PAYLOAD_HEAD_AT = _KID_AT + reading.DEVICE_ID_LEN
 _TBS_PREFIX = b"\x84\x6aSignature1\x43" + cose.PROTECTED_ES256 + b"\x40"
 _SIG_HEAD = b"\x58\x40"  # byte string of 64
 _BY_KEY = {key: (name, lo, hi) for name, (key, lo, hi, _) in reading.FIELDS.items()}
-_REQUIRED_KEYS = frozenset(key for key, _, _, required in reading.FIELDS.values() if required)
-_MEASUREMENT_KEYS = frozenset(reading.FIELDS[name][0] for name in reading.MEASUREMENTS)
+_REQUIRED_NAMES = frozenset(name for name, spec in reading.FIELDS.items() if spec[3])
+_MEASUREMENT_NAMES = frozenset(reading.MEASUREMENTS)
 _DEV_KEY = reading.FIELDS["dev"][0]
-_ST_KEY = reading.FIELDS["st"][0]
+_DEV_HEAD = 0x40 + reading.DEVICE_ID_LEN  # byte string of 8
+_INT_WIDTH = {24: 1, 25: 2, 26: 4, 27: 8}  # additional info -> bytes of the argument
+_SHORTER = {1: 24, 2: 1 << 8, 4: 1 << 16, 8: 1 << 32}  # smallest value that needs the width
 
 
 def _split_fast(payload):
@@ -251,42 +252,66 @@ def _split_fast(payload):
 def _fields_fast(data):
     """The reading in ``data`` by field name, or None if the fast path cannot vouch for it.
 
-    Deterministic encoding is checked without re-encoding: the map head counts the pairs
-    cbor2 kept (a repeated key would be lost), keys ascend, and the bytes are exactly as
-    long as the shortest encoding of what was decoded (every longer form of an item, be
-    it a wider integer head, a tag or an indefinite length, would add bytes).
+    Reads the one shape a meter writes and nothing else: a map of fewer than 24 pairs,
+    keys the schema's small integers in ascending order, ``dev`` an 8-byte string, every
+    other value an integer in its shortest encoding and in range, and no byte left over.
+    That is deterministic encoding as wattcore's strict decoder demands it, so the result
+    is what that decoder returns; anything else (a tag, a float, an indefinite length, a
+    longer head, an unknown key) gives None and the reference path decides.
     """
-    try:
-        m = cbor2.loads(data)
-    except Exception:  # any decoding trouble: the reference path says what it is
+    n = len(data)
+    if n == 0:
         return None
-    if type(m) is not dict or data[0] != 0xA0 + len(m) or not _REQUIRED_KEYS <= m.keys():
+    count = data[0] - 0xA0
+    if not 0 < count < 24:
         return None
-    size = 1
+    pos = 1
     last = 0
     fields = {}
-    for key, value in m.items():
-        if type(key) is not int or key <= last:
-            return None
-        spec = _BY_KEY.get(key)
-        if spec is None:
-            return None
-        last = key
-        name, lo, hi = spec
-        if key == _DEV_KEY:
-            if type(value) is not bytes or len(value) != reading.DEVICE_ID_LEN:
+    try:
+        for _ in range(count):
+            key = data[pos]
+            if key <= last:  # also rejects key 0 and repeated keys
                 return None
-            size += 2 + reading.DEVICE_ID_LEN  # key, head, bytes
-        elif type(value) is not int or not lo <= value <= hi:
-            return None
-        else:
-            u = value if value >= 0 else -1 - value
-            size += (2 if u < 24 else 3 if u < 0x100 else 4 if u < 0x10000
-                     else 6 if u < 0x100000000 else 10)  # key + the value's shortest form
-        fields[name] = value
-    if size != len(data):
+            spec = _BY_KEY.get(key)  # keys 1..13: single-byte unsigned integers
+            if spec is None:
+                return None
+            last = key
+            name, lo, hi = spec
+            b = data[pos + 1]
+            if key == _DEV_KEY:
+                if b != _DEV_HEAD:
+                    return None
+                value = data[pos + 2:pos + 2 + reading.DEVICE_ID_LEN]
+                pos += 2 + reading.DEVICE_ID_LEN
+            else:
+                info = b & 0x1F
+                if info < 24:
+                    u = info
+                    pos += 2
+                else:
+                    width = _INT_WIDTH.get(info)
+                    if width is None:
+                        return None
+                    u = int.from_bytes(data[pos + 2:pos + 2 + width], "big")
+                    if u < _SHORTER[width]:  # a shorter head would have done
+                        return None
+                    pos += 2 + width
+                major = b >> 5
+                if major == 0:
+                    value = u
+                elif major == 1:
+                    value = -1 - u
+                else:
+                    return None
+                if not lo <= value <= hi:
+                    return None
+            fields[name] = value
+    except IndexError:
         return None
-    if m[_ST_KEY] & reading.ST_FAULT_MASK and not _MEASUREMENT_KEYS.isdisjoint(m.keys()):
+    if pos != n or not _REQUIRED_NAMES <= fields.keys():
+        return None
+    if fields["st"] & reading.ST_FAULT_MASK and not _MEASUREMENT_NAMES.isdisjoint(fields):
         return None
     return fields
 

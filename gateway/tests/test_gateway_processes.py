@@ -5,6 +5,7 @@ import asyncio
 import os
 import signal
 
+from aiocoap.numbers.codes import Code
 from gw_testbed import (
     MeterKey,
     RawUdp,
@@ -14,7 +15,6 @@ from gw_testbed import (
     stored,
     write_config,
 )
-from aiocoap.numbers.codes import Code
 from wattcore import exchange
 
 

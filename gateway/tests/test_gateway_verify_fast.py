@@ -1,6 +1,7 @@
 """The gateway's fast parse of readings agrees with wattcore's strict decoders.
 
-``gateway.verify`` splits a batch by offsets and decodes each reading map with cbor2,
+``gateway.verify`` splits a batch by offsets and reads each reading map with a parser of
+the deterministic encoding only (``_fields_fast``),
 accepting the result only when it can vouch that wattcore's canonical decoder would
 return the same; everything else takes the reference path. These properties check
 that claim on encodings a strict decoder must refuse (wide integer heads, unsorted or
@@ -11,6 +12,7 @@ batch check gives identical outcomes either way.
 import time
 
 import cbor2
+import pytest
 from gw_testbed import MeterKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -44,12 +46,26 @@ values = {
     "st": st.sampled_from([0, 1, reading.ST_METER_CRC, reading.ST_BOOT, 2**32]),
     "ei": st.integers(-1, 2**48),
     "ee": st.one_of(st.integers(0, 300), st.booleans()),
-    "p": st.integers(-(2**31) - 1, 2**31),
+    "p": st.one_of(st.integers(-(2**31) - 1, 2**31), st.booleans()),
     "u": st.integers(0, 2**16),
     "pf": st.integers(-1001, 1001),
     "mdl": st.integers(0, 256),
     "sn": st.integers(0, 2**32),
 }
+
+valid_values = {name: st.integers(lo, hi) for name, (_, lo, hi, _) in reading.FIELDS.items()
+                if name not in ("dev", "st")}
+valid_values["st"] = st.sampled_from([0, reading.ST_CLOCK_UNTRUSTED, reading.ST_BOOT])
+
+# a value each field must refuse: out of range, of another type, or (st) a fault flag
+# next to measurements
+bad_values = {
+    name: st.one_of(
+        *([st.integers(hi + 1, 2**64 - 1)] if hi < 2**64 - 1 else []),
+        st.integers(-(2**64), lo - 1), st.booleans(), st.just(b"\x01"), st.just("1"))
+    for name, (_, lo, hi, _) in reading.FIELDS.items() if name != "dev"
+}
+bad_values["st"] = st.one_of(bad_values["st"], st.just(reading.ST_METER_CRC))
 
 
 @st.composite
@@ -59,46 +75,64 @@ def reading_maps(draw):
     Returns (bytes, canonical_intent): the second is True when the encoder chose
     shortest heads, ascending unique keys and no tags.
     """
-    fields = {"dev": draw(st.sampled_from([METER.device_id, b"\x01" * 7]))}
-    for name, strategy in values.items():
+    # Values are valid but for at most one (the "bad-value" oddity), so that whatever the
+    # encoding checks let through is a reading the schema accepts otherwise: a second
+    # fault would hide a missed one.
+    fields = {"dev": METER.device_id}
+    for name, strategy in valid_values.items():
         if name in ("seq", "t", "st", "mdl") or draw(st.booleans()):
             fields[name] = draw(strategy)
-    if draw(st.integers(0, 9)) == 0:
-        fields["zz"] = 1  # an unknown key (99)
+    # One way to break deterministic encoding or the schema per map, or none.
+    oddity = draw(st.sampled_from([None, None, "bad-value", "bad-value", "unknown-key",
+                                   "missing", "unsorted", "repeated", "wide-key",
+                                   "wide-value", "tag", "indefinite", "trailing"]))
+    if oddity == "bad-value":
+        name = draw(st.sampled_from(sorted(fields)))
+        if name == "dev":
+            fields[name] = draw(st.sampled_from([b"\x01" * 7, "x" * 8, 5]))
+        else:
+            fields[name] = draw(bad_values[name])
+    if oddity == "unknown-key":
+        fields["zz"] = 1  # key 99
+    if oddity == "missing":
+        del fields[draw(st.sampled_from(["dev", "seq", "t", "st", "mdl"]))]
     pairs = [(reading.FIELDS[n][0] if n in reading.FIELDS else 99, v) for n, v in fields.items()]
     pairs.sort()
-    canonical = True
-    if draw(st.integers(0, 4)) == 0:
+    canonical = oddity in (None, "bad-value")
+    if oddity == "unsorted":
         pairs = draw(st.permutations(pairs))
         canonical = pairs == sorted(pairs)
-    if draw(st.integers(0, 6)) == 0:
-        pairs.append(pairs[0])  # a repeated key
-        canonical = False
+    if oddity == "repeated":
+        at = draw(st.integers(0, len(pairs) - 1))
+        pairs.insert(at, pairs[at])  # next to the first: the keys still do not descend
+    wide = draw(st.integers(0, len(pairs) - 1))  # the pair a "wide-*" or "tag" oddity hits
     parts = []
-    for key, value in pairs:
-        key_width = draw(st.sampled_from([0, 0, 0, 1]))
-        value_width = draw(st.sampled_from([0, 0, 0, 0, 1, 2]))
-        canonical &= key_width == 0
+    for index, (key, value) in enumerate(pairs):
+        here = index == wide
+        key_width = 1 if here and oddity == "wide-key" else 0
+        value_width = draw(st.sampled_from([1, 2])) if here and oddity == "wide-value" else 0
         parts.append(_encode_int(key, key_width))
         if isinstance(value, bytes):
             parts.append(_head(2, len(value), value_width) + value)
-            canonical &= value_width == 0
+        elif isinstance(value, str):
+            parts.append(_head(3, len(value), value_width) + value.encode())
         elif isinstance(value, bool):
             parts.append(b"\xf5" if value else b"\xf4")
-        elif draw(st.integers(0, 9)) == 0 and 0 <= value < 2**64:
+        elif here and oddity == "tag" and 0 <= value < 2**64:
             parts.append(b"\xc2" + _head(2, 8, 0) + value.to_bytes(8, "big"))  # bignum tag
-            canonical = False
         elif -(2**64) <= value < 2**64:
             encoded = _encode_int(value, value_width)
-            canonical &= len(encoded) == len(_encode_int(value, 0))
+            if len(encoded) == len(_encode_int(value, 0)) and oddity == "wide-value":
+                canonical = True  # no wider head exists for this value: still shortest
             parts.append(encoded)
         else:
             parts.append(b"\xf6")  # null: out of the CBOR integer range
-    if draw(st.integers(0, 9)) == 0:
-        data = b"\xbf" + b"".join(parts) + b"\xff"  # indefinite-length map
-        canonical = False
+    if oddity == "indefinite":
+        data = b"\xbf" + b"".join(parts) + b"\xff"
     else:
         data = _head(5, len(pairs), 0) + b"".join(parts)
+    if oddity == "trailing":
+        data += draw(st.binary(min_size=1, max_size=3))
     return data, canonical
 
 
@@ -109,7 +143,7 @@ def _reference(data):
         return None
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(reading_maps())
 def test_fast_reading_decode_vouches_only_for_what_wattcore_accepts(case):
     data, canonical = case
@@ -189,6 +223,41 @@ def test_layouts_outside_the_fast_path_still_verify():
     assert verify.check_batch(odd, CRED, NOW, POLICY) == verify.check_batch(
         odd, CRED, NOW, POLICY, fast=False)
     assert verify.check_batch(odd, CRED, NOW, POLICY).reason == "cbor"
+
+
+def test_fast_path_takes_only_one_byte_map_heads():
+    fields = METER.fields(5, t=NOW)
+    canonical = reading.encode_payload(fields)
+    assert verify._fields_fast(canonical) == fields
+    pairs = canonical[1:]
+    # a map head with a one-byte count (0xb8) is the reference decoder's to judge
+    assert verify._fields_fast(b"\xb8" + bytes((canonical[0] - 0xA0,)) + pairs) is None
+    assert verify._fields_fast(b"\xb8\x18" + pairs) is None
+    assert verify._fields_fast(b"\xa0") is None and verify._fields_fast(b"") is None
+
+
+@pytest.mark.parametrize("name, encoded", [
+    ("p", b"\xf5"), ("p", b"\xf4"), ("p", b"\x41\x01"), ("p", b"\x61\x31"), ("pf", b"\xf6"),
+    ("pf", b"\xf9\x3c\x00"),  # half-precision 1.0
+    ("dev", b"\x68" + b"x" * 8), ("dev", b"\x47" + b"\x01" * 7), ("dev", b"\x49" + b"\x01" * 9),
+    ("st", bytes((reading.ST_METER_CRC,))),  # a fault flag next to measurements
+])
+def test_fast_path_refuses_a_value_of_the_wrong_kind(name, encoded):
+    # the rest of the map is valid and canonical: only this value can be the reason
+    fields = METER.fields(5, t=NOW, pf=-900)
+    key = reading.FIELDS[name][0]
+    parts = b""
+    for n in sorted(fields, key=lambda n: reading.FIELDS[n][0]):
+        k = reading.FIELDS[n][0]
+        value = encoded if k == key else _value_bytes(fields[n])
+        parts += bytes((k,)) + value
+    data = bytes((0xA0 + len(fields),)) + parts
+    assert _reference(data) is None
+    assert verify._fields_fast(data) is None
+
+
+def _value_bytes(value):
+    return _head(2, len(value), 0) + value if isinstance(value, bytes) else _encode_int(value, 0)
 
 
 def test_fast_path_rejects_what_cbor2_would_happily_accept():
