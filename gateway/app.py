@@ -98,7 +98,7 @@ class IngestService:
             await self.coap.close()  # answers what is in the handler, then stops
             self.coap = None
         if self.writer is not None:
-            self.writer.close()
+            await self.writer.close()
             self.writer = None
         if self._registry_conn is not None:
             self._registry_conn.close()

@@ -2,9 +2,10 @@
 
 The event loop hands over verified batches (:meth:`ReadingWriter.submit`) and gets an
 asyncio future back. Everything submitted in one turn of the loop (or within
-``linger``, at most ``max_rows`` rows) is stored in ONE transaction and COMMITted (WAL,
-synchronous=FULL: on disk when COMMIT returns) before any future resolves: a response
-to a meter never runs ahead of the disk. If the transaction fails, every batch of the
+``linger``) is stored in ONE transaction and COMMITted (WAL, synchronous=FULL: on disk
+when COMMIT returns; the COMMIT runs in a helper thread while the loop verifies the
+next requests) before any future resolves: a response to a meter never runs ahead of
+the disk. If the transaction fails, every batch of the
 group fails with :class:`~gateway.errors.StorageError` and nothing of it is
 acknowledged (the meter keeps its readings and retries).
 
@@ -26,6 +27,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,7 +36,6 @@ from wattcore import reading
 from gateway import store
 from gateway.errors import StorageError
 from gateway.logs import RateLimiter
-from gateway.verify import Checked
 
 log = logging.getLogger("wattshare.writer")
 
@@ -110,7 +111,7 @@ class GroupStore:
     """Stores groups of messages on one connection, one transaction per group.
 
     Messages: ``("store", job_id, device_id, readings, received_ms)`` with readings as
-    tuples in :class:`gateway.verify.Checked` field order, or
+    :class:`gateway.verify.Checked` (what ``check_batch`` returns), or
     ``("rejects", {(device, reason): count}, now_ms)``. :meth:`commit` returns
     ``[(job_id, StoreOutcome)]``, or rolls back and raises :class:`sqlite3.Error`.
     """
@@ -121,33 +122,56 @@ class GroupStore:
         self._data_version = None  # PRAGMA data_version when the cache was last right
 
     def commit(self, group):
+        """Store ``group`` in one transaction, COMMIT included."""
+        results = self.stage(group)
+        self.finish()
+        return results
+
+    def stage(self, group):
+        """BEGIN IMMEDIATE and store ``group``, short of the COMMIT (:meth:`finish`, which
+        may run in another thread). Rolls back and raises if anything fails; raises
+        :class:`sqlite3.OperationalError` (SQLITE_BUSY) if the write lock is taken."""
         conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
         results = []
         try:
-            with store.immediate(conn):
-                # Another connection (another ingest process) committed since our last
-                # transaction: the cached tails may be behind the database.
-                version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if version != self._data_version:
-                    self._tails.clear()
-                    self._data_version = version
-                touched = {}
-                for message in group:
-                    if message[0] == "rejects":
-                        _, deltas, now_ms = message
-                        conn.executemany(
-                            _REJECT_UPSERT, [(d, r, n, now_ms) for (d, r), n in deltas.items()]
-                        )
-                    else:
-                        _, job_id, device, readings, received_ms = message
-                        results.append(
-                            (job_id, self._store(conn, device, readings, received_ms, touched))
-                        )
-                self._write_state(conn, touched)
+            # Another connection (another ingest process) committed since our last
+            # transaction: the cached tails may be behind the database.
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._tails.clear()
+                self._data_version = version
+            touched = {}
+            for message in group:
+                if message[0] == "rejects":
+                    _, deltas, now_ms = message
+                    conn.executemany(
+                        _REJECT_UPSERT, [(d, r, n, now_ms) for (d, r), n in deltas.items()]
+                    )
+                else:
+                    _, job_id, device, readings, received_ms = message
+                    results.append(
+                        (job_id, self._store(conn, device, readings, received_ms, touched))
+                    )
+            self._write_state(conn, touched)
         except BaseException:
-            self._tails.clear()  # may hold rows of the rolled-back transaction
+            self._abort()
             raise
         return results
+
+    def finish(self):
+        """COMMIT what :meth:`stage` stored (on disk when it returns); rolls back and
+        raises if the COMMIT fails."""
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._abort()
+            raise
+
+    def _abort(self):
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+        self._tails.clear()  # may hold rows of the rolled-back transaction
 
     def _tail(self, conn, device):
         tail = self._tails.get(device)
@@ -165,7 +189,7 @@ class GroupStore:
         new = duplicates = 0
         summary = touched.get(device)
         rows = []  # new rows not yet inserted: one executemany per run of appended readings
-        for index, r in enumerate(map(Checked._make, readings)):
+        for index, r in enumerate(readings):
             appended = tail.last_seq is None or r.seq > tail.last_seq
             if appended:
                 bad = _backwards(r, tail.ei, tail.ee, None, None)
@@ -246,10 +270,13 @@ class ReadingWriter:
     :meth:`submit` returns a future resolving to a :class:`StoreOutcome` (or failing
     with :class:`StorageError`). Batches submitted while the loop is busy wait for one
     COMMIT together: the group is stored when the loop turn that started it ends (or
-    ``linger_s`` later, if set, so that more can join), or at once when it reaches
-    ``max_rows``. Under load a loop turn handles everything the front end read in one
-    wakeup, so groups grow with the load by themselves.
+    ``linger_s`` later, if set, so that more can join), or as soon as possible once it
+    reaches ``max_rows``. Under load a loop turn handles everything the front end read
+    in one wakeup, so groups grow with the load by themselves.
 
+    The checks and INSERTs run in the event loop; the COMMIT (the wait for the disk)
+    runs in a helper thread while the loop goes on verifying the next requests (SQLite
+    releases the GIL meanwhile), and the next group starts when it has returned.
     The write lock is never waited for in the event loop: when another connection holds
     it (another ingest process, the chain link, the CLI) BEGIN fails at once and the
     group is tried again a little later while the loop goes on verifying and answering
@@ -257,8 +284,10 @@ class ReadingWriter:
     fails with :class:`StorageError`. Call the methods from the loop that ran :meth:`start`.
     """
 
-    RETRY_FIRST_S = 0.001
-    RETRY_MAX_S = 0.02
+    # Lock holders are other ingest processes (a few ms: their COMMIT) or, rarely, the
+    # chain link or the CLI: retry soon and often (a failed BEGIN costs microseconds).
+    RETRY_FIRST_S = 0.0005
+    RETRY_MAX_S = 0.002
 
     def __init__(self, db_path, linger_s=0.0, max_rows=2000, metrics=None, lock_timeout_s=10.0):
         self._db_path = Path(db_path)
@@ -268,8 +297,11 @@ class ReadingWriter:
         self._lock_timeout = lock_timeout_s
         self._conn = None
         self._groups = None
-        self._group = []  # messages of the next COMMIT
+        self._thread = None  # runs the COMMITs
+        self._group = []  # messages of the next transaction
         self._group_rows = 0
+        self._committing = None  # future of the COMMIT running in the thread
+        self._committing_rows = 0
         self._timer = None  # the scheduled commit of the group, if any
         self._locked_since = None  # monotonic time of the first BEGIN that found the lock taken
         self._retry_s = self.RETRY_FIRST_S
@@ -283,7 +315,7 @@ class ReadingWriter:
     @property
     def pending_rows(self):
         """Readings handed over and not yet committed (or failed)."""
-        return self._group_rows
+        return self._group_rows + self._committing_rows
 
     def start(self):
         """Open (and migrate) the database; raises :class:`StorageError`."""
@@ -291,19 +323,25 @@ class ReadingWriter:
         conn.execute("PRAGMA busy_timeout = 0")  # a taken write lock: SQLITE_BUSY at once
         self._conn = conn
         self._groups = GroupStore(conn)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="wattshare-commit")
 
-    def close(self):
+    async def close(self):
         """Commit what is pending (reject counts too; waiting for the lock if need be)
         and close the database."""
         if self._conn is None:
             return
         self.flush_rejects()
         self._closing = True
+        if self._committing is not None:
+            await asyncio.wait([self._committing])
         deadline = time.monotonic() + self._lock_timeout
-        while self._group and not self.commit() and time.monotonic() < deadline:
-            time.sleep(self._retry_s)
-        if self._group:
-            self._fail(self._take_group(), "the gateway stopped before the write lock was free")
+        while self._group and not self.commit(in_thread=False):
+            if time.monotonic() >= deadline:
+                self._fail(self._take_group(), "the gateway stopped before the write lock "
+                                               "was free")
+                break
+            await asyncio.sleep(self._retry_s)
+        self._thread.shutdown(wait=True)
         self._conn.close()
         self._conn = None
 
@@ -329,8 +367,8 @@ class ReadingWriter:
     def _add(self, message, rows):
         self._group.append(message)
         self._group_rows += rows
-        if self._locked_since is not None:
-            return  # the retry timer runs
+        if self._closing or self._locked_since is not None or self._committing is not None:
+            return  # close(), the retry timer or the end of the COMMIT takes it on
         if self._group_rows >= self._max_rows:
             self.commit()
         elif self._timer is None:
@@ -343,18 +381,19 @@ class ReadingWriter:
         self._group, self._group_rows = [], 0
         return group
 
-    def commit(self):
-        """Store the group in one transaction now and resolve its futures. Returns False
-        if the write lock was taken (the group stays, a retry is scheduled)."""
+    def commit(self, in_thread=True):
+        """Store the group in one transaction; its futures resolve after the COMMIT
+        (in the helper thread, or here with ``in_thread=False``). Returns False if the
+        write lock was taken (the group stays; a retry is scheduled unless closing)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._group:
+        if not self._group or self._committing is not None:
             return True
         rows = self._group_rows
         started = time.perf_counter()
         try:
-            results = self._groups.commit(self._group)
+            results = self._groups.stage(self._group)
         except sqlite3.OperationalError as e:
             if e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
                 return self._locked()
@@ -363,9 +402,39 @@ class ReadingWriter:
         except Exception as e:  # sqlite3.Error, or a bug: fail the group and go on
             self._fail(self._take_group(), f"database write failed: {e}")
             return True
-        self._take_group()
+        group = self._take_group()
         self._locked_since = None
         self._retry_s = self.RETRY_FIRST_S
+        if not in_thread:
+            try:
+                self._groups.finish()
+            except Exception as e:
+                self._fail(group, f"database write failed: {e}")
+                return True
+            self._committed(group, results, rows, started)
+            return True
+        self._committing_rows = rows
+        self._committing = asyncio.get_running_loop().run_in_executor(
+            self._thread, self._groups.finish)
+        self._committing.add_done_callback(
+            lambda done: self._finished(done, group, results, rows, started))
+        return True
+
+    def _finished(self, done, group, results, rows, started):
+        self._committing = None
+        self._committing_rows = 0
+        error = done.exception()
+        if error is not None:
+            self._fail(group, f"database write failed: {error}")
+        else:
+            self._committed(group, results, rows, started)
+        if self._group and not self._closing and self._locked_since is None:
+            if self._group_rows >= self._max_rows:
+                self.commit()
+            elif self._timer is None:
+                self._timer = asyncio.get_running_loop().call_soon(self.commit)
+
+    def _committed(self, group, results, rows, started):
         for job, outcome in results:
             future = self._pending.pop(job)
             if not future.done():  # its request may have been cancelled meanwhile
@@ -373,7 +442,6 @@ class ReadingWriter:
         if self._metrics is not None:
             self._metrics.commit_seconds.observe(time.perf_counter() - started)
             self._metrics.commit_rows.observe(rows)
-        return True
 
     def _locked(self):
         self.lock_waits += 1

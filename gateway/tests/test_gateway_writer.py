@@ -34,7 +34,7 @@ def run_writer(cfg, body, linger_s=0.002):
         try:
             return await body(writer)
         finally:
-            writer.close()
+            await writer.close()
 
     return asyncio.run(main()), metrics
 
@@ -222,7 +222,7 @@ def test_a_write_lock_held_too_long_fails_the_group_with_a_storage_error(tmp_pat
             blocker.execute("ROLLBACK")
         # the next group finds the lock free
         outcome = await writer.submit(m.device_id, checked(m, m.reading(1)), 1)
-        writer.close()
+        await writer.close()
         return outcome
 
     assert asyncio.run(main()).new == 1
@@ -251,8 +251,8 @@ def test_two_writers_on_one_database_see_each_others_readings(tmp_path):
             reuse = await a.submit(m.device_id, checked(m, m.reading(3, ei=6000)), 1)
             return first, second, backwards, reuse
         finally:
-            a.close()
-            b.close()
+            await a.close()
+            await b.close()
 
     first, second, backwards, reuse = asyncio.run(main())
     assert (first.new, second.new) == (2, 1)
