@@ -204,13 +204,8 @@ _PAYLOAD_HEAD_AT = _KID_AT + reading.DEVICE_ID_LEN
 # cbor.dumps(["Signature1", h'a10126', h'', payload]) without the payload's own head
 _TBS_PREFIX = b"\x84\x6aSignature1\x43" + cose.PROTECTED_ES256 + b"\x40"
 _SIG_HEAD = b"\x58\x40"  # byte string of 64
-_BY_KEY = {key: (name, lo, hi) for name, (key, lo, hi, _) in reading.FIELDS.items()}
 _REQUIRED_NAMES = frozenset(name for name, spec in reading.FIELDS.items() if spec[3])
 _MEASUREMENT_NAMES = frozenset(reading.MEASUREMENTS)
-_DEV_KEY = reading.FIELDS["dev"][0]
-_DEV_HEAD = 0x40 + reading.DEVICE_ID_LEN  # byte string of 8
-_INT_WIDTH = {24: 1, 25: 2, 26: 4, 27: 8}  # additional info -> bytes of the argument
-_SHORTER = {1: 24, 2: 1 << 8, 4: 1 << 16, 8: 1 << 32}  # smallest value that needs the width
 
 
 def _split_fast(payload):
@@ -249,6 +244,31 @@ def _split_fast(payload):
     return spans if pos == n else None
 
 
+def _pair_table():
+    # (key byte << 8 | head byte) -> how to read that pair, for every pair a meter can
+    # write in deterministic encoding: (key, name, 0, value) when the head holds the value
+    # (in range: checked here, once); (key, name, width, negative, lo, hi, smallest) when
+    # `width` argument bytes follow; (key, "dev", -1) for the 8-byte device id.
+    table = {}
+    for name, (key, lo, hi, _) in reading.FIELDS.items():
+        if name == "dev":
+            table[key << 8 | 0x40 + reading.DEVICE_ID_LEN] = (key, name, -1, None)
+            continue
+        for major, negative in ((0, False), (1, True)):
+            for info in range(24):
+                value = -1 - info if negative else info
+                if lo <= value <= hi:
+                    table[key << 8 | major << 5 | info] = (key, name, 0, value)
+            for info, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
+                smallest = {1: 24, 2: 1 << 8, 4: 1 << 16, 8: 1 << 32}[width]
+                table[key << 8 | major << 5 | info] = (key, name, width, negative, lo, hi,
+                                                       smallest)
+    return table
+
+
+_PAIRS = _pair_table()
+
+
 def _fields_fast(data):
     """The reading in ``data`` by field name, or None if the fast path cannot vouch for it.
 
@@ -268,44 +288,30 @@ def _fields_fast(data):
     pos = 1
     last = 0
     fields = {}
+    pairs = _PAIRS
     try:
         for _ in range(count):
-            key = data[pos]
-            if key <= last:  # also rejects key 0 and repeated keys
+            spec = pairs.get(data[pos] << 8 | data[pos + 1])
+            if spec is None:  # unknown key, or a head no value of the key has
                 return None
-            spec = _BY_KEY.get(key)  # keys 1..13: single-byte unsigned integers
-            if spec is None:
+            key, name, width, value = spec[:4]
+            if key <= last:  # keys ascend: no repeats
                 return None
             last = key
-            name, lo, hi = spec
-            b = data[pos + 1]
-            if key == _DEV_KEY:
-                if b != _DEV_HEAD:
+            if width == 0:  # the value is in the head
+                pos += 2
+            elif width > 0:
+                u = int.from_bytes(data[pos + 2:pos + 2 + width], "big")
+                _, _, _, negative, lo, hi, smallest = spec
+                if u < smallest:  # a shorter head would have done
                     return None
-                value = data[pos + 2:pos + 2 + reading.DEVICE_ID_LEN]
-                pos += 2 + reading.DEVICE_ID_LEN
-            else:
-                info = b & 0x1F
-                if info < 24:
-                    u = info
-                    pos += 2
-                else:
-                    width = _INT_WIDTH.get(info)
-                    if width is None:
-                        return None
-                    u = int.from_bytes(data[pos + 2:pos + 2 + width], "big")
-                    if u < _SHORTER[width]:  # a shorter head would have done
-                        return None
-                    pos += 2 + width
-                major = b >> 5
-                if major == 0:
-                    value = u
-                elif major == 1:
-                    value = -1 - u
-                else:
-                    return None
+                value = -1 - u if negative else u
                 if not lo <= value <= hi:
                     return None
+                pos += 2 + width
+            else:
+                value = data[pos + 2:pos + 2 + reading.DEVICE_ID_LEN]
+                pos += 2 + reading.DEVICE_ID_LEN
             fields[name] = value
     except IndexError:
         return None
