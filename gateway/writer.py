@@ -18,9 +18,10 @@ order per batch, stopping a batch at its first failure:
   (that carries the counter) or above the nearest one with a higher seq.
 
 A per-device cache of the highest stored seq and latest counters makes the usual case
-(a meter appending in order) cost no extra query; it is dropped whenever another
-connection has committed since (``PRAGMA data_version``), so several ingest processes
-can share the database.
+(a meter appending in order) cost no extra query. When another connection has committed
+since (``PRAGMA data_version``: another ingest process, the chain link), one query
+confirms the cached devices of the group against their ``device_state`` reading counts
+and drops any that changed, so several ingest processes can share the database.
 """
 
 import asyncio
@@ -55,13 +56,17 @@ class StoreOutcome(NamedTuple):
 
 
 class _Tail:
-    # Highest stored seq of a device and the counters of its latest readings carrying them.
-    __slots__ = ("last_seq", "ei", "ee")
+    # Highest stored seq of a device and the counters of its latest readings carrying them;
+    # `count`: the device's stored readings (device_state.readings) they were computed
+    # from; `version`: the PRAGMA data_version at which that count was last confirmed.
+    __slots__ = ("last_seq", "ei", "ee", "count", "version")
 
-    def __init__(self, last_seq, ei, ee):
+    def __init__(self, last_seq, ei, ee, count, version):
         self.last_seq = last_seq
         self.ei = ei
         self.ee = ee
+        self.count = count
+        self.version = version
 
 
 class _Touched:
@@ -135,12 +140,12 @@ class GroupStore:
         conn.execute("BEGIN IMMEDIATE")
         results = []
         try:
-            # Another connection (another ingest process) committed since our last
-            # transaction: the cached tails may be behind the database.
+            # Another connection (another ingest process, the chain link) committed since
+            # our last transaction: confirm the cached tails of this group's devices.
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._data_version:
-                self._tails.clear()
                 self._data_version = version
+                self._confirm_tails(conn, {m[2] for m in group if m[0] == "store"})
             touched = {}
             for message in group:
                 if message[0] == "rejects":
@@ -173,14 +178,38 @@ class GroupStore:
             self.conn.execute("ROLLBACK")
         self._tails.clear()  # may hold rows of the rolled-back transaction
 
+    def _confirm_tails(self, conn, devices):
+        # A device's readings change only together with its device_state.readings (both
+        # written here, in one transaction): a cached tail whose count still matches is
+        # right. One query for the whole group; a tail that no longer matches is dropped.
+        cached = [d for d in devices if d in self._tails]
+        for at in range(0, len(cached), 500):
+            chunk = cached[at:at + 500]
+            marks = ",".join("?" * len(chunk))
+            counts = dict(conn.execute(
+                f"SELECT device, readings FROM device_state WHERE device IN ({marks})", chunk))
+            for device in chunk:
+                tail = self._tails[device]
+                if counts.get(device, 0) == tail.count:
+                    tail.version = self._data_version
+                else:
+                    del self._tails[device]
+
     def _tail(self, conn, device):
         tail = self._tails.get(device)
+        if tail is not None and tail.version != self._data_version:
+            self._confirm_tails(conn, (device,))
+            tail = self._tails.get(device)
         if tail is None:
             last = conn.execute(
                 "SELECT max(seq) FROM readings WHERE device = ?", (device,)
             ).fetchone()[0]
+            count = conn.execute(
+                "SELECT readings FROM device_state WHERE device = ?", (device,)
+            ).fetchone()
             tail = _Tail(last, _nearest(conn, device, "ei", None, False),
-                         _nearest(conn, device, "ee", None, False))
+                         _nearest(conn, device, "ee", None, False),
+                         count[0] if count else 0, self._data_version)
             self._tails[device] = tail
         return tail
 
@@ -217,6 +246,7 @@ class GroupStore:
             rows.append((device, r.seq, r.t, r.st, r.ei, r.ee, r.p, r.u, r.i, r.f, r.pf, r.mdl,
                          r.sn, r.cose, received_ms))
             new += 1
+            tail.count += 1  # device_state.readings after this transaction
             if appended:
                 tail.last_seq = r.seq
                 if r.ei is not None:

@@ -259,3 +259,39 @@ def test_two_writers_on_one_database_see_each_others_readings(tmp_path):
     assert (backwards.stored, backwards.reason) == (0, "counter-backwards")
     assert (reuse.stored, reuse.reason) == (0, "seq-reuse")
     assert sorted(stored(cfg)) == [(m.device_id, s) for s in (1, 2, 3)]
+
+
+def test_a_writer_keeps_its_cache_when_another_writes_other_devices(tmp_path):
+    # Each ingest process mostly sees its own meters: another process's COMMIT must not
+    # cost a reload of every cached device (three queries each), only one confirmation.
+    mine, theirs = MeterKey(), MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, mine, theirs)
+
+    async def main():
+        a = ReadingWriter(cfg.db_path)
+        b = ReadingWriter(cfg.db_path)
+        a.start()
+        b.start()
+        statements = []
+        a._conn.set_trace_callback(statements.append)
+        try:
+            await a.submit(mine.device_id, checked(mine, mine.reading(1)), 1)
+            await b.submit(theirs.device_id, checked(theirs, theirs.reading(1)), 1)
+            statements.clear()
+            outcome = await a.submit(mine.device_id, checked(mine, mine.reading(2)), 1)
+            kept = list(statements)
+            await b.submit(mine.device_id, checked(mine, mine.reading(3)), 1)  # mine, via b
+            statements.clear()
+            late = await a.submit(mine.device_id, checked(mine, mine.reading(4, ei=1)), 1)
+            return outcome, kept, list(statements), late
+        finally:
+            await a.close()
+            await b.close()
+
+    outcome, kept, reloaded, late = asyncio.run(main())
+    assert outcome.new == 1
+    assert not any("max(seq)" in s for s in kept)  # confirmed, not reloaded
+    assert any("FROM device_state WHERE device IN" in s for s in kept)
+    assert any("max(seq)" in s for s in reloaded)  # b stored one of a's devices: reload
+    assert (late.stored, late.reason) == (0, "counter-backwards")  # ei 1 below seq 3's
