@@ -22,6 +22,7 @@ retransmit what was not answered.
 """
 
 import asyncio
+import errno
 import gc
 import logging
 import signal
@@ -78,7 +79,10 @@ class IngestService:
         self.coap = server_class(self.ingest.handle, cfg.coap.bind, cfg.coap.port,
                                  cfg.coap.receive_buffer_bytes, on_drop=self.metrics.dropped.inc,
                                  **extra)
-        await self.coap.start()
+        try:
+            await self.coap.start()
+        except OSError as e:
+            raise port_error(cfg, e) from None
 
     def refresh_registry(self):
         version = registry.registry_version(self._registry_conn)
@@ -137,8 +141,16 @@ class IngestProcesses:
 
     async def start(self):
         # The first socket resolves port 0 and reports a taken port here, in the gateway.
+        # SO_REUSEPORT would let this gateway join the sockets of another one running on
+        # the same port (meters split between two databases): a plain bind must succeed
+        # first, which it does only if nothing at all holds the port.
         cfg = self.config.coap
-        first = bind_udp(cfg.bind, cfg.port, cfg.receive_buffer_bytes, reuse_port=True)
+        try:
+            if cfg.port:
+                bind_udp(cfg.bind, cfg.port).close()
+            first = bind_udp(cfg.bind, cfg.port, cfg.receive_buffer_bytes, reuse_port=True)
+        except OSError as e:
+            raise port_error(self.config, e) from None
         self.port = first.getsockname()[1]
         try:
             for child in self._children:
@@ -223,6 +235,8 @@ class IngestProcesses:
         """Close the pipes: each process answers what it has, commits and exits."""
         self._closing = True
         await asyncio.gather(*[c.channel.stop() for c in self._children if c.channel])
+        for child in self._children:
+            child.channel = None
 
 
 class Gateway:
@@ -283,9 +297,14 @@ class Gateway:
             await self.service.start()
         self._registry_conn = store.connect(cfg.db_path, readonly=True)
         if self._http_enabled:
-            self.http = StatusHttp(cfg.db_path, _MetricsView(self), self.live, cfg.http.bind,
-                                   cfg.http.port)
-            await self.http.start()
+            http = StatusHttp(cfg.db_path, _MetricsView(self), self.live, cfg.http.bind,
+                              cfg.http.port)
+            try:
+                await http.start()
+            except OSError as e:
+                await http.close()
+                raise port_error(cfg, e, "http") from None
+            self.http = http
         m = self._metrics
         m.add_gauge("wattshare_store_queue_depth", "Verified readings waiting for COMMIT.",
                     self.pending_rows)
@@ -368,6 +387,16 @@ def coap_server_class(front_end):
 
         return CoapServer
     raise ValueError(f"unknown CoAP front end {front_end!r}")
+
+
+def port_error(config, error, section="coap"):
+    """A :class:`GatewayError` for a socket of ``[coap]`` or ``[http]`` that cannot be bound."""
+    listen = getattr(config, section)
+    where = _endpoint(listen.bind, listen.port)
+    hint = (f" (is another gateway running? else choose [{section}] port)"
+            if error.errno == errno.EADDRINUSE else "")
+    return GatewayError(f"{config.path}: [{section}] {where}: cannot bind: "
+                        f"{error.strerror or error}{hint}")
 
 
 def _endpoint(host, port):

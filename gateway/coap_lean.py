@@ -343,7 +343,7 @@ _CBOR_FORMAT = coap.uint_option(60)
 _RCVBUF_REPORTED = 2 if sys.platform.startswith("linux") else 1
 
 
-def bind_udp(host, port, receive_buffer_bytes, reuse_port=False):
+def bind_udp(host, port, receive_buffer_bytes=None, reuse_port=False):
     """A bound, non-blocking UDP socket; "::" also takes IPv4, as with aiocoap."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -352,7 +352,8 @@ def bind_udp(host, port, receive_buffer_bytes, reuse_port=False):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        set_receive_buffer(sock, receive_buffer_bytes)
+        if receive_buffer_bytes is not None:
+            set_receive_buffer(sock, receive_buffer_bytes)
         sock.bind((host, port))
         sock.setblocking(False)
     except BaseException:

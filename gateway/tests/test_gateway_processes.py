@@ -4,7 +4,9 @@ summed in the gateway process, a killed process is replaced."""
 import asyncio
 import os
 import signal
+import socket
 
+import pytest
 from aiocoap.numbers.codes import Code
 from gw_testbed import (
     MeterKey,
@@ -16,6 +18,9 @@ from gw_testbed import (
     write_config,
 )
 from wattcore import exchange
+
+from gateway.app import Gateway
+from gateway.errors import GatewayError
 
 
 async def post(udp, mid, payload):
@@ -98,3 +103,59 @@ def test_ingest_processes_serve_concurrent_senders_and_survive_a_killed_process(
             assert len(stored(cfg)) == 8 * 20 + 1
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_a_taken_coap_port_is_a_clear_error_not_a_shared_one(tmp_path, processes):
+    # With SO_REUSEPORT a second gateway could silently join the first one's port and
+    # take half of its meters into another database: it must refuse to start instead.
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    first_cfg = write_config(tmp_path / "a", ingest={"processes": 2})
+    second_cfg = None
+
+    async def scenario():
+        nonlocal second_cfg
+        async with running_gateway(first_cfg, http=False) as first:
+            second_cfg = write_config(tmp_path / "b", coap={"port": first.coap_port},
+                                      ingest={"processes": processes})
+            second = Gateway(second_cfg, http=False)
+            try:
+                with pytest.raises(GatewayError) as caught:
+                    await second.start()
+            finally:
+                await second.stop()
+            udp = RawUdp(first.coap_port)  # the first one still answers
+            reply = await udp.exchange(coap_datagram(1, path="t", code=Code.GET,
+                                                     content_format=None))
+            udp.close()
+            assert str(reply.code).startswith("2.05")
+            return str(caught.value)
+
+    message = asyncio.run(scenario())
+    assert str(second_cfg.path) in message and "cannot bind" in message
+    assert "another gateway running" in message
+
+
+def test_a_taken_http_port_is_a_clear_error(tmp_path):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    cfg = write_config(tmp_path, http={"port": holder.getsockname()[1]},
+                       ingest={"processes": 2})
+
+    async def scenario():
+        gw = Gateway(cfg)
+        try:
+            with pytest.raises(GatewayError) as caught:
+                await gw.start()
+        finally:
+            await gw.stop()  # the ingest processes started first: stopped again
+        assert gw.processes.processes == []
+        return str(caught.value)
+
+    try:
+        message = asyncio.run(scenario())
+    finally:
+        holder.close()
+    assert str(cfg.path) in message and "[http]" in message and "cannot bind" in message
