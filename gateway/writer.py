@@ -290,10 +290,6 @@ class GroupStore:
 
 
 
-def _rows(message):
-    return len(message[3]) if message[0] == "store" else 1
-
-
 class ReadingWriter:
     """Group commit in the event loop's process.
 
@@ -397,8 +393,15 @@ class ReadingWriter:
     def _add(self, message, rows):
         self._group.append(message)
         self._group_rows += rows
-        if self._closing or self._locked_since is not None or self._committing is not None:
-            return  # close(), the retry timer or the end of the COMMIT takes it on
+        if self._committing is None:
+            self._schedule()
+
+    def _schedule(self):
+        # The group waits for the end of this loop turn (or the linger), or goes now if
+        # it is full; close(), the lock retry timer or the end of a COMMIT in flight
+        # take it on otherwise.
+        if not self._group or self._closing or self._locked_since is not None:
+            return
         if self._group_rows >= self._max_rows:
             self.commit()
         elif self._timer is None:
@@ -424,12 +427,9 @@ class ReadingWriter:
         started = time.perf_counter()
         try:
             results = self._groups.stage(self._group)
-        except sqlite3.OperationalError as e:
-            if e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
-                return self._locked()
-            self._fail(self._take_group(), f"database write failed: {e}")
-            return True
         except Exception as e:  # sqlite3.Error, or a bug: fail the group and go on
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+                return self._locked()
             self._fail(self._take_group(), f"database write failed: {e}")
             return True
         group = self._take_group()
@@ -458,11 +458,7 @@ class ReadingWriter:
             self._fail(group, f"database write failed: {error}")
         else:
             self._committed(group, results, rows, started)
-        if self._group and not self._closing and self._locked_since is None:
-            if self._group_rows >= self._max_rows:
-                self.commit()
-            elif self._timer is None:
-                self._timer = asyncio.get_running_loop().call_soon(self.commit)
+        self._schedule()  # what arrived meanwhile
 
     def _committed(self, group, results, rows, started):
         for job, outcome in results:

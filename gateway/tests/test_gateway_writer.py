@@ -295,3 +295,30 @@ def test_a_writer_keeps_its_cache_when_another_writes_other_devices(tmp_path):
     assert any("FROM device_state WHERE device IN" in s for s in kept)
     assert any("max(seq)" in s for s in reloaded)  # b stored one of a's devices: reload
     assert (late.stored, late.reason) == (0, "counter-backwards")  # ei 1 below seq 3's
+
+
+def test_a_cached_device_left_out_of_one_confirmation_is_confirmed_when_it_returns(tmp_path):
+    # Confirmation covers the devices of the group at hand; another cached device must
+    # still be checked when it comes back, even though nobody committed in between.
+    x, y = MeterKey(), MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, x, y)
+
+    async def main():
+        a = ReadingWriter(cfg.db_path)
+        b = ReadingWriter(cfg.db_path)
+        a.start()
+        b.start()
+        try:
+            await a.submit(x.device_id, checked(x, x.reading(1)), 1)
+            await a.submit(y.device_id, checked(y, y.reading(1)), 1)
+            await b.submit(y.device_id, checked(y, y.reading(2, ei=5000)), 1)
+            await a.submit(x.device_id, checked(x, x.reading(2)), 1)  # confirms x only
+            # below seq 2's counter (stored by b), above seq 1's (what a cached)
+            return await a.submit(y.device_id, checked(y, y.reading(3, ei=4000)), 1)
+        finally:
+            await a.close()
+            await b.close()
+
+    outcome = asyncio.run(main())
+    assert (outcome.stored, outcome.reason) == (0, "counter-backwards")
