@@ -61,7 +61,6 @@ class IngestService:
 
     async def start(self):
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.writer = ReadingWriter(
             cfg.db_path, cfg.ingest.commit_linger_ms / 1000.0, cfg.ingest.commit_max_rows,
             self.metrics,
@@ -124,7 +123,6 @@ class IngestProcesses:
 
     def __init__(self, config, count):
         self.config = config
-        self.count = count
         self.port = None
         self.restarts = 0
         self._children = [_Child(i) for i in range(count)]
@@ -311,14 +309,9 @@ class Gateway:
         m.add_gauge("wattshare_devices_active", "Registered devices not revoked.",
                     lambda: registry.active_count(self._registry_conn))
         m.add_gauge("wattshare_ingest_processes", "Ingest processes running (0: ingest runs "
-                    "in the gateway process).",
-                    lambda: len(self.processes.processes) if self.processes else 0)
+                    "in the gateway process).", self.running_processes)
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
-        # Everything allocated so far lives as long as the process: keep the collector
-        # from scanning it again (long gen-2 pauses dropped datagrams), collect rarely.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 50, 100)
+        _freeze_startup_objects()
         log.info("gateway ready", extra={"fields": {
             "coap": _endpoint(cfg.coap.bind, self.coap_port),
             "coap_front_end": cfg.coap.front_end,
@@ -331,11 +324,14 @@ class Gateway:
     def pending_rows(self):
         return self.service.writer.pending_rows if self.service else self.processes.pending_rows
 
+    def running_processes(self):
+        return len(self.processes.processes) if self.processes else 0
+
     def live(self):
         """In-memory figures for the status page."""
         return {
             "store_queue": self.pending_rows(),
-            "ingest_processes": len(self.processes.processes) if self.processes else 0,
+            "ingest_processes": self.running_processes(),
             "started_ms": self.started_ms,
             "accepted_since_start": self.metrics.accepted.total(),
         }
@@ -399,6 +395,15 @@ def port_error(config, error, section="coap"):
                         f"{error.strerror or error}{hint}")
 
 
+def _freeze_startup_objects():
+    # Everything allocated so far lives as long as the process: keep the collector from
+    # scanning it again (long gen-2 pauses dropped datagrams), and collect rarely
+    # (checking a batch allocates a lot).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 def _endpoint(host, port):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -446,9 +451,7 @@ async def serve_ingest_process(control, udp_fd):
         await service.stop()
         return 1
     transport.write(ipc.encode(("ready",)))
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    _freeze_startup_objects()
     try:
         while not closed.is_set():
             try:
