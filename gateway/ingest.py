@@ -31,7 +31,6 @@ log = logging.getLogger("wattshare.ingest")
 
 GET = 1
 POST = 2
-_SEQ = verify.Checked._fields.index("seq")  # readings may come as plain tuples
 
 
 class CoapRequest(NamedTuple):
@@ -146,10 +145,10 @@ class Ingest:
             stored = outcome.stored
             return self._reject(
                 request, outcome.reason, outcome.detail, now, credential=credential,
-                ack=readings[stored - 1][_SEQ] if stored else None,
-                rejected=readings[stored][_SEQ],
+                ack=readings[stored - 1].seq if stored else None,
+                rejected=readings[stored].seq,
             )
-        ack = readings[-1][_SEQ] if readings else None
+        ack = readings[-1].seq if readings else None
         if check.reason is not None:
             return self._reject(
                 request, check.reason, check.detail, now, credential=credential, ack=ack,

@@ -8,88 +8,23 @@ and left cores idle. Children die with the gateway (``PR_SET_PDEATHSIG``, plus a
 parent watchdog).
 
 Both sides read and write through asyncio (:class:`Channel` in the gateway,
-:class:`FrameProtocol` in a child), so a busy peer never blocks either; blocking
-:func:`read_frame` / :func:`write_frame` / :class:`FrameReader` serve simple children.
+:class:`FrameProtocol` in a child), so a busy peer never blocks either.
 """
 
 import asyncio
 import os
 import pickle
-import select
 import socket
 import struct
 import subprocess
 import sys
 
 _HEADER = struct.Struct(">I")
-MAX_FRAME = 256 << 20
 
 
 def encode(obj):
     body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return _HEADER.pack(len(body)) + body
-
-
-def read_frame(sock):
-    """Blocking: the next object from ``sock``, or None at end of stream."""
-    header = _recv_exactly(sock, _HEADER.size)
-    if header is None:
-        return None
-    (size,) = _HEADER.unpack(header)
-    body = _recv_exactly(sock, size)
-    if body is None:
-        return None
-    return pickle.loads(body)
-
-
-def _recv_exactly(sock, n):
-    chunks = []
-    while n:
-        chunk = sock.recv(min(n, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def write_frame(sock, obj):
-    sock.sendall(encode(obj))
-
-
-TIMEOUT = object()
-
-
-class FrameReader:
-    """Child side: frames from a blocking socket, with an optional wait limit."""
-
-    def __init__(self, sock):
-        self._sock = sock
-        self._buffer = bytearray()
-        self._eof = False
-
-    def next(self, timeout=None):
-        """The next object; :data:`TIMEOUT` if none arrived in ``timeout`` s; None at EOF."""
-        while True:
-            buffer = self._buffer
-            if len(buffer) >= _HEADER.size:
-                (size,) = _HEADER.unpack_from(buffer)
-                end = _HEADER.size + size
-                if len(buffer) >= end:
-                    obj = pickle.loads(bytes(buffer[_HEADER.size : end]))
-                    del buffer[:end]
-                    return obj
-            if self._eof:
-                return None
-            if timeout is not None:
-                ready, _, _ = select.select([self._sock], [], [], max(0.0, timeout))
-                if not ready:
-                    return TIMEOUT
-                timeout = 0.0  # data is there: no more waiting after this read
-            data = self._sock.recv(1 << 20)
-            if not data:
-                self._eof = True
-            buffer += data
 
 
 class FrameProtocol(asyncio.Protocol):
