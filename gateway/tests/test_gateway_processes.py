@@ -69,17 +69,21 @@ def test_ingest_processes_serve_concurrent_senders_and_survive_a_killed_process(
             try:
                 code, body = await post(udp, 50, exchange.encode_batch([bytes(forged)]))
                 assert (code, body["reason"], body["rejected"]) == ("4.01", "bad-signature", 21)
-                # The gateway process sums what the processes report (once a second).
+                # The gateway process sums what the processes report (once a second):
+                # wait until every response sent so far is in a report.
+                answered = 8 * 5 + 32 + 1
                 for _ in range(100):
                     metrics = gw.metrics
-                    if metrics.rejected.total() and metrics.accepted.total() >= 8 * 20:
+                    if metrics.responses.total() >= answered:
                         break
                     await asyncio.sleep(0.05)
+                assert metrics.responses.total() == answered
                 assert metrics.accepted.total() == 8 * 20
                 assert metrics.rejected.values == {"bad-signature": 1}
                 assert "wattshare_readings_accepted_total 160" in metrics.render()
-                for state in gw.processes.states():
-                    assert sum(state["responses"].values()) > 0
+                states = gw.processes.states()
+                assert len(states) == 2
+                assert all(sum(state["responses"].values()) > 0 for state in states)
                 # Kill both processes: new ones start on the same port; the meter's
                 # retransmission is answered once they run, and nothing counted is lost.
                 victims = gw.processes.processes
@@ -146,12 +150,15 @@ def test_a_taken_http_port_is_a_clear_error(tmp_path):
 
     async def scenario():
         gw = Gateway(cfg)
+        started = []
         try:
             with pytest.raises(GatewayError) as caught:
                 await gw.start()
+            started = gw.processes.processes  # they start before the status site
         finally:
-            await gw.stop()  # the ingest processes started first: stopped again
-        assert gw.processes.processes == []
+            await gw.stop()
+        assert len(started) == 2
+        assert all(p.poll() is not None for p in started)  # stopped again, not orphaned
         return str(caught.value)
 
     try:
