@@ -192,11 +192,12 @@ def test_a_taken_write_lock_is_waited_for_without_blocking_the_event_loop(tmp_pa
     async def body(writer):
         blocker.execute("BEGIN IMMEDIATE")  # e.g. the chain link writing its outbox
         future = writer.submit(m.device_id, checked(m, m.reading(1)), 1)
-        ticks = 0
-        while writer.lock_waits < 3:  # the loop keeps running while the writer retries
-            await asyncio.sleep(0.001)
-            ticks += 1
-        assert not future.done() and writer.pending_rows == 1 and ticks >= 3
+        # This sleep ends only if the loop runs; meanwhile the writer's retries (timers
+        # of the same loop) find the lock taken again and again. A writer that waited
+        # for the lock inside the loop would have tried once.
+        await asyncio.sleep(0.05)
+        assert writer.lock_waits >= 3
+        assert not future.done() and writer.pending_rows == 1
         blocker.execute("COMMIT")
         return await asyncio.wait_for(future, 5)
 
