@@ -40,19 +40,6 @@ def _encode_int(v, width):
     return _head(0, v, width) if v >= 0 else _head(1, -1 - v, width)
 
 
-values = {
-    "seq": st.integers(-2, 2**64),
-    "t": st.integers(-1, 2**40),
-    "st": st.sampled_from([0, 1, reading.ST_METER_CRC, reading.ST_BOOT, 2**32]),
-    "ei": st.integers(-1, 2**48),
-    "ee": st.one_of(st.integers(0, 300), st.booleans()),
-    "p": st.one_of(st.integers(-(2**31) - 1, 2**31), st.booleans()),
-    "u": st.integers(0, 2**16),
-    "pf": st.integers(-1001, 1001),
-    "mdl": st.integers(0, 256),
-    "sn": st.integers(0, 2**32),
-}
-
 valid_values = {name: st.integers(lo, hi) for name, (_, lo, hi, _) in reading.FIELDS.items()
                 if name not in ("dev", "st")}
 valid_values["st"] = st.sampled_from([0, reading.ST_CLOCK_UNTRUSTED, reading.ST_BOOT])
