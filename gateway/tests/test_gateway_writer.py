@@ -1,6 +1,7 @@
 """The group-committing writer: stateful checks, prefixes, device state, failures."""
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 
@@ -37,6 +38,24 @@ def run_writer(cfg, body, linger_s=0.002):
             await writer.close()
 
     return asyncio.run(main()), metrics
+
+
+@contextlib.asynccontextmanager
+async def two_writers(cfg):
+    """Two writers on one database, as two ingest processes have them."""
+    a, b = ReadingWriter(cfg.db_path), ReadingWriter(cfg.db_path)
+    a.start()
+    b.start()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def put(writer, meter, *readings):
+    """Submit signed readings of ``meter`` (checked first) to ``writer``."""
+    return writer.submit(meter.device_id, checked(meter, *readings), 1)
 
 
 def test_group_commit_stores_many_batches_in_few_transactions(tmp_path):
@@ -240,20 +259,13 @@ def test_two_writers_on_one_database_see_each_others_readings(tmp_path):
     register(cfg, m)
 
     async def main():
-        a = ReadingWriter(cfg.db_path)
-        b = ReadingWriter(cfg.db_path)
-        a.start()
-        b.start()
-        try:
-            first = await a.submit(m.device_id, checked(m, *[m.reading(s) for s in (1, 2)]), 1)
-            second = await b.submit(m.device_id, checked(m, m.reading(3, ei=5000)), 1)
+        async with two_writers(cfg) as (a, b):
+            first = await put(a, m, m.reading(1), m.reading(2))
+            second = await put(b, m, m.reading(3, ei=5000))
             # below seq 3's counter, above seq 2's (which a's cache last saw)
-            backwards = await a.submit(m.device_id, checked(m, m.reading(4, ei=4000)), 1)
-            reuse = await a.submit(m.device_id, checked(m, m.reading(3, ei=6000)), 1)
+            backwards = await put(a, m, m.reading(4, ei=4000))
+            reuse = await put(a, m, m.reading(3, ei=6000))
             return first, second, backwards, reuse
-        finally:
-            await a.close()
-            await b.close()
 
     first, second, backwards, reuse = asyncio.run(main())
     assert (first.new, second.new) == (2, 1)
@@ -270,25 +282,18 @@ def test_a_writer_keeps_its_cache_when_another_writes_other_devices(tmp_path):
     register(cfg, mine, theirs)
 
     async def main():
-        a = ReadingWriter(cfg.db_path)
-        b = ReadingWriter(cfg.db_path)
-        a.start()
-        b.start()
-        statements = []
-        a._conn.set_trace_callback(statements.append)
-        try:
-            await a.submit(mine.device_id, checked(mine, mine.reading(1)), 1)
-            await b.submit(theirs.device_id, checked(theirs, theirs.reading(1)), 1)
+        async with two_writers(cfg) as (a, b):
+            statements = []
+            a._conn.set_trace_callback(statements.append)
+            await put(a, mine, mine.reading(1))
+            await put(b, theirs, theirs.reading(1))
             statements.clear()
-            outcome = await a.submit(mine.device_id, checked(mine, mine.reading(2)), 1)
+            outcome = await put(a, mine, mine.reading(2))
             kept = list(statements)
-            await b.submit(mine.device_id, checked(mine, mine.reading(3)), 1)  # mine, via b
+            await put(b, mine, mine.reading(3))  # one of a's devices, via b
             statements.clear()
-            late = await a.submit(mine.device_id, checked(mine, mine.reading(4, ei=1)), 1)
+            late = await put(a, mine, mine.reading(4, ei=1))
             return outcome, kept, list(statements), late
-        finally:
-            await a.close()
-            await b.close()
 
     outcome, kept, reloaded, late = asyncio.run(main())
     assert outcome.new == 1
@@ -306,20 +311,13 @@ def test_a_cached_device_left_out_of_one_confirmation_is_confirmed_when_it_retur
     register(cfg, x, y)
 
     async def main():
-        a = ReadingWriter(cfg.db_path)
-        b = ReadingWriter(cfg.db_path)
-        a.start()
-        b.start()
-        try:
-            await a.submit(x.device_id, checked(x, x.reading(1)), 1)
-            await a.submit(y.device_id, checked(y, y.reading(1)), 1)
-            await b.submit(y.device_id, checked(y, y.reading(2, ei=5000)), 1)
-            await a.submit(x.device_id, checked(x, x.reading(2)), 1)  # confirms x only
+        async with two_writers(cfg) as (a, b):
+            await put(a, x, x.reading(1))
+            await put(a, y, y.reading(1))
+            await put(b, y, y.reading(2, ei=5000))
+            await put(a, x, x.reading(2))  # confirms x only
             # below seq 2's counter (stored by b), above seq 1's (what a cached)
-            return await a.submit(y.device_id, checked(y, y.reading(3, ei=4000)), 1)
-        finally:
-            await a.close()
-            await b.close()
+            return await put(a, y, y.reading(3, ei=4000))
 
     outcome = asyncio.run(main())
     assert (outcome.stored, outcome.reason) == (0, "counter-backwards")
