@@ -15,6 +15,22 @@ from pathlib import Path
 
 from gateway.errors import MigrationError, StorageError
 
+
+def _as_is(value):
+    return value
+
+
+# CPython 3.11's sqlite3 binds int, float, str and bytearray directly, but sends every
+# bytes or None parameter through its adaptation protocol: it looks for __adapt__ and
+# __conform__, and each failed lookup builds (and discards) an AttributeError with a
+# formatted message. A stored reading binds two bytes values (device, cose) and up to six
+# None. An adapter registered for those types is found first and returns the value
+# unchanged, so what is bound stays the same; it cut the INSERT of a reading from about
+# 15 to 11 us here (docs/gateway.md, "Throughput"). The registration is process-wide and
+# a no-op for every other user of sqlite3.
+sqlite3.register_adapter(bytes, _as_is)
+sqlite3.register_adapter(type(None), _as_is)
+
 MIGRATIONS = [
     # 1: registry, readings, per-device state, reject counters
     [

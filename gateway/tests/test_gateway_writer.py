@@ -321,3 +321,14 @@ def test_a_cached_device_left_out_of_one_confirmation_is_confirmed_when_it_retur
 
     outcome = asyncio.run(main())
     assert (outcome.stored, outcome.reason) == (0, "counter-backwards")
+
+
+def test_bytes_and_none_parameters_are_bound_as_blob_and_null(tmp_path):
+    # gateway.store registers pass-through adapters for bytes and None (a speed-up):
+    # what is stored must be exactly what was bound without them.
+    conn = store_module.connect(tmp_path / "g.sqlite3")
+    conn.execute("CREATE TABLE x (a, b)")
+    conn.execute("INSERT INTO x VALUES (?, ?)", (b"\x00\xffsigned", None))
+    assert conn.execute("SELECT typeof(a), a, typeof(b), b FROM x").fetchone() == (
+        "blob", b"\x00\xffsigned", "null", None)
+    conn.close()
