@@ -246,27 +246,32 @@ def _split_fast(payload):
 
 def _pair_table():
     # (key byte << 8 | head byte) -> how to read that pair, for every pair a meter can
-    # write in deterministic encoding: (key, name, 0, value) when the head holds the value
-    # (in range: checked here, once); (key, name, width, negative, lo, hi, smallest) when
-    # `width` argument bytes follow; (key, "dev", -1) for the 8-byte device id.
+    # write in deterministic encoding, as (key, name, width, value, low, high):
+    # - width 0: the head holds the value (in range: checked here, once);
+    # - width 1, 2, 4 or 8: that many argument bytes follow; value says whether the
+    #   integer is negative (-1 - argument); low..high bounds the argument: too small for
+    #   a shorter head, and the field's value in range;
+    # - width -1: the 8-byte device id follows.
     table = {}
     for name, (key, lo, hi, _) in reading.FIELDS.items():
         if name == "dev":
-            table[key << 8 | 0x40 + reading.DEVICE_ID_LEN] = (key, name, -1, None)
+            table[key << 8 | 0x40 + reading.DEVICE_ID_LEN] = (key, name, -1, None, 0, 0)
             continue
         for major, negative in ((0, False), (1, True)):
             for info in range(24):
                 value = -1 - info if negative else info
                 if lo <= value <= hi:
-                    table[key << 8 | major << 5 | info] = (key, name, 0, value)
+                    table[key << 8 | major << 5 | info] = (key, name, 0, value, 0, 0)
             for info, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
                 smallest = {1: 24, 2: 1 << 8, 4: 1 << 16, 8: 1 << 32}[width]
-                table[key << 8 | major << 5 | info] = (key, name, width, negative, lo, hi,
-                                                       smallest)
+                low, high = (-1 - hi, -1 - lo) if negative else (lo, hi)
+                table[key << 8 | major << 5 | info] = (key, name, width, negative,
+                                                       max(low, smallest), high)
     return table
 
 
 _PAIRS = _pair_table()
+_from_bytes = int.from_bytes
 
 
 def _fields_fast(data):
@@ -291,29 +296,25 @@ def _fields_fast(data):
     pairs = _PAIRS
     try:
         for _ in range(count):
-            spec = pairs.get(data[pos] << 8 | data[pos + 1])
-            if spec is None:  # unknown key, or a head no value of the key has
-                return None
-            key, name, width, value = spec[:4]
+            # KeyError: an unknown key, or a head no value of the key has
+            key, name, width, value, low, high = pairs[data[pos] << 8 | data[pos + 1]]
             if key <= last:  # keys ascend: no repeats
                 return None
             last = key
-            if width == 0:  # the value is in the head
-                pos += 2
-            elif width > 0:
-                u = int.from_bytes(data[pos + 2:pos + 2 + width], "big")
-                _, _, _, negative, lo, hi, smallest = spec
-                if u < smallest:  # a shorter head would have done
+            pos += 2
+            if width > 0:
+                end = pos + width
+                u = _from_bytes(data[pos:end], "big")
+                if not low <= u <= high:  # a shorter head would have done, or out of range
                     return None
-                value = -1 - u if negative else u
-                if not lo <= value <= hi:
-                    return None
-                pos += 2 + width
-            else:
-                value = data[pos + 2:pos + 2 + reading.DEVICE_ID_LEN]
-                pos += 2 + reading.DEVICE_ID_LEN
+                value = -1 - u if value else u
+                pos = end
+            elif width < 0:
+                end = pos + reading.DEVICE_ID_LEN
+                value = data[pos:end]
+                pos = end
             fields[name] = value
-    except IndexError:
+    except (KeyError, IndexError):
         return None
     if pos != n or not _REQUIRED_NAMES <= fields.keys():
         return None
