@@ -37,6 +37,7 @@ from wattcore import reading
 from gateway import store
 from gateway.errors import StorageError
 from gateway.logs import RateLimiter
+from gateway.verify import Checked
 
 log = logging.getLogger("wattshare.writer")
 
@@ -81,9 +82,10 @@ class _Touched:
         self.received_ms = 0
 
 
+# A row is (device, *checked, received_ms): the columns of a Checked in its field order.
 _INSERT = (
-    "INSERT OR IGNORE INTO readings (device, seq, t, st, ei, ee, p, u, i, f, pf, mdl, sn, cose,"
-    " received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT OR IGNORE INTO readings (device, {', '.join(Checked._fields)}, received_ms)"
+    f" VALUES ({', '.join('?' * (len(Checked._fields) + 2))})"
 )
 _STATE_UPSERT = """
 INSERT INTO device_state (device, readings, last_seq, last_t, last_st, last_p, last_ei,
@@ -243,8 +245,7 @@ class GroupStore:
             if bad:
                 self._insert(conn, device, rows)
                 return StoreOutcome(index, new, duplicates, "counter-backwards", bad)
-            rows.append((device, r.seq, r.t, r.st, r.ei, r.ee, r.p, r.u, r.i, r.f, r.pf, r.mdl,
-                         r.sn, r.cose, received_ms))
+            rows.append((device, *r, received_ms))
             new += 1
             tail.count += 1  # device_state.readings after this transaction
             if appended:
