@@ -95,8 +95,7 @@ class Checked(NamedTuple):
 class BatchCheck(NamedTuple):
     """Outcome of :func:`check_batch`.
 
-    ``readings`` is the verified prefix (:class:`Checked`, or plain tuples in its field
-    order when the batch was checked in a worker process); ``reason`` (None when every
+    ``readings`` is the verified prefix (:class:`Checked`); ``reason`` (None when every
     reading passed) names what stopped the batch at reading ``len(readings)``, whose seq is
     ``rejected_seq`` when it could be decoded. ``device_id`` is the first reading's kid.
     """
