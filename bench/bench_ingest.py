@@ -19,8 +19,9 @@ The runs at 8 readings per message are repeated five times, each between two
 verify-limit measurements of one second each (half-second samples swung by up to 30 %
 on this VM), and each repeat's ratio is taken against the limit measured around it (a
 slow or fast spell of the host moves both); the median repeat is kept and every repeat
-is listed. (Three repeats were too few: within one run they spread from 0.48 to 0.55,
-so the median of three moved by as much between runs.) ``verify_limit_per_s`` is the median of all limit samples.
+is listed. Three repeats were too few: within one run they spread from 0.48 to 0.55,
+so the median of three moved by as much between runs. ``verify_limit_per_s`` is the
+median of all limit samples.
 
 Ratios at 8 readings per message:
 
