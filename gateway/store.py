@@ -2,8 +2,9 @@
 
 One database file per gateway (``DATA_DIR/gateway.sqlite3``) in WAL mode with
 ``synchronous=FULL``: a reading is acknowledged to a meter only after the COMMIT that
-holds it has reached the disk. Only the writer thread (:mod:`gateway.writer`) writes
-readings; the CLI writes the device registry; everything else reads.
+holds it has reached the disk. Only the writers (:mod:`gateway.writer`, one per ingest
+process) write readings; the CLI writes the device registry, the chain link its own
+tables; everything else reads.
 
 Migrations are a list of statement lists; ``PRAGMA user_version`` counts how many have
 been applied. Append to :data:`MIGRATIONS`, never edit an applied entry.
@@ -25,9 +26,9 @@ def _as_is(value):
 # __conform__, and each failed lookup builds (and discards) an AttributeError with a
 # formatted message. A stored reading binds two bytes values (device, cose) and up to six
 # None. An adapter registered for those types is found first and returns the value
-# unchanged, so what is bound stays the same; it cut the INSERT of a reading from about
-# 15 to 11 us here (docs/gateway.md, "Throughput"). The registration is process-wide and
-# a no-op for every other user of sqlite3.
+# unchanged, so what is bound stays the same; it cut the INSERT of a reading from
+# ~12.6 to ~10.7 us here (docs/gateway.md, "Throughput"). The registration is
+# process-wide and a no-op for every other user of sqlite3.
 sqlite3.register_adapter(bytes, _as_is)
 sqlite3.register_adapter(type(None), _as_is)
 
