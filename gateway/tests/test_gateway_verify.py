@@ -6,6 +6,7 @@ from gw_testbed import MeterKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wattcore import cbor, cose, exchange, reading
+from wattcore.errors import DecodeError
 
 from gateway import verify
 
@@ -122,3 +123,93 @@ def test_one_flipped_byte_is_rejected_or_identical(position, value):
 _METER = MeterKey()
 _CRED = credential(_METER)
 _BATCH = exchange.encode_batch([_METER.reading(1, t=NOW)])
+
+
+# -- the order of the checks ---------------------------------------------------------
+# check_batch checks the signatures last, in one run; its outcome must be that of
+# checking the readings one after the other, each signature between the other checks
+# of its reading, as the module docstring orders them. The oracle below does that with
+# wattcore's strict decoders only.
+
+_M, _OTHER = MeterKey(), MeterKey()
+_DEFECTS = {
+    "bad-signature": None,  # a flipped signature bit, applied after signing
+    "cose": None,  # the item is not a COSE_Sign1
+    "kid-mismatch": {"kid": _OTHER.device_id},
+    "other-device": None,  # a reading of another meter
+    "seq-range": {"seq": 2**63, "ei": 1, "ee": 1},
+    "clock-untrusted": {"st": reading.ST_CLOCK_UNTRUSTED},
+    "time-skew": {"t": NOW + 3600},
+    "too-old": {"t": NOW - 40 * 86400},
+    "over-rating": {"p": -10**6},
+}
+
+
+def _in_order(payload, cred):
+    """(reason, rejected seq, seqs of the verified prefix) as the docstring orders it."""
+    try:
+        items = exchange.decode_batch(payload)
+    except DecodeError:
+        return ("empty" if payload == b"\x80" else "cbor"), None, []
+    seqs, device = [], None
+    for index, item in enumerate(items):
+        try:
+            sign1 = cose.decode_sign1(item)
+        except DecodeError:
+            return "cose", None, seqs
+        try:
+            r = reading.decode_payload(sign1.payload)
+        except DecodeError:
+            return "schema", None, seqs
+        seq, t, p = r["seq"], r["t"], r.get("p")
+        if sign1.kid != r["dev"]:
+            return "kid-mismatch", seq, seqs
+        if index == 0:
+            device = sign1.kid
+            if cred is None or cred.device_id != device:
+                return "unknown-device", seq, seqs
+            if cred.revoked:
+                return "revoked", seq, seqs
+        elif sign1.kid != device:
+            return "mixed-devices", seq, seqs
+        if not verify.signature_valid(cred.pubkey, sign1):
+            return "bad-signature", seq, seqs
+        for reason, failed in (
+            ("seq-range", seq > verify.MAX_STORED_SEQ),
+            ("clock-untrusted", r["st"] & reading.ST_CLOCK_UNTRUSTED),
+            ("time-skew", t > NOW + POLICY.max_future_skew_s),
+            ("too-old", t < NOW - POLICY.max_age_s),
+            ("over-rating", p is not None and abs(p) > cred.power_limit_w),
+        ):
+            if failed:
+                return reason, seq, seqs
+        seqs.append(seq)
+    return None, None, seqs
+
+
+def _item(seq, defects):
+    values = {}
+    for defect in defects:
+        values.update(_DEFECTS[defect] or {})
+    values.setdefault("seq", seq)
+    if "cose" in defects:
+        return b"\x01"
+    meter = _OTHER if "other-device" in defects else _M
+    item = bytearray(meter.reading(t=values.pop("t", NOW - 100 + seq), **values))
+    if "bad-signature" in defects:
+        item[-1] ^= 1
+    return bytes(item)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(sorted(_DEFECTS)), max_size=2) | st.just([]),
+                min_size=1, max_size=6),
+       st.sampled_from(["valid", "revoked", "none"]))
+def test_outcome_is_that_of_checking_each_reading_in_order(defects, cred_kind):
+    payload = exchange.encode_batch(
+        [_item(seq, kinds) for seq, kinds in enumerate(defects, start=1)])
+    cred = {"valid": credential(_M), "revoked": credential(_M, revoked=True),
+            "none": None}[cred_kind]
+    result = verify.check_batch(payload, cred, NOW, POLICY)
+    assert (result.reason, result.rejected_seq, [r.seq for r in result.readings]) == \
+        _in_order(payload, cred)
