@@ -359,7 +359,7 @@ def _signature_valid(pubkey, sig, to_be_signed):
 
 class _Failure(NamedTuple):
     # The first check a reading failed, other than its signature.
-    index: int
+    at: int  # the reading's index in the batch
     reason: str
     seq: int | None
     detail: str
@@ -390,7 +390,7 @@ def check_batch(payload, credential, now, policy, fast=True):
         if not _signature_valid(credential.pubkey, parsed.signature, parsed.to_be_signed):
             return BatchCheck(device_id, checked, "bad-signature", r["seq"],
                               f"reading {index}: signature does not verify")
-        if failure is not None and failure.index == index:
+        if failure is not None and failure.at == index:
             break  # its signature is good: the check after the signature stops the batch
         g = r.get
         checked.append(Checked(r["seq"], r["t"], r["st"], g("ei"), g("ee"), g("p"), g("u"),
