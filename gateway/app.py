@@ -27,9 +27,8 @@ import gc
 import logging
 import signal
 import socket
-import time
 
-from gateway import ipc, registry, store
+from gateway import ipc, registry, simclock, store
 from gateway.coap_lean import bind_udp
 from gateway.errors import GatewayError
 from gateway.http_status import StatusHttp
@@ -283,7 +282,7 @@ class Gateway:
 
     async def start(self):
         cfg = self.config
-        self.started_ms = int(time.time() * 1000)
+        self.started_ms = simclock.now_ms()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         count = self.ingest_process_count()
         if count:
@@ -319,6 +318,7 @@ class Gateway:
             "ingest_processes": count,
             "devices": registry.active_count(self._registry_conn),
             "db": str(cfg.db_path),
+            **_sim_clock_field(),
         }})
 
     def pending_rows(self):
@@ -402,6 +402,11 @@ def _freeze_startup_objects():
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+
+
+def _sim_clock_field():
+    clock = simclock.active()
+    return {} if clock is None else {"sim_clock": clock.value()}
 
 
 def _endpoint(host, port):

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from gateway import config as gwconfig
-from gateway import keystore, logs, registry, status, store
+from gateway import keystore, logs, registry, simclock, status, store
 from gateway.errors import ConfigError, GatewayError
 
 
@@ -183,6 +183,7 @@ def cmd_run(args):
     from gateway.app import serve
 
     cfg = gwconfig.load(args.config)
+    simclock.active()  # a malformed $WATTSHARE_SIM_CLOCK stops here, named
     logs.setup(cfg.log.level, cfg.log.format)
     try:
         # uvloop: the event loop's own overhead per datagram and per pipe message is a
@@ -223,7 +224,7 @@ def cmd_status(args):
     cfg = gwconfig.load(args.config)
     conn = _open_db(cfg)
     try:
-        snap = status.collect(conn, cfg.db_path, int(time.time() * 1000))
+        snap = status.collect(conn, cfg.db_path, simclock.now_ms())
     finally:
         conn.close()
     running, url = _service_reachable(cfg) if cfg.http.port else (False, "-")
@@ -300,7 +301,7 @@ def cmd_device_show(args):
     conn = _open_db(cfg)
     try:
         d = registry.get_device(conn, device_id)
-        snap = status.collect(conn, cfg.db_path, int(time.time() * 1000))
+        snap = status.collect(conn, cfg.db_path, simclock.now_ms())
     finally:
         conn.close()
     s = next(x for x in snap.devices if x.id == d.id.hex())

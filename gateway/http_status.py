@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from gateway import status, store
+from gateway import simclock, status, store
 
 
 def _when(ms, now_ms):
@@ -117,7 +117,7 @@ class StatusHttp:
     def _snapshot(self):
         conn = store.connect(self._db_path, readonly=True)
         try:
-            return status.collect(conn, self._db_path, int(time.time() * 1000))
+            return status.collect(conn, self._db_path, simclock.now_ms())
         finally:
             conn.close()
 

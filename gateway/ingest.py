@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from wattcore import exchange
 
-from gateway import verify
+from gateway import simclock, verify
 from gateway.errors import StorageError
 from gateway.logs import RateLimiter
 
@@ -64,7 +64,7 @@ class Ingest:
     """
 
     def __init__(self, policy, writer, metrics, max_pending=20000, overload_max_age=5,
-                 clock=time.time, log_limiter=None):
+                 clock=simclock.now, log_limiter=None):
         self.policy = policy
         self.writer = writer
         self.metrics = metrics

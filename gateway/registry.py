@@ -8,12 +8,12 @@ a registry entry.
 """
 
 import sqlite3
-import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from wattcore import reading
 
+from gateway import simclock
 from gateway.errors import DeviceExists, DeviceNotFound, InvalidDevice, StorageError
 
 
@@ -131,7 +131,7 @@ def add_device(conn, device_id, pubkey, model, owner, label="", ct_rating_a=None
         ct_rating_a = MODELS[model].default_ct_rating_a
     if not ct_rating_a > 0:
         raise InvalidDevice(f"CT rating {ct_rating_a!r} A: must be above 0")
-    now = int(time.time()) if now is None else now
+    now = int(simclock.now()) if now is None else now
     try:
         conn.execute(
             f"INSERT INTO devices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, NULL)",
@@ -166,7 +166,7 @@ def revoke_device(conn, device_id, now=None):
     device = get_device(conn, device_id)
     if device.status == "revoked":
         return device
-    now = int(time.time()) if now is None else now
+    now = int(simclock.now()) if now is None else now
     conn.execute(
         "UPDATE devices SET status = 'revoked', revoked_at = ? WHERE id = ?", (now, device_id)
     )

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 from wattcore import reading
 
-from gateway import store
+from gateway import simclock, store
 from gateway.errors import StorageError
 from gateway.logs import RateLimiter
 from gateway.verify import Checked
@@ -389,7 +389,7 @@ class ReadingWriter:
         """Hand the reject counts gathered so far to the next COMMIT (about once a second)."""
         if self._reject_deltas:
             deltas, self._reject_deltas = self._reject_deltas, {}
-            self._add(("rejects", deltas, int(time.time() * 1000)), 0)
+            self._add(("rejects", deltas, simclock.now_ms()), 0)
 
     def _add(self, message, rows):
         self._group.append(message)

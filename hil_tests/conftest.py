@@ -24,11 +24,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+from gateway import simclock
 from hil_tests.coap_endpoint import Background, start_endpoint
 from tools.emulated_device import EmulatedDevice, write_config
 from tools.meter_sim import (
@@ -36,7 +36,7 @@ from tools.meter_sim import (
     ManualClock,
     MeterModel,
     MeterSlave,
-    SimClock,
+    SharedClock,
     get_meter,
     parse_fault,
     serve_tcp,
@@ -53,7 +53,8 @@ class Rig:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.speed = SPEED
-        self.real0 = time.time()
+        self.clock = simclock.start(SPEED, SIM_START)  # shared with the devices
+        self.env = dict(os.environ, **{simclock.ENV: self.clock.value()})
         self.bg = Background()
         self.endpoint, self.gateway_port = self.bg.run(start_endpoint(self.sim_time))
         self.devices: list[EmulatedDevice] = []
@@ -61,13 +62,13 @@ class Rig:
         self._next_hwid = 0x100
 
     def sim_time(self) -> float:
-        return SIM_START + (time.time() - self.real0) * self.speed
+        return self.clock.now()
 
     def meter(self, meter_id: str, profile: str = "household", faults=(), seed: int = 1,
               frozen: bool = False) -> tuple[MeterModel, int]:
         """A simulated meter on a TCP port; ``frozen`` stops its clock (constant values)."""
         meter = get_meter(meter_id)
-        clock = ManualClock(SIM_START) if frozen else SimClock(SIM_START, self.speed)
+        clock = ManualClock(SIM_START) if frozen else SharedClock(self.clock)
         model = MeterModel(meter, profile, clock, seed=seed)
         plan = FaultPlan([parse_fault(f) for f in faults], seed=seed, meter=meter,
                          slave=meter.default_slave)
@@ -93,7 +94,7 @@ class Rig:
                   "reply_timeout_ms": 150}
         config.update(device_json)
         write_config(storage, meter_id, config)
-        dev = EmulatedDevice(storage, f"127.0.0.1:{meter_port}", self.speed, hwid)
+        dev = EmulatedDevice(storage, f"127.0.0.1:{meter_port}", hwid, self.env)
         dev.device_id, public_key = dev.provision()
         self.endpoint.register(dev.device_id, public_key)
         self.devices.append(dev)

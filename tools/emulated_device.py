@@ -7,9 +7,13 @@ keeps the key, the sequence slots and the spool between runs, so killing the pro
 a power cut and starting it again is the reboot::
 
     python -m tools.meter_sim --meter sdm120ct --profile household --tcp 127.0.0.1:5020
+    python -m tools.emulated_device --storage /tmp/meter1 --meter sdm120ct --provision
     python -m tools.emulated_device --storage /tmp/meter1 --meter sdm120ct \\
-        --meter-tcp 127.0.0.1:5020 --gateway 127.0.0.1:5683 --speed 60
-    python -m tools.emulated_device --storage /tmp/meter1 --provision
+        --meter-tcp 127.0.0.1:5020 --gateway 127.0.0.1:5683
+
+Accelerated time: export ``WATTSHARE_SIM_CLOCK`` (:mod:`gateway.simclock`) to the device,
+the meter simulator, the gateway and ``wattshare chain run`` alike; they then share one
+simulated clock (docs/firmware.md).
 
 :class:`EmulatedDevice` does the same from Python (the hardware-in-the-loop tests).
 """
@@ -45,10 +49,14 @@ def write_config(storage: Path, meter_id: str, device: dict, board_id: str = DEF
     (folder / "device.json").write_text(json.dumps(device))
 
 
-def device_command(storage: Path, meter_tcp: str | None = None, speed: float = 1.0,
+def device_command(storage: Path, meter_tcp: str | None = None, speed: float | None = None,
                    hwid: str | None = None, cut_at_write: int = 0, seed: int = 0,
                    mode: str | None = None) -> list[str]:
-    cmd = ["node", str(DEVICE_MJS), "--storage", str(storage), "--speed", repr(float(speed))]
+    """The ``node tools/mpvm/device.mjs`` argv. ``speed`` is only checked against
+    ``$WATTSHARE_SIM_CLOCK`` by the device (the clock's speed is the one used)."""
+    cmd = ["node", str(DEVICE_MJS), "--storage", str(storage)]
+    if speed is not None:
+        cmd += ["--speed", repr(float(speed))]
     if meter_tcp:
         cmd += ["--meter-tcp", meter_tcp]
     if hwid:
@@ -61,14 +69,17 @@ def device_command(storage: Path, meter_tcp: str | None = None, speed: float = 1
 
 
 class EmulatedDevice:
-    """One emulated meter process on a storage folder; ``lines`` collects its output."""
+    """One emulated meter process on a storage folder; ``lines`` collects its output.
 
-    def __init__(self, storage: Path, meter_tcp: str, speed: float = 1.0,
-                 hwid: str = "a4c138f1e2d0"):
+    ``env``: the process environment (default: this process's), e.g. with the run's
+    ``WATTSHARE_SIM_CLOCK``."""
+
+    def __init__(self, storage: Path, meter_tcp: str, hwid: str = "a4c138f1e2d0",
+                 env: dict[str, str] | None = None):
         self.storage = Path(storage)
         self.meter_tcp = meter_tcp
-        self.speed = speed
         self.hwid = hwid
+        self.env = env
         self.lines: list[str] = []
         self.proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
@@ -77,7 +88,8 @@ class EmulatedDevice:
     def provision(self) -> tuple[bytes, bytes]:
         """(device id, public key) as the provisioning tool reads them from the console."""
         out = subprocess.run(device_command(self.storage, hwid=self.hwid, mode="provision"),
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+                             capture_output=True, text=True, timeout=60, check=True,
+                             env=self.env).stdout
         for line in out.splitlines():
             if line.startswith("device_id="):
                 fields = dict(part.split("=", 1) for part in line.split())
@@ -86,9 +98,8 @@ class EmulatedDevice:
 
     def start(self, cut_at_write: int = 0, seed: int = 0) -> EmulatedDevice:
         self.proc = subprocess.Popen(
-            device_command(self.storage, self.meter_tcp, self.speed, self.hwid, cut_at_write,
-                           seed),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+            device_command(self.storage, self.meter_tcp, None, self.hwid, cut_at_write, seed),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=self.env)
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
         return self
@@ -147,7 +158,10 @@ def main(argv=None) -> int:
     ap.add_argument("--board", default=DEFAULT_BOARD, help="board id from boards/")
     ap.add_argument("--meter-tcp", metavar="HOST:PORT", help="the meter simulator")
     ap.add_argument("--gateway", metavar="HOST:PORT", default="127.0.0.1:5683")
-    ap.add_argument("--speed", type=float, default=1.0, help="device seconds per real second")
+    ap.add_argument("--speed", type=float, default=None,
+                    help="device seconds per real second: only with $WATTSHARE_SIM_CLOCK, "
+                         "whose speed it must match (every process of the run shares that "
+                         "clock: docs/firmware.md)")
     ap.add_argument("--interval", type=int, default=10, help="seconds between readings")
     ap.add_argument("--ct-rating", type=int, help="CT rating in A (default: the meter's)")
     ap.add_argument("--hwid", default="a4c138f1e2d0", help="6-byte hardware id, hex")

@@ -27,10 +27,9 @@ crash leaves either nothing (built again on restart) or a complete ``built`` row
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 
-from gateway import store
+from gateway import simclock, store
 from gateway.chain import contracts, intervals, merkle
 
 log = logging.getLogger("wattshare.chain")
@@ -54,7 +53,7 @@ def meter_map(conn):
 
 
 def set_meter_index(conn, device_id, index, now=None):
-    now = int(time.time()) if now is None else now
+    now = int(simclock.now()) if now is None else now
     conn.execute(
         "INSERT INTO chain_meters (device, meter_index, set_at) VALUES (?, ?, ?) "
         "ON CONFLICT (device) DO UPDATE SET meter_index = excluded.meter_index, "
@@ -65,7 +64,7 @@ class Batcher:
     """Builds outbox rows for the settlement contract ``contract`` from the store."""
 
     def __init__(self, conn, contract, length=intervals.DEFAULT_LENGTH, grace_s=120,
-                 max_gap=None, salt=merkle.new_salt, clock=time.time):
+                 max_gap=None, salt=merkle.new_salt, clock=simclock.now):
         self.conn = conn
         self.contract = contract
         self.length = intervals.check_length(length)

@@ -9,6 +9,7 @@ from the state file for the length of the command (and stop it, dumping the stat
 import contextlib
 from pathlib import Path
 
+from gateway import simclock
 from gateway.chain import rpc
 from gateway.chain.anvil import Anvil
 
@@ -59,3 +60,19 @@ def chain_port(cfg, keep_url=False):
 def anvil_dev_key(index=0):
     """Private key of anvil's deterministic development account ``index`` (public!)."""
     return Anvil(".").account_keys()[index] if index < 10 else None
+
+
+def follow_sim_clock(port):
+    """Embedded anvil under ``$WATTSHARE_SIM_CLOCK`` (:mod:`gateway.simclock`): move the
+    node's clock forward to the simulated time, so the next block (and the gas estimate
+    before it) sees the intervals the simulated clock has closed. Never moves it back:
+    block times only grow. Returns the simulated time set, or None (nothing to do)."""
+    clock = simclock.active()
+    if clock is None:
+        return None
+    target = int(clock.now())
+    latest = int(port.get_block_header("latest")["timestamp"], 16)
+    if target <= latest:
+        return None
+    port.request("evm_setTime", [target])
+    return target

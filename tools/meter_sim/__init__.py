@@ -19,7 +19,7 @@ In-process use::
 """
 
 from tools.board_config import get_meter
-from tools.meter_sim.clock import ManualClock, SimClock
+from tools.meter_sim.clock import ManualClock, SharedClock, SimClock
 from tools.meter_sim.faults import FAULT_KINDS, Fault, FaultPlan, parse_fault
 from tools.meter_sim.model import MeterModel, Sample, encode_registers, meter_view
 from tools.meter_sim.profiles import PROFILES
@@ -44,6 +44,7 @@ __all__ = [
     "RequestParser",
     "Sample",
     "SerialEndpoint",
+    "SharedClock",
     "SimClock",
     "encode_registers",
     "get_meter",

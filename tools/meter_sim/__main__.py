@@ -12,9 +12,11 @@ import textwrap
 import time
 from datetime import UTC, datetime
 
+from gateway import simclock
+from gateway.errors import ConfigError as GatewayConfigError
 from tools.board_config import list_meters
 from tools.errors import ConfigError
-from tools.meter_sim.clock import SimClock
+from tools.meter_sim.clock import SharedClock, SimClock
 from tools.meter_sim.faults import FAULT_KINDS, FaultPlan, parse_fault
 from tools.meter_sim.model import MeterModel
 from tools.meter_sim.profiles import PROFILES
@@ -128,11 +130,12 @@ def build_parser(meter_ids: list[str]) -> argparse.ArgumentParser:
                         help="slave address (default: the meter's default_slave)")
     parser.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0, metavar="N",
                         help="seed for the profile's randomness and the faults (default 0)")
-    parser.add_argument("--speed", type=_speed, default=1.0, metavar="X",
-                        help="simulated seconds per real second (default 1)")
-    parser.add_argument("--start", type=_start, default="now", metavar="TIME",
+    parser.add_argument("--speed", type=_speed, default=None, metavar="X",
+                        help="simulated seconds per real second (default 1; with "
+                             f"${simclock.ENV} set, that clock's speed)")
+    parser.add_argument("--start", type=_start, default=None, metavar="TIME",
                         help="simulated start time: 'now' (default) or ISO 8601, UTC "
-                             "unless an offset is given")
+                             f"unless an offset is given (not with ${simclock.ENV})")
     parser.add_argument("--fault", action="extend", nargs="+", default=[], metavar="SPEC",
                         help="inject faults (see below); takes several specs, repeatable")
     parser.add_argument("-v", "--verbose", action="count", default=0,
@@ -191,6 +194,26 @@ async def _serve(args, meter, model, slave) -> int:
     return 0
 
 
+def _clock(parser: argparse.ArgumentParser, args) -> SimClock | SharedClock:
+    """The shared clock of an accelerated run when $WATTSHARE_SIM_CLOCK is set (the
+    meter's counters then agree with the device's and the gateway's time), else --start
+    and --speed."""
+    try:
+        shared = SharedClock.from_env()
+    except GatewayConfigError as exc:
+        parser.error(str(exc))
+    if shared is None:
+        return SimClock(start=time.time() if args.start is None else args.start,
+                        speed=1.0 if args.speed is None else args.speed)
+    if args.start is not None:
+        parser.error(f"--start: the simulated time comes from ${simclock.ENV}; drop --start "
+                     "or unset the variable")
+    if args.speed is not None and args.speed != shared.speed:
+        parser.error(f"--speed {args.speed:g} differs from ${simclock.ENV} (speed "
+                     f"{shared.speed:g}); drop --speed or unset the variable")
+    return shared
+
+
 def main(argv=None) -> int:
     try:
         meters = {m.id: m for m in list_meters()}
@@ -215,12 +238,13 @@ def main(argv=None) -> int:
         logging.getLogger("tools.meter_sim").setLevel(
             logging.DEBUG if args.verbose > 1 else logging.INFO)
 
-    clock = SimClock(start=args.start, speed=args.speed)
+    clock = _clock(parser, args)
     model = MeterModel(meter, args.profile, clock, seed=args.seed)
     slave = MeterSlave(model, address, faults)
-    start = datetime.fromtimestamp(args.start, UTC).isoformat(timespec="seconds")
+    start = datetime.fromtimestamp(model.start, UTC).isoformat(timespec="seconds")
+    shared = f" (shared clock ${simclock.ENV})" if isinstance(clock, SharedClock) else ""
     _say(f"{meter.id} ({meter.name}, model {meter.model_code}) as slave {address}, "
-         f"profile {args.profile}, seed {args.seed}, speed {args.speed:g}x, "
+         f"profile {args.profile}, seed {args.seed}, speed {clock.speed:g}x{shared}, "
          f"simulated start {start}")
     if faults.faults:
         _say(f"faults: {' '.join(str(f) for f in faults.faults)}")

@@ -1,13 +1,17 @@
 """Simulated clocks: callables returning simulated unix time in seconds.
 
 The meter model reads time only through such a callable, so tests can step time by hand
-and an emulated device can run the simulation faster than real time.
+and an emulated device can run the simulation faster than real time. ``SharedClock`` is
+the one clock of an accelerated run (``$WATTSHARE_SIM_CLOCK``, :mod:`gateway.simclock`)
+that the gateway, the chain link and the emulated devices read too.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+
+from gateway import simclock
 
 
 class SimClock:
@@ -41,3 +45,22 @@ class ManualClock:
             raise ValueError(f"advance({seconds!r}): time never goes backwards")
         self.t += seconds
         return self.t
+
+
+class SharedClock:
+    """The shared simulated clock ``EPOCH0 + (time.time() - REAL0) * SPEED`` of
+    ``$WATTSHARE_SIM_CLOCK``: every process of a run computes the same time from it."""
+
+    def __init__(self, spec: simclock.SimClock):
+        self.spec = spec
+        self.speed = spec.speed
+
+    @classmethod
+    def from_env(cls) -> SharedClock | None:
+        """The clock of ``$WATTSHARE_SIM_CLOCK``, or None when it is not set; a malformed
+        value raises :class:`gateway.errors.ConfigError` naming it."""
+        spec = simclock.active()
+        return None if spec is None else cls(spec)
+
+    def __call__(self) -> float:
+        return self.spec.now()

@@ -5,11 +5,17 @@
 //   UDP        a dgram socket to the gateway named in config/device.json
 //   storage    files in a host folder (STORAGE/config, STORAGE/data), so state
 //              survives the process: killing it is a power cut
-//   clock      monotonic and RTC run --speed times faster than real time; the RTC
-//              starts at 2000-01-01 (untrusted) on every start, like a cold ESP32
+//   clock      real time, or the shared simulated clock of an accelerated run:
+//              WATTSHARE_SIM_CLOCK="EPOCH0,REAL0,SPEED" (gateway/simclock.py), the
+//              same function of the wall clock the gateway, the chain link and the
+//              meter simulator use, so the RTC the gateway sets stays monotonic and in
+//              step with the meter's counters. Monotonic time and timers run SPEED
+//              times faster. The RTC starts at 2000-01-01 (untrusted) on every start,
+//              like a cold ESP32
 //   RNG        node:crypto; watchdog: exits with code 3 when not fed in time
 //
 //   node tools/mpvm/device.mjs --storage DIR --meter-tcp HOST:PORT [--speed X]
+//        (--speed only to check it: the speed is WATTSHARE_SIM_CLOCK's)
 //        [--hwid 12HEX] [--cut-at-write N] [--seed N] [--provision | --rekey]
 // Power-cut injection: --cut-at-write N tears the N-th storage write (a random
 // prefix of an append, or a temporary file never renamed) and exits with code 137.
@@ -21,7 +27,7 @@ import path from "node:path";
 import { startVM, REPO } from "./vm.mjs";
 
 function parseArgs(argv) {
-  const opts = { speed: 1, hwid: "a4c138f1e2d0", cutAtWrite: 0, seed: 0 };
+  const opts = { speed: null, hwid: "a4c138f1e2d0", cutAtWrite: 0, seed: 0 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => { if (i + 1 >= argv.length) die(`${a} needs a value`); return argv[++i]; };
@@ -37,7 +43,7 @@ function parseArgs(argv) {
   }
   if (!opts.storage) die("--storage DIR is required");
   if (!/^[0-9a-f]{12}$/.test(opts.hwid)) die("--hwid: 12 hex digits (6 bytes)");
-  if (!(opts.speed > 0)) die("--speed: a number > 0");
+  if (opts.speed !== null && !(opts.speed > 0)) die("--speed: a number > 0");
   if (!opts.mode && !opts.meterTcp) die("--meter-tcp HOST:PORT is required");
   return opts;
 }
@@ -48,11 +54,41 @@ function die(msg) {
 }
 
 const opts = parseArgs(process.argv.slice(2));
-const speed = opts.speed;
+
+// The shared simulated clock (gateway/simclock.py has the same parser and rules).
+function simClock() {
+  const text = process.env.WATTSHARE_SIM_CLOCK || "";
+  if (!text) {
+    if (opts.speed !== null && opts.speed !== 1) {
+      die(`--speed ${opts.speed} without WATTSHARE_SIM_CLOCK: the gateway would keep real `
+        + "time and reset the device's clock at every response; export "
+        + "WATTSHARE_SIM_CLOCK=$(python -m gateway.simclock --speed X) to every process "
+        + "(docs/firmware.md)");
+    }
+    return { epoch0: 0, real0: 0, speed: 1 };
+  }
+  const parts = text.split(",").map((p) => (p.trim() === "" ? NaN : Number(p)));
+  if (parts.length !== 3 || parts.some((v) => !Number.isFinite(v))) {
+    die(`WATTSHARE_SIM_CLOCK=${JSON.stringify(text)}: expected EPOCH0,REAL0,SPEED (three numbers)`);
+  }
+  const [epoch0, real0, speed] = parts;
+  for (const [name, v] of [["EPOCH0", epoch0], ["REAL0", real0]]) {
+    if (!(v >= 0 && v < 2 ** 40)) die(`WATTSHARE_SIM_CLOCK: ${name} ${v} is not a unix time in seconds`);
+  }
+  if (!(speed > 0 && speed <= 1e6)) die(`WATTSHARE_SIM_CLOCK: SPEED ${speed} is not in (0, 1e6]`);
+  if (opts.speed !== null && opts.speed !== speed) {
+    die(`--speed ${opts.speed} differs from WATTSHARE_SIM_CLOCK (speed ${speed}); drop --speed`);
+  }
+  return { epoch0, real0, speed };
+}
+const sim = simClock();
+const speed = sim.speed;
+// wall-clock seconds -> simulated unix seconds (identity without a simulated clock)
+const simNow = () => sim.epoch0 + (Date.now() / 1000 - sim.real0) * speed;
 const t0 = performance.now();
 const simMs = () => (performance.now() - t0) * speed;
 const RTC_COLD = 946684800; // 2000-01-01T00:00:00Z
-let rtcBase = RTC_COLD;
+let rtcOffset = RTC_COLD - simNow(); // RTC = simulated time + offset
 let rng = opts.seed || 1;
 const rand = () => { rng = (rng * 1103515245 + 12345) % 2147483648; return rng / 2147483648; };
 
@@ -186,8 +222,8 @@ let wdt = null;
 const misc = {
   monotonic_ms: () => simMs() + 0.5, // a double: FFI integers are 32-bit
   sleep_ms: (ms) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms / speed))),
-  rtc_time: () => rtcBase + simMs() / 1000,
-  rtc_set: (t) => { rtcBase = t - simMs() / 1000; },
+  rtc_time: () => simNow() + rtcOffset,
+  rtc_set: (t) => { rtcOffset = t - simNow(); },
   random_hex: (n) => crypto.randomBytes(n).toString("hex"),
   hardware_id: () => opts.hwid,
   wdt_start(timeoutMs) {

@@ -12,6 +12,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pymodbus.exceptions import ModbusIOException
 from pymodbus.framer.rtu import FramerRTU
 from wattcore import modbus_rtu
 
+from gateway import simclock
 from tools.board_config import compile_meter, get_meter, list_meters
 from tools.errors import ConfigError
 from tools.meter_sim import (
@@ -31,6 +33,7 @@ from tools.meter_sim import (
     MeterModel,
     MeterSlave,
     RequestParser,
+    SharedClock,
     SimClock,
     meter_view,
     parse_fault,
@@ -367,6 +370,33 @@ def test_sim_clock_runs_at_speed():
     clock = SimClock(start=SATURDAY, speed=60, monotonic=lambda: next(ticks))
     assert clock() == SATURDAY + 60
     assert clock() == SATURDAY + 210
+
+
+def test_shared_clock_is_the_gateways_simulated_clock(monkeypatch):
+    monkeypatch.delenv(simclock.ENV, raising=False)
+    assert SharedClock.from_env() is None
+    monkeypatch.setenv(simclock.ENV, f"{SATURDAY},{time.time()},60")
+    clock = SharedClock.from_env()
+    assert clock is not None and clock.speed == 60
+    first = clock()
+    assert simclock.now() >= first >= SATURDAY  # the same function of the wall clock
+    assert clock() - simclock.now() < 1.0
+    model = MeterModel(get_meter("sdm120ct"), "household", clock, seed=1)
+    assert SATURDAY <= model.start <= clock()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--speed", "30"], "--speed 30 differs from $WATTSHARE_SIM_CLOCK (speed 60)"),
+    (["--start", "2025-06-23T12:00"],
+     "--start: the simulated time comes from $WATTSHARE_SIM_CLOCK"),
+])
+def test_cli_refuses_a_clock_that_contradicts_the_shared_one(monkeypatch, capsys, extra,
+                                                             message):
+    monkeypatch.setenv(simclock.ENV, f"{SATURDAY},{time.time()},60")
+    with pytest.raises(SystemExit) as info:
+        sim_main(["--meter", "sdm120ct", "--profile", "household", "--pty", *extra])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 # ---- faults, seen from a pymodbus client ---------------------------------------------
