@@ -15,10 +15,11 @@ whose RTC the gateway sets stays monotonic and in step with its meter's counters
 
 Unset (or empty): real time, :func:`now` is ``time.time()``.
 
-Make a value with ``python -m gateway.simclock --speed 60 [--start 2025-06-17T12:00]``
-(prints ``EPOCH0,REAL0,SPEED`` for this moment), e.g.::
+Make a value with ``python -m gateway.simclock --speed 60 [--start 11:50]`` (prints
+``EPOCH0,REAL0,SPEED`` for this moment; ``--start HH:MM`` is the next such UTC time, so
+the simulated clock is ahead of the chain's own), e.g.::
 
-    export WATTSHARE_SIM_CLOCK=$(python -m gateway.simclock --speed 60)
+    export WATTSHARE_SIM_CLOCK=$(python -m gateway.simclock --speed 60 --start 11:50)
 """
 
 import argparse
@@ -121,14 +122,24 @@ def _speed(text):
     return value
 
 
-def _moment(text):
+def _moment(text, now=None):
+    """'now' -> None; 'HH:MM' -> the next such UTC time (today or tomorrow); else ISO 8601
+    (UTC unless an offset is given)."""
     if text == "now":
         return None
+    if len(text) == 5 and text[2] == ":" and text.replace(":", "").isdigit():
+        hours, minutes = int(text[:2]), int(text[3:])
+        if hours < 24 and minutes < 60:
+            now = time.time() if now is None else now
+            day = int(now) // 86400 * 86400
+            moment = day + hours * 3600 + minutes * 60
+            return moment if moment >= now else moment + 86400
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not 'now' or an ISO 8601 time (e.g. 2025-06-17T12:00)") from None
+            f"{text!r} is not 'now', HH:MM (the next such time, UTC) or an ISO 8601 time "
+            "(e.g. 2025-06-17T12:00)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
@@ -143,8 +154,9 @@ def main(argv=None):
     ap.add_argument("--speed", type=_speed, required=True, metavar="X",
                     help="simulated seconds per real second")
     ap.add_argument("--start", type=_moment, default=None, metavar="TIME",
-                    help="simulated time now: 'now' (default) or ISO 8601, UTC unless an "
-                         "offset is given")
+                    help="simulated time now: 'now' (default), HH:MM (the next such time, "
+                         "UTC: a simulated clock ahead of the chain's) or ISO 8601, UTC unless "
+                         "an offset is given")
     args = ap.parse_args(argv)
     print(start(args.speed, args.start).value())
     return 0

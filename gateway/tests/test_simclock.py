@@ -3,6 +3,7 @@ gateway's time under it (GET /t, status), and the embedded anvil's clock moved f
 by the chain link. The whole accelerated path (device, meter, gateway, chain) runs in
 hil_tests/test_live_path.py."""
 
+import argparse
 import asyncio
 import subprocess
 import sys
@@ -55,6 +56,16 @@ def test_a_malformed_value_is_refused_naming_the_variable(monkeypatch, value, me
         simclock.now()
     assert str(e.value).startswith(f"WATTSHARE_SIM_CLOCK={value!r}: ")
     assert message in str(e.value)
+
+
+def test_start_at_a_time_of_day_is_the_next_one():
+    noon = datetime(2025, 6, 17, 12, 0, tzinfo=UTC).timestamp()
+    assert simclock._moment("11:50", now=noon) == noon + 86400 - 600  # tomorrow
+    assert simclock._moment("12:30", now=noon) == noon + 1800  # later today
+    assert simclock._moment("12:00", now=noon) == noon
+    assert simclock._moment("now") is None
+    with pytest.raises(argparse.ArgumentTypeError, match="is not 'now', HH:MM"):
+        simclock._moment("25:00")
 
 
 def test_the_command_prints_a_value_starting_now():
