@@ -79,7 +79,8 @@ def add_gateway_commands(gw_sub):
 
 
 def add_device_commands(dev_sub):
-    """``add``, ``list``, ``show``, ``revoke`` (the ``wattshare device`` group)."""
+    """``add``, ``list``, ``show``, ``readings``, ``revoke`` (the ``wattshare device``
+    group)."""
     with_config = _with_config()
     p = dev_sub.add_parser("add", parents=[with_config], help="register a meter",
                            description="Register a meter so the gateway accepts its readings.")
@@ -102,6 +103,19 @@ def add_device_commands(dev_sub):
     p.add_argument("id", metavar="ID", help="device id (hex)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_guard(cmd_device_show))
+
+    p = dev_sub.add_parser("readings", parents=[with_config],
+                           help="a meter's stored readings, newest last",
+                           description="The readings the gateway stored for one meter, in the "
+                                       "order they arrived (the first column is the reading id "
+                                       "`wattshare verify --reading` takes).")
+    p.add_argument("id", metavar="ID", help="device id (hex)")
+    p.add_argument("--limit", type=int, default=20, metavar="N",
+                   help="the last N readings (default 20; 0 = all)")
+    p.add_argument("--after-seq", type=int, metavar="SEQ",
+                   help="only readings with a sequence number above SEQ")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_guard(cmd_device_readings))
 
     p = dev_sub.add_parser("revoke", parents=[with_config],
                            help="refuse a meter's readings from now on (4.03 revoked)")
@@ -325,6 +339,37 @@ def cmd_device_show(args):
     flags = f" (last: {', '.join(s.last_fault_flags)})" if s.last_fault_flags else ""
     print(f"faults:      {s.faults}{flags}")
     print(f"rejects:     {_counts(s.rejects) or 'none'}")
+    return 0
+
+
+def _kwh(wh):
+    return "-" if wh is None else f"{wh / 1000:.3f}"
+
+
+def cmd_device_readings(args):
+    device_id = registry.parse_device_id(args.id)
+    if args.limit < 0:
+        raise ConfigError(f"--limit {args.limit}: must be 0 (all) or more")
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    try:
+        registry.get_device(conn, device_id)
+        rows = status.device_readings(conn, device_id, args.limit, args.after_seq)
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps([vars(r) for r in rows], indent=1))
+        return 0
+    if not rows:
+        print(f"no readings stored for {device_id.hex()}")
+        return 0
+    print(f"{'ID':>9} {'SEQ':>7}  {'TIME (local)':19}  {'POWER W':>8} {'IMPORT kWh':>12} "
+          f"{'EXPORT kWh':>12}  FLAGS")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.t))
+        power = "-" if r.p is None else str(r.p)
+        print(f"{r.id:>9} {r.seq:>7}  {when:19}  {power:>8} {_kwh(r.ei):>12} "
+              f"{_kwh(r.ee):>12}  {' '.join(r.flags)}")
     return 0
 
 

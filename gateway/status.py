@@ -86,3 +86,35 @@ def collect(conn, db_path, now_ms, chain="not configured"):
     ).fetchone()[0]
     return GatewayStatus(now_ms, devices, totals, total, last_minute,
                          store.storage_bytes(db_path), chain)
+
+
+@dataclass
+class StoredReading:
+    """One stored reading as ``wattshare device readings`` shows it (``id``: ingest order,
+    what ``wattshare verify --reading`` takes)."""
+
+    id: int
+    seq: int
+    t: int
+    st: int
+    flags: list
+    p: int | None
+    ei: int | None
+    ee: int | None
+    received_ms: int
+
+
+def device_readings(conn, device_id, limit=20, after_seq=None):
+    """The last ``limit`` readings of a device (0: all), in ingest order; with
+    ``after_seq``, only those with a higher sequence number."""
+    where, args = "device = ?", [device_id]
+    if after_seq is not None:
+        where += " AND seq > ?"
+        args.append(after_seq)
+    sql = f"SELECT id, seq, t, st, p, ei, ee, received_ms FROM readings WHERE {where} ORDER BY id"
+    if limit:
+        sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY id"
+        args.append(limit)
+    return [StoredReading(rid, seq, t, st, reading.flag_names(st) if st else [], p, ei, ee,
+                          received)
+            for rid, seq, t, st, p, ei, ee, received in conn.execute(sql, args)]

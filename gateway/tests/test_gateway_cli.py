@@ -203,6 +203,44 @@ def test_status_offline_and_while_running(gateway_dir, capsys):
     assert status["chain"] == "not configured" and status["storage_bytes"] > 0
 
 
+def test_device_readings_lists_what_was_stored_in_ingest_order(gateway_dir, capsys):
+    conf = gateway_dir / "gateway.toml"
+    m = MeterKey()
+    run(capsys, "device", "add", "--config", str(conf), "--id", m.device_id.hex(), "--pubkey",
+        m.pubkey.hex(), "--model", "SDM120CT", "--owner", OWNER, "--label", "Shed")
+    code, out, _ = run(capsys, "device", "readings", "--config", str(conf), m.device_id.hex())
+    assert code == 0 and "no readings stored" in out
+    cfg = config.load(conf)
+    t0 = int(time.time()) - 100
+
+    async def scenario():
+        async with running_gateway(cfg, http=False) as gw, coap_client() as ctx:
+            for seqs in ([5, 6, 7], [2, 3], [9]):  # arrival order is not seq order
+                batch = m.batch(seqs, t=t0)
+                assert (await coap_request(ctx, gw.coap_port, "r", batch))[0] == "2.04"
+            fault = exchange.encode_batch([m.reading(10, t=t0 + 1, st=0x0002)])
+            assert (await coap_request(ctx, gw.coap_port, "r", fault))[0] == "2.04"
+
+    asyncio.run(scenario())
+    code, out, _ = run(capsys, "device", "readings", "--config", str(conf), m.device_id.hex(),
+                       "--json", "--limit", "0")
+    rows = json.loads(out)
+    assert [r["seq"] for r in rows] == [5, 6, 7, 2, 3, 9, 10]
+    assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
+    assert rows[0]["t"] == t0 and rows[0]["ei"] == 1005 and rows[0]["flags"] == []
+    assert rows[-1]["flags"] == ["METER_NO_REPLY"] and rows[-1]["ei"] is None
+    code, out, _ = run(capsys, "device", "readings", "--config", str(conf), m.device_id.hex(),
+                       "--json", "--limit", "2")
+    assert [r["seq"] for r in json.loads(out)] == [9, 10]
+    code, out, _ = run(capsys, "device", "readings", "--config", str(conf), m.device_id.hex(),
+                       "--json", "--after-seq", "6")
+    assert [r["seq"] for r in json.loads(out)] == [7, 9, 10]
+    code, out, _ = run(capsys, "device", "readings", "--config", str(conf), m.device_id.hex())
+    assert code == 0 and "METER_NO_REPLY" in out and "1.005" in out  # kWh for a person
+    code, _, err = run(capsys, "device", "readings", "--config", str(conf), "00" * 8)
+    assert code == 1 and "no device 0000000000000000" in err
+
+
 def test_run_serves_until_sigterm(gateway_dir, tmp_path):
     conf = gateway_dir / "gateway.toml"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
