@@ -1,6 +1,10 @@
 # The sampling loop: every interval, poll the meter, take the next sequence
 # number, sign the reading and append it to the spool. Nothing is polled or
 # signed before the clock is trusted (those intervals are skipped, counted).
+# Timestamps never go back: a gateway response can set the RTC a little behind
+# a reading already signed (its time is from when the gateway took the request,
+# sent before that reading), and counters that rise while t falls would read as
+# a counter decrease at settlement; such a reading keeps the last one's t.
 import gc
 
 from wattcore import reading
@@ -21,6 +25,7 @@ class Sampler:
         self._new = False
         self.skipped_untrusted = 0
         self.readings = 0
+        self._last_t = 0
 
     def take_new(self):
         # True once after each new reading (wakes the uplink)
@@ -34,6 +39,9 @@ class Sampler:
             return None
         values, st = await self._poller.poll()
         t = self._device_clock.now()
+        if t < self._last_t:
+            t = self._last_t
+        self._last_t = t
         seq = self._sequence.next()
         if self._spool.make_room():
             st |= reading.ST_SPOOL_OVERFLOW
