@@ -11,6 +11,7 @@ For interval ``k`` (``[k*L, (k+1)*L)``, ``L`` = ``[chain] interval_s``) once
   ``wattshare community add-meter`` or looked up in the registry), import and export Wh
   from the cumulative counters (:mod:`gateway.chain.intervals`, floor interpolation at the
   boundaries, readings up to ``max_gap`` around the interval).
+- an import-only meter (no export register, e.g. the PZEM-004T) has export 0.
 - gaps: a meter whose import or export is unknown (no reading within ``max_gap`` of a
   boundary, or a counter that went down) is **left out** of ``packed`` for this interval:
   the contract then allocates nothing to or from it and the energy is settled off-chain by
@@ -124,7 +125,9 @@ class Batcher:
                 (start - self.max_gap, end + self.max_gap, last_id)):
             s = series.get(bytes(device))
             if s is not None:
-                s.append((t, ei, ee))
+                # an import-only meter (PZEM-004T: no export register) signs no `ee`:
+                # its export is 0, not unknown (a fault reading has neither counter)
+                s.append((t, ei, 0 if ee is None and ei is not None else ee))
         result = intervals.interval_totals(series, start, L, self.max_gap)
         totals, gaps = [], {}
         for device, mi in sorted(result.meters.items()):

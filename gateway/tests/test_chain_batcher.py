@@ -132,6 +132,24 @@ def test_gap_meter_is_left_out_and_recorded(community):
     assert event["meters"] == 2
 
 
+def test_an_import_only_meter_settles_with_export_zero(community):
+    # A PZEM-004T has no export register: its readings carry no `ee` at all.
+    c = community
+    first = c.first
+    household = c.member("household")
+    others = [m for m in c.members if m is not household]
+    c.store_readings(first * L, (first + 1) * L, others)
+    for t in range(first * L, (first + 1) * L + 1, 10):
+        household.seq += 1
+        ei, _ = household.counters(t, c.t0)
+        c.store_signed(household, [household.meter.reading(household.seq, t=t, ei=ei, ee=None,
+                                                           p=0)])
+    built = batcher.Batcher(c.conn, c.settlement, length=L, grace_s=60).build(first)
+    assert built.gaps == {}
+    want = c.expected_totals(first)[household.index][0]
+    assert (household.index, want, 0) in built.totals
+
+
 _CRASHING_CHILD = """
 import os, sys
 from gateway import store
