@@ -1,8 +1,9 @@
 """Generate docs/vectors/protocol-vectors.json with independent implementations.
 
 The expected bytes come from cbor2 (CBOR), python-ecdsa (RFC 6979 deterministic
-ES256) and aiocoap (CoAP framing), never from our own cores, so the tests that
-compare our cores against this file compare two implementations.
+ES256), aiocoap (CoAP framing) and Python's hashlib/hmac (enrolment code key and
+binding), never from our own cores, so the tests that compare our cores against
+this file compare two implementations.
 
     python -m tools.gen_vectors            # rewrite the file
     python -m tools.gen_vectors --check    # exit 1 if the file is stale
@@ -10,6 +11,7 @@ compare our cores against this file compare two implementations.
 
 import argparse
 import hashlib
+import hmac
 import json
 import sys
 import warnings
@@ -86,9 +88,87 @@ READINGS: list[dict] = [
 ]
 
 
+# Enrolment (docs/protocol.md section 6): an invite's code, the request bound to it,
+# the gateway's answers, and a commissioning record.
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+CODE_RANDOM = "7K3MQ9TX2WH"  # the 11 random characters of the example code
+ENROL_T = 1785318000
+RECORD_TEXT = (
+    '{"installer":"A. Fitter","model":"sdm120ct","serial":2190471,"time":1785318060,'
+    '"checks":{"modbus":{"ok":true,"polls":10,"retries":0,"crc_errors":0},'
+    '"ct_orientation":{"ok":true,"power_w":1520,"site":"consumer"},'
+    '"clock":{"ok":true},"first_reading":{"ok":true,"seq":1}}}'
+)
+
+
+def check_char(chars: str) -> str:
+    return CROCKFORD[sum((i + 1) * CROCKFORD.index(c) for i, c in enumerate(chars)) % 31]
+
+
 def payload_bytes(fields: dict) -> bytes:
     m = {KEYS[k]: v for k, v in fields.items()}
     return cbor2.dumps(dict(sorted(m.items())))
+
+
+def enrolment_vectors(sk, pub: bytes, dev: bytes, protected: bytes) -> dict:
+    def sign(payload: bytes, aad: bytes) -> tuple[bytes, bytes, bytes]:
+        tbs = cbor2.dumps(["Signature1", protected, aad, payload])
+        sig = sk.sign_deterministic(tbs, hashfunc=hashlib.sha256, sigencode=sigencode_string)
+        return tbs, sig, cbor2.dumps(cbor2.CBORTag(18, [protected, {4: dev}, payload, sig]))
+
+    code = CODE_RANDOM + check_char(CODE_RANDOM)
+    key = hashlib.sha256(b"wattshare enrol code\x00" + code.encode()).digest()
+    bind = hmac.new(key, b"wattshare enrol\x00" + dev + pub, hashlib.sha256).digest()
+    confirm = hmac.new(key, b"wattshare enrolled\x00" + dev + pub, hashlib.sha256).digest()[:16]
+    request = cbor2.dumps({1: dev, 2: pub, 3: bind, 4: ENROL_T, 5: 1, 6: 2190471},
+                          canonical=True)
+    tbs, sig, cose = sign(request, b"wattshare/e")
+    post = Message(mtype=CON, code=POST, mid=0x2001, token=bytes.fromhex("e1e2e3e4"),
+                   uri_path=("e",), content_format=ContentFormat(60), payload=cose)
+    ok_payload = cbor2.dumps({2: ENROL_T + 1, 6: confirm}, canonical=True)
+    ok = Message(mtype=2, code=Code.CHANGED, mid=0x2001, token=bytes.fromhex("e1e2e3e4"),
+                 content_format=ContentFormat(60), payload=ok_payload)
+    used_payload = cbor2.dumps({2: ENROL_T + 1, 4: "code-used"}, canonical=True)
+    used = Message(mtype=2, code=Code.FORBIDDEN, mid=0x2002, token=bytes.fromhex("e1e2e3e5"),
+                   content_format=ContentFormat(60), payload=used_payload)
+    record = cbor2.dumps({1: dev, 2: pub, 3: ENROL_T + 60, 4: RECORD_TEXT}, canonical=True)
+    rec_tbs, rec_sig, rec_cose = sign(record, b"wattshare/c")
+    post_record = Message(mtype=CON, code=POST, mid=0x2003, token=bytes.fromhex("c1c2"),
+                          uri_path=("c",), content_format=ContentFormat(60),
+                          payload=rec_cose)
+    return {
+        "comment": "device 5753a4c138f1e2d0 (the key above) enrols with the code "
+                   f"{code[:4]}-{code[4:8]}-{code[8:]} on an SDM120CT, serial 2190471",
+        "code": code,
+        "code_key": key.hex(),
+        "bind": bind.hex(),
+        "confirm": confirm.hex(),
+        "request": {
+            "fields": {"dev": dev.hex(), "pub": pub.hex(), "bind": bind.hex(), "t": ENROL_T,
+                       "mdl": 1, "sn": 2190471},
+            "payload": request.hex(),
+            "to_be_signed": tbs.hex(),
+            "signature": sig.hex(),
+            "cose_sign1": cose.hex(),
+            "message": post.encode().hex(),
+            "message_comment": "CON POST /e, mid 0x2001, token e1e2e3e4, Content-Format 60",
+        },
+        "enrolled": {"comment": "ACK 2.04 with the confirmation",
+                     "payload": ok_payload.hex(), "message": ok.encode().hex()},
+        "code_used": {"comment": "ACK 4.03 code-used", "payload": used_payload.hex(),
+                      "message": used.encode().hex()},
+        "record": {
+            "comment": "a commissioning record the device signed (JSON text from the tool)",
+            "text": RECORD_TEXT,
+            "t": ENROL_T + 60,
+            "payload": record.hex(),
+            "to_be_signed": rec_tbs.hex(),
+            "signature": rec_sig.hex(),
+            "cose_sign1": rec_cose.hex(),
+            "message": post_record.encode().hex(),
+            "message_comment": "CON POST /c, mid 0x2003, token c1c2, Content-Format 60",
+        },
+    }
 
 
 def main() -> int:
@@ -154,6 +234,7 @@ def main() -> int:
     time_req = Message(
         mtype=CON, code=Code.GET, mid=0x0001, token=bytes.fromhex("01"), uri_path=("t",)
     )
+    enrolment = enrolment_vectors(sk, pub, dev, protected)
     doc = {
         "about": "Wattshare protocol test vectors (docs/protocol.md). Generated by "
         "tools/gen_vectors.py with cbor2, python-ecdsa and aiocoap. Hex strings.",
@@ -184,6 +265,7 @@ def main() -> int:
             },
             "get_time": {"comment": "CON GET /t", "message": time_req.encode().hex()},
         },
+        "enrolment": enrolment,
     }
     text = json.dumps(doc, indent=1) + "\n"
     if args.check:

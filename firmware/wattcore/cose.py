@@ -21,12 +21,14 @@ def sig_structure(protected, payload, external_aad=b""):
     return cbor.dumps(["Signature1", protected, external_aad, payload])
 
 
-def sign1(payload, kid, sign_fn):
+def sign1(payload, kid, sign_fn, external_aad=b""):
     # sign_fn(to_be_signed) -> 64-byte r||s (ES256). Returns the tagged
-    # COSE_Sign1 bytes.
+    # COSE_Sign1 bytes. external_aad: bytes the signature covers without carrying
+    # them (readings: none; other messages name their kind there, so a signature
+    # made for one kind of message never verifies as another).
     if not isinstance(kid, bytes) or not isinstance(payload, bytes):
         raise EncodeError("kid and payload must be bytes")
-    sig = sign_fn(sig_structure(PROTECTED_ES256, payload))
+    sig = sign_fn(sig_structure(PROTECTED_ES256, payload, external_aad))
     if len(sig) != SIG_LEN:
         raise EncodeError("ES256 signature must be 64 bytes")
     return cbor.dumps(Tag(TAG_SIGN1, [PROTECTED_ES256, {HDR_KID: kid}, payload, sig]))
@@ -41,8 +43,8 @@ class Sign1:
         self.payload = payload
         self.signature = signature
 
-    def to_be_signed(self):
-        return sig_structure(self.protected, self.payload)
+    def to_be_signed(self, external_aad=b""):
+        return sig_structure(self.protected, self.payload, external_aad)
 
 
 def decode_sign1(data):

@@ -10,6 +10,9 @@
 #  |    |    +-- ModbusAddressError    reply from another slave / function
 #  |    |    +-- ModbusExceptionReply  the meter answered with an exception code
 #  |    +-- ReadingError        a reading map that breaks the schema
+#  |    +-- EnrolmentError      an enrolment request or commissioning record that
+#  |    |                       breaks its schema
+#  |    +-- CodeError           a one-time enrolment code that is mistyped
 #  +-- EncodeError          we were asked to encode something the format cannot
 #                           carry (a local bug, never caused by a peer)
 #
@@ -41,6 +44,14 @@ class CoapError(DecodeError):
 
 
 class ReadingError(DecodeError):
+    pass
+
+
+class EnrolmentError(DecodeError):
+    pass
+
+
+class CodeError(DecodeError):
     pass
 
 

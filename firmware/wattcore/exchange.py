@@ -8,6 +8,8 @@ from wattcore.errors import CborError, DecodeError, EncodeError
 
 PATH_READINGS = "r"  # POST, CON: a batch of readings
 PATH_TIME = "t"  # GET: gateway time, for a device whose clock is not trusted
+PATH_ENROL = "e"  # POST, CON: an enrolment request (wattcore.enrolment)
+PATH_COMMISSION = "c"  # POST, CON: a device-signed commissioning record
 CONTENT_FORMAT_CBOR = const(60)  # application/cbor
 MAX_PAYLOAD = const(5632)  # bytes of CoAP payload: 32 readings of the largest size (175 B)
 DEVICE_BATCH = const(8)  # readings per message a device sends: one Wi-Fi frame
@@ -19,6 +21,7 @@ RESP_TIME = const(2)  # gateway unix time, seconds
 RESP_REJECTED = const(3)  # seq of the reading that stopped processing
 RESP_REASON = const(4)  # short reason token (text)
 RESP_MAX_BATCH = const(5)  # readings per message the gateway accepts
+RESP_CONFIRM = const(6)  # POST /e: the gateway knows the code (wattcore.enrolment)
 
 # CoAP response codes used: defined once in wattcore.coap, re-exported here
 # under the names the protocol doc uses.
@@ -93,8 +96,11 @@ def decode_batch(payload):
     return items
 
 
-def encode_response(time, ack=None, rejected=None, reason=None, max_batch=None):
+def encode_response(time, ack=None, rejected=None, reason=None, max_batch=None,
+                    confirm=None):
     m = {RESP_TIME: time}
+    if confirm is not None:
+        m[RESP_CONFIRM] = confirm
     if ack is not None:
         m[RESP_ACK] = ack
     if rejected is not None:
@@ -108,7 +114,7 @@ def encode_response(time, ack=None, rejected=None, reason=None, max_batch=None):
 
 def decode_response(payload):
     # -> dict with keys "time", and when present "ack", "rejected", "reason",
-    # "max_batch". Raises DecodeError.
+    # "max_batch", "confirm". Raises DecodeError.
     try:
         m = cbor.loads(payload)
     except CborError as e:
@@ -122,6 +128,7 @@ def decode_response(payload):
         (RESP_REJECTED, "rejected", int),
         (RESP_REASON, "reason", str),
         (RESP_MAX_BATCH, "max_batch", int),
+        (RESP_CONFIRM, "confirm", bytes),
     ):
         if key in m:
             v = m[key]
