@@ -7,6 +7,7 @@ plausibility check. Devices are revoked, never deleted, so their stored readings
 a registry entry.
 """
 
+import functools
 import sqlite3
 from dataclasses import dataclass
 
@@ -14,24 +15,37 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from wattcore import reading
 
 from gateway import simclock
-from gateway.errors import DeviceExists, DeviceNotFound, InvalidDevice, StorageError
+from gateway.errors import ConfigError, DeviceExists, DeviceNotFound, InvalidDevice, StorageError
 
 
 @dataclass(frozen=True)
 class MeterModel:
-    name: str
+    name: str  # as the registry stores it, e.g. SDM120CT
     code: int  # the reading's "mdl" field
     phases: int
     default_ct_rating_a: float
+    meter_id: str  # the definition in boards/meters/, e.g. sdm120ct
 
 
-# Names and codes come from the reading schema (wattcore.reading.MODELS).
-_PHASES = {"SDM120CT": 1, "SDM630CT": 3, "PZEM004T_V3": 1}
-_DEFAULT_CT_A = {"SDM120CT": 100.0, "SDM630CT": 100.0, "PZEM004T_V3": 100.0}
-MODELS = {
-    name: MeterModel(name, code, _PHASES[name], _DEFAULT_CT_A[name])
-    for code, name in reading.MODELS.items()
-}
+@functools.cache
+def models():
+    """Registry name -> :class:`MeterModel`, from ``boards/meters/*.toml`` (the one place
+    for a meter's code, phases and default CT rating); ConfigError if those files are
+    broken."""
+    from tools import board_config
+    from tools.errors import ToolsError
+
+    try:
+        meters = board_config.list_meters()
+    except ToolsError as e:
+        raise ConfigError(f"meter definitions: {e}") from None
+    return {m.model: MeterModel(m.model, m.model_code, m.phases, float(m.ct_rating_A), m.id)
+            for m in meters}
+
+
+def model_by_code(code):
+    """The :class:`MeterModel` a reading's ``mdl`` names, or None."""
+    return next((m for m in models().values() if m.code == code), None)
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,7 @@ class Device:
 
     def power_limit_w(self, voltage_max_v):
         """Largest plausible |p| in W: phases x CT rating x the voltage bound."""
-        return int(MODELS[self.model].phases * self.ct_rating_a * voltage_max_v)
+        return int(models()[self.model].phases * self.ct_rating_a * voltage_max_v)
 
 
 def parse_device_id(text):
@@ -105,9 +119,12 @@ def parse_owner(text):
 
 
 def parse_model(text):
-    if text not in MODELS:
-        raise InvalidDevice(f"model {text!r}: allowed: {', '.join(MODELS)}")
-    return text
+    """A model's registry name or its boards/meters/ id, any case -> the registry name."""
+    for m in models().values():
+        if text.upper() in (m.name, m.meter_id.upper()):
+            return m.name
+    allowed = ", ".join(f"{m.name} ({m.meter_id})" for m in models().values())
+    raise InvalidDevice(f"model {text!r}: allowed: {allowed}")
 
 
 def _hex(text, what):
@@ -128,10 +145,17 @@ def _device(row):
 def add_device(conn, device_id, pubkey, model, owner, label="", ct_rating_a=None, now=None):
     """Register a device (all values already parsed); returns the :class:`Device`."""
     if ct_rating_a is None:
-        ct_rating_a = MODELS[model].default_ct_rating_a
+        ct_rating_a = models()[model].default_ct_rating_a
     if not ct_rating_a > 0:
         raise InvalidDevice(f"CT rating {ct_rating_a!r} A: must be above 0")
     now = int(simclock.now()) if now is None else now
+    holder = device_with_key(conn, pubkey)
+    if holder is not None and holder.id != device_id:
+        raise DeviceExists(
+            f"public key {pubkey.hex()[:16]}... is already registered as device "
+            f"{holder.id.hex()} ({holder.label!r}, {holder.status}): a key belongs to one "
+            "device; check the id, or re-key this device"
+        )
     try:
         conn.execute(
             f"INSERT INTO devices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, NULL)",
@@ -155,6 +179,12 @@ def get_device(conn, device_id, missing_ok=False):
             return None
         raise DeviceNotFound(f"no device {device_id.hex()} is registered")
     return _device(row)
+
+
+def device_with_key(conn, pubkey):
+    """The device registered with this public key (65-byte SEC1), or None."""
+    row = conn.execute(f"SELECT {_COLUMNS} FROM devices WHERE pubkey = ?", (pubkey,)).fetchone()
+    return _device(row) if row is not None else None
 
 
 def list_devices(conn):

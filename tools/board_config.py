@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import NoReturn
 
 from wattcore.modbus_rtu import KINDS, MAX_READ_COUNT
-from wattcore.reading import MODELS
 
 from tools.errors import ConfigError
 
@@ -46,6 +45,7 @@ PARITIES = ("N", "E", "O")
 STOP_BITS = (1, 2)
 FUNCTIONS = (3, 4)  # read holding / read input registers
 PHASES = (1, 3)
+MAX_MODEL_CODE = 255  # the reading's mdl field is one byte
 MAX_BLOCKS = 8
 MAX_CT_RATING_A = 10000
 MAX_SCALE_TERM = 1000000
@@ -178,6 +178,7 @@ class Meter:
     id: str
     name: str
     model_code: int
+    model: str  # the name in the gateway's registry (SDM120CT)
     phases: int
     ct_rating_A: int
     notes: str
@@ -453,11 +454,15 @@ def load_meter(path) -> Meter:
     """Load and validate a meter file; raise ConfigError naming file, key and allowed values."""
     path = Path(path)
     data, where = _read_toml(path)
-    top = _Table(data, where, "", ("id", "name", "model_code", "phases", "ct_rating_A",
-                                   "notes", "serial", "modbus", "fields"))
+    top = _Table(data, where, "", ("id", "name", "model_code", "model", "phases",
+                                   "ct_rating_A", "notes", "serial", "modbus", "fields"))
     ident = _check_id(top, path)
     name = top.text("name", 80)
-    model_code = top.choice("model_code", tuple(sorted(MODELS)))
+    model_code = top.integer("model_code", 1, MAX_MODEL_CODE)
+    model = top.text("model", 24)
+    if not model or not all(c.isupper() or c.isdigit() or c == "_" for c in model):
+        top.fail("model", f"{_show(model)} is not a name of capitals, digits and _ "
+                          "(e.g. SDM120CT)")
     phases = top.choice("phases", PHASES)
     ct_rating_a = top.integer("ct_rating_A", 1, MAX_CT_RATING_A)
     notes = top.text("notes", 4000, default="")
@@ -474,7 +479,8 @@ def load_meter(path) -> Meter:
     blocks = _blocks(modbus)
     fields = _fields(top, blocks)
     return Meter(
-        id=ident, name=name, model_code=model_code, phases=phases, ct_rating_A=ct_rating_a,
+        id=ident, name=name, model_code=model_code, model=model, phases=phases,
+        ct_rating_A=ct_rating_a,
         notes=notes.strip(), serial=settings, default_slave=default_slave, function=function,
         blocks=blocks, fields=fields, path=path,
     )
@@ -491,15 +497,17 @@ def list_boards(directory=None) -> list[Board]:
 
 def list_meters(directory=None) -> list[Meter]:
     """Every meter file in ``directory`` (default ``boards/meters/``), validated, sorted by
-    id; model codes must be unique."""
+    id; model codes and model names must be unique."""
     directory = Path(directory) if directory is not None else METERS_DIR
     meters = [load_meter(p) for p in sorted(directory.glob("*.toml"))]
-    seen: dict[int, Meter] = {}
-    for meter in meters:
-        if meter.model_code in seen:
-            raise ConfigError(f"{_display_path(meter.path)}: model_code: {meter.model_code} "
-                              f"is already used by {_display_path(seen[meter.model_code].path)}")
-        seen[meter.model_code] = meter
+    for key in ("model_code", "model"):
+        seen: dict[object, Meter] = {}
+        for meter in meters:
+            value = getattr(meter, key)
+            if value in seen:
+                raise ConfigError(f"{_display_path(meter.path)}: {key}: {_show(value)} is "
+                                  f"already used by {_display_path(seen[value].path)}")
+            seen[value] = meter
     return meters
 
 

@@ -44,7 +44,6 @@ STREET = [
     ("the school next door", "sdm630ct", "school", "0x" + "22" * 20),
     ("a household", "pzem004t-v3", "household", "0x" + "33" * 20),
 ]
-MODEL_NAMES = {"sdm120ct": "SDM120CT", "sdm630ct": "SDM630CT", "pzem004t-v3": "PZEM004T_V3"}
 
 
 def say(text: str) -> None:
@@ -159,7 +158,7 @@ def member_readings(meter_id: str, profile: str, seed: int, t0: int) -> list[dic
     from tools.meter_sim import ManualClock, MeterModel, get_meter
 
     model = MeterModel(get_meter(meter_id), profile, ManualClock(t0), seed=seed, start=t0 - 600)
-    code = {"sdm120ct": 1, "sdm630ct": 2}[meter_id]
+    code = get_meter(meter_id).model_code
     rows = []
     for k, t in enumerate(range(t0, t0 + 3600 + 1, HISTORY_STEP_S)):
         s = model.sample_at(t)
@@ -236,7 +235,7 @@ def part_two(env, coap_port: int, data: Path) -> None:
             "--pubkey",
             p256.public_key(priv).hex(),
             "--model",
-            MODEL_NAMES[meter],
+            meter,  # the boards/meters/ id names the model too
             "--owner",
             Account.from_key(keys[acct]).address,
             "--label",
@@ -400,7 +399,7 @@ def main() -> int:
                 "--pubkey",
                 m.group(2),
                 "--model",
-                MODEL_NAMES[meter],
+                meter,  # the boards/meters/ id names the model too
                 "--owner",
                 owner,
                 "--label",

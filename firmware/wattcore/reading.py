@@ -20,7 +20,7 @@ FIELDS = {
     "i": (9, 0, 0xFFFFFFFF, False),  # current, mA
     "f": (10, 0, 0xFFFF, False),  # frequency, 0.01 Hz
     "pf": (11, -1000, 1000, False),  # power factor, x1000
-    "mdl": (12, 0, 0xFF, True),  # meter model code (MODEL_*)
+    "mdl": (12, 0, 0xFF, True),  # meter model code (model_code in boards/meters/*.toml)
     "sn": (13, 0, 0xFFFFFFFF, False),  # meter serial number
 }
 MEASUREMENTS = ("ei", "ee", "p", "u", "i", "f", "pf")
@@ -45,10 +45,6 @@ ST_CT_REVERSED = const(0x0800)  # power sign contradicts the counters
 # no measurement at all (never a good-looking value).
 ST_FAULT_MASK = const(0x09FE)
 
-MODEL_SDM120CT = const(1)
-MODEL_SDM630CT = const(2)
-MODEL_PZEM004T_V3 = const(3)
-MODELS = {1: "SDM120CT", 2: "SDM630CT", 3: "PZEM004T_V3"}
 
 
 def _check(name, value):

@@ -41,7 +41,7 @@ class MeterKey:
 
     def fields(self, seq, t=None, st=0, **values):
         r = {"dev": self.device_id, "seq": seq, "t": int(time.time()) if t is None else t,
-             "st": st, "mdl": registry.MODELS[self.model].code}
+             "st": st, "mdl": registry.models()[self.model].code}
         if not st & reading.ST_FAULT_MASK:
             r.update({"ei": 1000 + seq, "ee": 500 + seq, "p": 1200})
         r.update(values)

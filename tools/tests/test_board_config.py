@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from wattcore import modbus_rtu, reading
+from wattcore import modbus_rtu
 
 from tools import board_config
 from tools.board_config import (
@@ -61,12 +61,10 @@ def test_shipped_boards_validate():
     assert s3.psram is True
 
 
-def test_shipped_meters_validate_with_the_firmware_model_codes():
+def test_shipped_meters_validate():
+    # their model codes and names are checked against docs/protocol.md in test_meter_facts
     meters = {m.id: m for m in list_meters()}
     assert set(meters) == {"sdm120ct", "sdm630ct", "pzem004t-v3"}
-    assert meters["sdm120ct"].model_code == reading.MODEL_SDM120CT == 1
-    assert meters["sdm630ct"].model_code == reading.MODEL_SDM630CT == 2
-    assert meters["pzem004t-v3"].model_code == reading.MODEL_PZEM004T_V3 == 3
     for meter in meters.values():
         for block in meter.blocks:
             assert 1 <= block.count <= modbus_rtu.MAX_READ_COUNT
@@ -247,7 +245,12 @@ def test_bad_serial_settings(tmp_path):
 
 def test_bad_types_and_ranges(tmp_path):
     path = _variant(tmp_path, SDM120, "model_code = 1", "model_code = true")
-    assert _error(load_meter, path) == f"{path}: model_code: true is not one of 1, 2, 3"
+    assert _error(load_meter, path) == f"{path}: model_code: expected an integer, got true"
+    path = _variant(tmp_path, SDM120, "model_code = 1", "model_code = 256")
+    assert _error(load_meter, path) == f"{path}: model_code: 256 is not in 1..255"
+    path = _variant(tmp_path, SDM120, 'model = "SDM120CT"', 'model = "sdm 120"')
+    assert _error(load_meter, path) == (
+        f"{path}: model: 'sdm 120' is not a name of capitals, digits and _ (e.g. SDM120CT)")
     path = _variant(tmp_path, SDM120, "default_slave = 1", "default_slave = 248")
     assert _error(load_meter, path) == f"{path}: modbus.default_slave: 248 is not in 1..247"
     path = _variant(tmp_path, SDM120, "function = 4", "function = 6")
@@ -276,6 +279,14 @@ def test_duplicate_model_codes(tmp_path):
         list_meters(tmp_path)
     assert str(info.value) == (
         f"{tmp_path / 'sdm120ct.toml'}: model_code: 1 is already used by "
+        f"{tmp_path / 'sdm120ct-copy.toml'}")
+    # a new code but the same registry name
+    copy = tmp_path / "sdm120ct-copy.toml"
+    copy.write_text(copy.read_text().replace("model_code = 1", "model_code = 9"))
+    with pytest.raises(ConfigError) as info:
+        list_meters(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'sdm120ct.toml'}: model: 'SDM120CT' is already used by "
         f"{tmp_path / 'sdm120ct-copy.toml'}")
 
 
