@@ -28,8 +28,12 @@ import logging
 import signal
 import socket
 
+from wattcore import exchange
+
 from gateway import ipc, registry, simclock, store
 from gateway.coap_lean import bind_udp
+from gateway.commissioning import CommissioningResource
+from gateway.enrolment import EnrolmentResource
 from gateway.errors import GatewayError
 from gateway.http_status import StatusHttp
 from gateway.ingest import Ingest
@@ -71,6 +75,10 @@ class IngestService:
             self.metrics, max_pending=cfg.ingest.max_pending_readings,
             overload_max_age=cfg.ingest.overload_max_age_s,
         )
+        self.ingest.routes[(exchange.PATH_ENROL,)] = EnrolmentResource(
+            cfg.db_path, self.metrics, on_registered=self.refresh_registry).handle
+        self.ingest.routes[(exchange.PATH_COMMISSION,)] = CommissioningResource(
+            cfg.db_path, self.metrics).handle
         self.refresh_registry()
         server_class = coap_server_class(cfg.coap.front_end)
         extra = {"sock": self.sock} if self.sock is not None else {}

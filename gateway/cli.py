@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gateway import config as gwconfig
 from gateway import keystore, logs, registry, simclock, status, store
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, InvalidDevice
 
 
 def register(subparsers):
@@ -79,19 +79,41 @@ def add_gateway_commands(gw_sub):
 
 
 def add_device_commands(dev_sub):
-    """``add``, ``list``, ``show``, ``readings``, ``revoke`` (the ``wattshare device``
-    group)."""
+    """``invite``, ``add``, ``list``, ``show``, ``readings``, ``revoke`` (the ``wattshare
+    device`` group)."""
     with_config = _with_config()
+    p = dev_sub.add_parser(
+        "invite", parents=[with_config],
+        help="a one-time code with which a new meter registers itself",
+        description="Issue a one-time enrolment code for a meter that is not installed yet. "
+                    "The installer gives it to `wattshare meter provision --code`; the meter "
+                    "then registers itself with the label, owner, model and CT rating given "
+                    "here, proving it holds its key. The code is printed once, works once, "
+                    "expires, and is stored only as a hash.",
+    )
+    p.add_argument("--label", required=True, metavar="TEXT", help="where/what it is")
+    p.add_argument("--owner", required=True, metavar="0x...", help="owner's EVM account")
+    p.add_argument("--expires", default="30m", metavar="DURATION",
+                   help="how long the code works: 30m, 2h, 1d (default 30m, at most 7d)")
+    p.add_argument("--meter", metavar="MODEL",
+                   help="meter model the device must read (e.g. sdm120ct or SDM120CT; "
+                        "default: whatever it reports)")
+    p.add_argument("--ct-rating", type=float, metavar="N",
+                   help="current transformer rating in A (default: the model's)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_guard(cmd_device_invite))
+
     p = dev_sub.add_parser("add", parents=[with_config], help="register a meter",
                            description="Register a meter so the gateway accepts its readings.")
     p.add_argument("--id", required=True, metavar="HEX", help="device id, 8 bytes in hex")
     p.add_argument("--pubkey", required=True, metavar="HEX",
                    help="device P-256 public key, SEC1 hex (65 bytes 04..., or 33 compressed)")
-    p.add_argument("--model", required=True, choices=list(registry.MODELS),
-                   help="meter model")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="meter model: SDM120CT, SDM630CT, PZEM004T_V3 (or its boards/meters/ "
+                        "id, e.g. sdm120ct)")
     p.add_argument("--owner", required=True, metavar="0x...", help="owner's EVM account")
     p.add_argument("--label", required=True, metavar="TEXT", help="where/what it is")
-    p.add_argument("--ct-rating-a", type=float, metavar="N",
+    p.add_argument("--ct-rating", "--ct-rating-a", dest="ct_rating_a", type=float, metavar="N",
                    help="current transformer rating in A (default: the model's, 100 A)")
     p.set_defaults(func=_guard(cmd_device_add))
 
@@ -266,10 +288,42 @@ def cmd_status(args):
 # -- device --------------------------------------------------------------------------
 
 
-def _device_json(d):
-    return {"id": d.id.hex(), "pubkey": d.pubkey.hex(), "model": d.model, "owner": d.owner,
-            "label": d.label, "ct_rating_a": d.ct_rating_a, "status": d.status,
-            "added_at": d.added_at, "revoked_at": d.revoked_at}
+def _utc(seconds):
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def cmd_device_invite(args):
+    from wattcore.enrolment import format_code
+
+    from gateway import enrolment
+
+    ttl = enrolment.parse_ttl(args.expires)
+    owner = registry.parse_owner(args.owner)
+    model = registry.parse_model(args.meter) if args.meter else None
+    if args.ct_rating is not None and not args.ct_rating > 0:
+        raise InvalidDevice(f"--ct-rating {args.ct_rating:g}: must be above 0 A")
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    try:
+        code, invite = enrolment.create_invite(conn, args.label, owner, ttl, model,
+                                               args.ct_rating)
+    finally:
+        conn.close()
+    shown = format_code(code)
+    if args.json:
+        print(json.dumps({"code": shown, "invite": invite.id, "label": invite.label,
+                          "owner": invite.owner, "model": invite.model,
+                          "ct_rating_a": invite.ct_rating_a, "expires_at": invite.expires_at,
+                          "expires": _utc(invite.expires_at)}, indent=2))
+        return 0
+    model_text = invite.model or "the model the meter reports"
+    ct = f"CT {invite.ct_rating_a:g} A" if invite.ct_rating_a else "the model's CT rating"
+    print(f"code:    {shown}")
+    print(f"for:     {invite.label} (owner {invite.owner}, {model_text}, {ct})")
+    print(f"expires: {_utc(invite.expires_at)} ({args.expires}); works once")
+    print("This code is shown only now. Give it to the installer: "
+          f"wattshare meter provision ... --code {shown}")
+    return 0
 
 
 def cmd_device_add(args):
@@ -297,7 +351,7 @@ def cmd_device_list(args):
     finally:
         conn.close()
     if args.json:
-        print(json.dumps([_device_json(d) for d in devices], indent=2))
+        print(json.dumps([status.device_json(d) for d in devices], indent=2))
         return 0
     if not devices:
         print("no devices registered (wattshare device add ...)")
@@ -316,18 +370,17 @@ def cmd_device_show(args):
     try:
         d = registry.get_device(conn, device_id)
         snap = status.collect(conn, cfg.db_path, simclock.now_ms())
+        report = status.device_report(conn, device_id, snap.now_ms)
     finally:
         conn.close()
     s = next(x for x in snap.devices if x.id == d.id.hex())
     if args.json:
-        out = _device_json(d)
-        out["state"] = {k: v for k, v in vars(s).items() if k not in out}
-        print(json.dumps(out, indent=2))
+        print(json.dumps(report, indent=2))
         return 0
     print(f"id:          {d.id.hex()}")
     print(f"label:       {d.label}")
     print(f"model:       {d.model} (CT {d.ct_rating_a:g} A, "
-          f"{registry.MODELS[d.model].phases} phase(s))")
+          f"{registry.models()[d.model].phases} phase(s))")
     print(f"owner:       {d.owner}")
     print(f"public key:  {d.pubkey.hex()}")
     print("status:      {}{}".format(d.status, " since {}".format(time.strftime(
@@ -339,6 +392,14 @@ def cmd_device_show(args):
     flags = f" (last: {', '.join(s.last_fault_flags)})" if s.last_fault_flags else ""
     print(f"faults:      {s.faults}{flags}")
     print(f"rejects:     {_counts(s.rejects) or 'none'}")
+    enrolled = report["enrolment"]
+    print("enrolled:    " + (f"yes, with invite {enrolled['invite']} at {_utc(enrolled['at'])}"
+                             if enrolled else "no (registered with `device add`)"))
+    last = report["last_reading"]
+    if last is not None:
+        check = "signature verified" if last["signature_valid"] else "SIGNATURE DOES NOT VERIFY"
+        print(f"last reading: seq {last['seq']} at {_utc(last['t'])}, {check}")
+    _print_commissioning(report["commissioning"])
     return 0
 
 
@@ -371,6 +432,22 @@ def cmd_device_readings(args):
         print(f"{r.id:>9} {r.seq:>7}  {when:19}  {power:>8} {_kwh(r.ei):>12} "
               f"{_kwh(r.ee):>12}  {' '.join(r.flags)}")
     return 0
+
+
+def _print_commissioning(c):
+    if c is None:
+        print("commissioning: no record (wattshare meter provision sends one)")
+        return
+    record = c["record"]
+    check = "signed by the device" if c["signature_valid"] else "SIGNATURE DOES NOT VERIFY"
+    print(f"commissioning: {_utc(c['received_ms'] // 1000)} by {record.get('installer')}, "
+          f"{check}")
+    for key in ("model", "serial", "site"):
+        if key in record:
+            print(f"  {key}: {record[key]}")
+    for name, values in record["checks"].items():
+        rest = ", ".join(f"{k} {v}" for k, v in values.items() if k != "ok")
+        print(f"  {'ok    ' if values['ok'] else 'FAILED'} {name}" + (f": {rest}" if rest else ""))
 
 
 def cmd_device_revoke(args):

@@ -4,6 +4,10 @@
 - ``/status.json`` the same data as JSON (used by ``wattshare gateway status``)
 - ``/metrics``     Prometheus text format
 - ``/healthz``     "ok" while the service runs
+- ``/api/devices/ID``  one device as JSON for tools on another machine (the installer's
+  laptop): :func:`gateway.status.device_report` (``registered``, ``enrolled``,
+  ``last_reading`` with its signature checked again, ``commissioning``); an unknown id
+  answers ``{"registered": false, ...}``, a malformed one 400 with ``error``
 """
 
 import asyncio
@@ -13,7 +17,8 @@ import time
 
 from aiohttp import web
 
-from gateway import simclock, status, store
+from gateway import registry, simclock, status, store
+from gateway.errors import InvalidDevice
 
 
 def _when(ms, now_ms):
@@ -130,6 +135,20 @@ class StatusHttp:
         body = dict(snapshot.as_json(), live=self._live())
         return web.Response(text=json.dumps(body), content_type="application/json")
 
+    def _device(self, device_id):
+        conn = store.connect(self._db_path, readonly=True)
+        try:
+            return status.device_report(conn, device_id, simclock.now_ms())
+        finally:
+            conn.close()
+
+    async def _device_json(self, request):
+        try:
+            device_id = registry.parse_device_id(request.match_info["id"])
+        except InvalidDevice as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response(await asyncio.to_thread(self._device, device_id))
+
     async def _metrics_text(self, request):
         return web.Response(
             body=self._metrics.render().encode(),
@@ -145,6 +164,7 @@ class StatusHttp:
         app.router.add_get("/status.json", self._json)
         app.router.add_get("/metrics", self._metrics_text)
         app.router.add_get("/healthz", self._health)
+        app.router.add_get("/api/devices/{id}", self._device_json)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._bind, self._port)

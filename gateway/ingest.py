@@ -12,6 +12,9 @@ front end (:mod:`gateway.coap_lean` on ``wattcore.coap``, the default, or
   COMMIT: ``ack`` = seq of the last reading of the stored prefix, ``rejected``/
   ``reason`` = the reading that stopped the batch.
 - ``GET /t``: the gateway's time.
+- ``POST /e``, ``POST /c``: enrolment requests and commissioning records, handled by
+  :mod:`gateway.enrolment` and :mod:`gateway.commissioning` (added to :attr:`Ingest.routes`
+  by the app; counted in their own metrics).
 
 Every reject is answered with its code, counted per reason (metrics and the
 ``rejects`` table) and logged at most once per device (or peer) per minute.
@@ -72,6 +75,9 @@ class Ingest:
         self.overload_max_age = overload_max_age
         self.clock = clock
         self.credentials = {}
+        # more resources: Uri-Path tuple -> async handler(request, now) -> CoapResponse
+        # (gateway.app adds POST /e and /c: gateway.enrolment, gateway.commissioning)
+        self.routes = {}
         self._limiter = log_limiter or RateLimiter(window=60.0)
 
     def set_credentials(self, credentials):
@@ -105,6 +111,9 @@ class Ingest:
             if request.method != GET:
                 return self._reject(request, "method", "use GET on /t", now)
             return CoapResponse(exchange.CONTENT, exchange.encode_response(now))
+        route = self.routes.get(request.path)
+        if route is not None:
+            return await route(request, now)
         path = "/".join(request.path)
         return self._reject(request, "not-found", f"no resource /{path}", now)
 

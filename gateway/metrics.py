@@ -128,6 +128,17 @@ class GatewayMetrics:
             "Time from a request reaching the handler to its response (after COMMIT).",
             _LATENCY_BUCKETS,
         )
+        self.enrolments = Counter(
+            "wattshare_enrolment_requests_total",
+            "POST /e enrolment requests by outcome: enrolled, repeat (enrolled before, "
+            "answered again) or the reason it was refused.",
+            label="outcome",
+        )
+        self.commissioning = Counter(
+            "wattshare_commissioning_records_total",
+            "POST /c commissioning records by outcome: stored or the reason it was refused.",
+            label="outcome",
+        )
         self.commit_seconds = Histogram(
             "wattshare_commit_seconds", "Duration of one group commit.", _LATENCY_BUCKETS
         )
@@ -144,6 +155,7 @@ class GatewayMetrics:
         return {"accepted": self.accepted, "duplicates": self.duplicates,
                 "rejected": self.rejected, "dropped": self.dropped,
                 "responses": self.responses, "latency": self.latency,
+                "enrolments": self.enrolments, "commissioning": self.commissioning,
                 "commit_seconds": self.commit_seconds, "commit_rows": self.commit_rows}
 
     def state(self):

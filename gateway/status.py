@@ -4,11 +4,13 @@ Shared by ``wattshare gateway status`` (works whether or not the gateway runs) a
 status page / ``/status.json`` of the running gateway, so both show the same numbers.
 """
 
+import time
 from dataclasses import asdict, dataclass, field
 
-from wattcore import reading
+from wattcore import cose, reading
 
-from gateway import registry, store
+from gateway import commissioning, enrolment, registry, store
+from gateway.verify import signature_valid
 
 
 @dataclass
@@ -85,7 +87,7 @@ def collect(conn, db_path, now_ms, chain="not configured"):
         "SELECT count(*) FROM readings WHERE received_ms > ?", (now_ms - 60_000,)
     ).fetchone()[0]
     return GatewayStatus(now_ms, devices, totals, total, last_minute,
-                         store.storage_bytes(db_path), chain)
+                         store.storage_bytes(db_path) if db_path else 0, chain)
 
 
 @dataclass
@@ -118,3 +120,54 @@ def device_readings(conn, device_id, limit=20, after_seq=None):
     return [StoredReading(rid, seq, t, st, reading.flag_names(st) if st else [], p, ei, ee,
                           received)
             for rid, seq, t, st, p, ei, ee, received in conn.execute(sql, args)]
+
+
+def device_json(d):
+    """The registry entry of a :class:`gateway.registry.Device` as JSON data."""
+    return {"id": d.id.hex(), "pubkey": d.pubkey.hex(), "model": d.model, "owner": d.owner,
+            "label": d.label, "ct_rating_a": d.ct_rating_a, "status": d.status,
+            "added_at": d.added_at, "revoked_at": d.revoked_at}
+
+
+def _utc(seconds):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def last_reading(conn, device):
+    """The device's reading with the highest seq, its signature checked again against the
+    registered key; None when it has sent none."""
+    row = conn.execute(
+        "SELECT seq, t, st, p, ei, ee, u, i, f, pf, sn, cose, received_ms FROM readings "
+        "WHERE device = ? ORDER BY seq DESC LIMIT 1", (device.id,)).fetchone()
+    if row is None:
+        return None
+    seq, t, st, p, ei, ee, u, i, f, pf, sn, signed, received_ms = row
+    return {
+        "seq": seq, "t": t, "time": _utc(t), "received_ms": received_ms,
+        "flags": reading.flag_names(st), "p_w": p, "ei_wh": ei, "ee_wh": ee,
+        "u_dv": u, "i_ma": i, "f_chz": f, "pf_milli": pf, "sn": sn,
+        "signature_valid": signature_valid(device.pubkey, cose.decode_sign1(bytes(signed))),
+    }
+
+
+def device_report(conn, device_id, now_ms):
+    """Everything a tool asks about one device (``wattshare device show --json`` and
+    ``/api/devices/ID``): the registry entry, ``registered``, ``enrolled`` (registered by
+    an invite's code), ``last_reading`` (checked again), ``commissioning`` (the newest
+    record, decoded, checked again) and ``state`` (counts, last seen, rejects)."""
+    d = registry.get_device(conn, device_id, missing_ok=True)
+    if d is None:
+        return {"id": device_id.hex(), "registered": False, "enrolled": False,
+                "last_reading": None, "commissioning": None}
+    out = device_json(d)
+    invite = enrolment.enrolled_by(conn, d.id)
+    out["registered"] = True
+    out["enrolled"] = invite is not None
+    out["enrolment"] = ({"invite": invite.id, "at": invite.used_at}
+                        if invite is not None else None)
+    out["last_reading"] = last_reading(conn, d)
+    out["commissioning"] = commissioning.latest(conn, d)
+    snap = collect(conn, None, now_ms)
+    s = next(x for x in snap.devices if x.id == d.id.hex())
+    out["state"] = {k: v for k, v in vars(s).items() if k not in out}
+    return out

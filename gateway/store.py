@@ -162,6 +162,36 @@ MIGRATIONS = [
             reason TEXT NOT NULL
         )""",
     ],
+    # 3: enrolment (gateway/enrolment.py) and commissioning records
+    # (gateway/commissioning.py). An invite keeps only K = SHA-256 of its one-time code;
+    # once used it names the device (and key) it enrolled.
+    [
+        """CREATE TABLE invites (
+            id INTEGER PRIMARY KEY,
+            code_key BLOB NOT NULL UNIQUE CHECK (length(code_key) = 32),
+            label TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            model TEXT,
+            ct_rating_a REAL CHECK (ct_rating_a IS NULL OR ct_rating_a > 0),
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            used_at INTEGER,
+            device BLOB REFERENCES devices(id),
+            pubkey BLOB
+        )""",
+        "CREATE INDEX invites_device ON invites (device)",
+        # `device add` and enrolment refuse a key registered under another id
+        "CREATE INDEX devices_pubkey ON devices (pubkey)",
+        # every record a device signed at commissioning; the newest is shown
+        """CREATE TABLE commissioning (
+            id INTEGER PRIMARY KEY,
+            device BLOB NOT NULL REFERENCES devices(id),
+            cose BLOB NOT NULL,
+            t INTEGER NOT NULL,
+            received_ms INTEGER NOT NULL
+        )""",
+        "CREATE INDEX commissioning_device ON commissioning (device, id)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -29,6 +29,7 @@ CODE_WRONG = "code-wrong"  # 4.03: no invite has this code
 CODE_USED = "code-used"  # 4.03: the invite enrolled another device
 CODE_EXPIRED = "code-expired"  # 4.03: the invite expired
 DEVICE_EXISTS = "device-exists"  # 4.09: the id or the key is registered already
+MODEL_MISMATCH = "model-mismatch"  # 4.22: the device reads another model than invited
 
 # The one-time code: Crockford base32, 11 random characters (55 bits) and a check
 # character, shown as XXXX-XXXX-XXXX. I and L read as 1, O as 0; case, spaces and
