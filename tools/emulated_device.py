@@ -51,7 +51,7 @@ def write_config(storage: Path, meter_id: str, device: dict, board_id: str = DEF
 
 def device_command(storage: Path, meter_tcp: str | None = None, speed: float | None = None,
                    hwid: str | None = None, cut_at_write: int = 0, seed: int = 0,
-                   mode: str | None = None) -> list[str]:
+                   mode: str | None = None, mode_args: tuple = ()) -> list[str]:
     """The ``node tools/mpvm/device.mjs`` argv. ``speed`` is only checked against
     ``$WATTSHARE_SIM_CLOCK`` by the device (the clock's speed is the one used)."""
     cmd = ["node", str(DEVICE_MJS), "--storage", str(storage)]
@@ -65,6 +65,7 @@ def device_command(storage: Path, meter_tcp: str | None = None, speed: float | N
         cmd += ["--cut-at-write", str(cut_at_write), "--seed", str(seed)]
     if mode:
         cmd.append(f"--{mode}")
+        cmd.extend(str(a) for a in mode_args)
     return cmd
 
 
@@ -95,6 +96,19 @@ class EmulatedDevice:
                 fields = dict(part.split("=", 1) for part in line.split())
                 return bytes.fromhex(fields["device_id"]), bytes.fromhex(fields["public_key"])
         raise RuntimeError(f"no provisioning line in the device output:\n{out}")
+
+    def console(self, mode: str, *mode_args) -> dict:
+        """Run one console function of main.py (``identity``, ``commission``,
+        ``sign-record``) and return the one JSON line it printed."""
+        out = subprocess.run(
+            device_command(self.storage, self.meter_tcp, None, self.hwid, mode=mode,
+                           mode_args=mode_args),
+            capture_output=True, text=True, timeout=120, cwd=REPO, env=self.env)
+        for line in out.stdout.splitlines():
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"no JSON line from the device console ({mode}):\n"
+                           f"{out.stdout}{out.stderr}")
 
     def start(self, cut_at_write: int = 0, seed: int = 0) -> EmulatedDevice:
         self.proc = subprocess.Popen(

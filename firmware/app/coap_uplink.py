@@ -1,14 +1,15 @@
 # Sends spooled readings to the gateway: CoAP CON POST /r with RFC 7252
 # retransmission timing, NSTART 1, batches of up to batch_size while catching up,
 # and the device action of docs/protocol.md section 4.3 for every response code.
-# GET /t while the clock is not trusted.
+# GET /t while the clock is not trusted; then, when an enroller is given and has
+# not succeeded yet, POST /e (app.enroller) before any reading.
 #
 # Ports:
 #   udp.send(datagram)                              to the gateway
 #   await udp.recv(timeout_ms) -> bytes or None     from the gateway
 #   clock.monotonic_ms(), await clock.sleep_ms(ms)
 #   random_bytes(n)
-from wattcore import coap, exchange
+from wattcore import coap, enrolment, exchange
 from wattcore.const import const
 from wattcore.errors import DecodeError
 
@@ -25,7 +26,8 @@ _PERSON = (exchange.UNAUTHORIZED, exchange.FORBIDDEN, exchange.NOT_FOUND,
 
 
 class CoapUplink:
-    def __init__(self, udp, clock, device_clock, spool, random_bytes, batch_size=8, log=None):
+    def __init__(self, udp, clock, device_clock, spool, random_bytes, batch_size=8, log=None,
+                 enroller=None):
         self._udp = udp
         self._clock = clock
         self._device_clock = device_clock
@@ -37,6 +39,7 @@ class CoapUplink:
         self._backoff = BACKOFF_FIRST_MS
         self._mid = int.from_bytes(random_bytes(2), "big")
         self._log = log or (lambda msg: None)
+        self._enroller = enroller
         self.alarm = False  # set on 4.09 seq-reuse: needs a technician
         self.stats = {"sent": 0, "acked": 0, "quarantined": 0, "no_response": 0, "messages": 0}
         self.last_code = None
@@ -117,6 +120,8 @@ class CoapUplink:
             if await self.sync_time():
                 return 0
             return self._back_off()
+        if self._enroller is not None and not self._enroller.done:
+            return await self._enrol()
         limit = 1 if self._single else self._limit
         entries = self._spool.peek(limit)
         if not entries:
@@ -131,6 +136,27 @@ class CoapUplink:
                       % (len(entries), entries[0].seq))
             return self._back_off()
         return self.handle_response(entries, m)
+
+    async def _enrol(self):
+        e = self._enroller
+        m = await self.request(coap.POST, exchange.PATH_ENROL, e.request(self._device_clock.now()))
+        if m is None:
+            self._log("enrolment: no answer from the gateway; retrying")
+            return self._back_off()
+        self.last_code = m.code
+        resp = self._response_map(m)
+        if "time" in resp:
+            self._device_clock.set(resp["time"], "gateway")
+        outcome = e.handle(m.code, resp)
+        if outcome == enrolment.ENROLLED or outcome == enrolment.REGISTERED:
+            self._backoff = BACKOFF_FIRST_MS
+            return 0
+        if outcome == enrolment.REFUSED:
+            return BACKOFF_PERSON_MS
+        if exchange.device_action(m.code) == exchange.ACT_WAIT:
+            age = m.option(coap.OPT_MAX_AGE)
+            return (coap.uint_value(age) if age is not None else DEFAULT_MAX_AGE_S) * 1000
+        return self._back_off()
 
     def _back_off(self):
         delay = self._backoff

@@ -2,9 +2,13 @@
 # config folder:
 #   board.json   compiled by tools/board_config.py (compile_board) from boards/*.toml
 #   meter.json   compiled by tools/board_config.py (compile_meter) from boards/meters/*.toml
-#   device.json  this device: gateway, interval, Modbus slave, CT rating, Wi-Fi, batch
+#   device.json  this device: gateway, interval, Modbus slave, CT rating, Wi-Fi, batch,
+#                and the technician's one-time enrolment code (never echoed in errors)
 # Any problem raises ConfigError "<file>: <key>: <problem, allowed values>".
 import json
+
+from wattcore.enrolment import parse_code
+from wattcore.errors import CodeError
 
 from app.errors import ConfigError
 
@@ -33,6 +37,7 @@ _DEVICE_KEYS = {
     "spool_segments": (int, 136, 2, 1000),
     "ntp_host": (str, "", 0, 253),
     "watchdog_s": (int, 60, 10, 600),
+    "enrol_code": (str, "", 0, 32),  # "": registered by hand (wattshare device add)
 }
 
 
@@ -75,6 +80,9 @@ def check_device(data, meter, where=DEVICE_FILE):
             out[key] = default
             continue
         v = data[key]
+        if key == "enrol_code":
+            out[key] = _enrol_code(where, v)
+            continue
         if kind is bool:
             if not isinstance(v, bool):
                 _fail(where, key, "expected true or false, got %r" % (v,))
@@ -88,6 +96,19 @@ def check_device(data, meter, where=DEVICE_FILE):
     if not out["ct_rating_A"]:
         out["ct_rating_A"] = meter["ct_rating_A"]
     return out
+
+
+def _enrol_code(where, v):
+    # -> the normalised code, or "" (no enrolment). The code is never repeated in an
+    # error: it is a secret until it is used.
+    if not isinstance(v, str):
+        _fail(where, "enrol_code", "expected the code as text (XXXX-XXXX-XXXX)")
+    if not v:
+        return ""
+    try:
+        return parse_code(v)
+    except CodeError as e:
+        _fail(where, "enrol_code", str(e))
 
 
 def check_board(data, where=BOARD_FILE):

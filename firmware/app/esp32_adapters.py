@@ -177,3 +177,12 @@ class Ports:
 
 def open_ports(board, meter, device):
     return Ports(board, meter, device)
+
+
+def open_meter_bus(board, meter):
+    # the console's commissioning polls: the bus without Wi-Fi or a socket
+    return MeterBus(board, meter)
+
+
+def open_clock():
+    return Clock()

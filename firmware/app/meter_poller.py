@@ -46,6 +46,12 @@ _SIGN_NOISE_W = const(50)  # below this, the power sign says nothing
 _CONTRADICTIONS = const(2)  # polls in a row before a sign contradiction is a fault
 _ALL_ONES = {"u16": 0xFFFF, "u32le_words": 0xFFFFFFFF, "u32be_words": 0xFFFFFFFF}
 _BITS_PER_CHAR = const(11)
+_LINK_NAMES = {
+    reading.ST_METER_NO_REPLY: "no_reply",
+    reading.ST_METER_CRC: "crc_errors",
+    reading.ST_METER_EXCEPTION: "exceptions",
+    reading.ST_METER_WRONG_ADDRESS: "wrong_address",
+}
 
 
 class MeterPoller:
@@ -66,6 +72,10 @@ class MeterPoller:
         self._last = None  # counters of the last good poll
         self._contradictions = 0
         self.requests = 0
+        # link quality, per request sent (commissioning reports it): each failed attempt
+        # counts under its failure; retries counts the attempts after a failure
+        self.link = {"retries": 0, "crc_errors": 0, "no_reply": 0, "exceptions": 0,
+                     "wrong_address": 0}
 
     async def poll(self):
         # -> (values: dict reading field -> int, st: fault flags)
@@ -78,35 +88,50 @@ class MeterPoller:
         return self.evaluate(blocks)
 
     async def _read_block(self, start, count):
-        request = modbus_rtu.read_request(self._slave, self._function, start, count)
         frame_ms = (5 + 2 * count) * _BITS_PER_CHAR * 1000 // self._baud
         flags = 0
-        for _ in range(self._retries + 1):
-            await self._clock.sleep_ms(self._gap_ms)
-            self._bus.flush_input()
-            self._bus.write(request)
-            self.requests += 1
-            head = await self._bus.read(modbus_rtu.HEADER_LENGTH, self._reply_timeout)
-            if len(head) < modbus_rtu.HEADER_LENGTH:
-                flags |= reading.ST_METER_CRC if head else reading.ST_METER_NO_REPLY
-                continue
-            more = modbus_rtu.reply_length_after_header(head, count)
-            rest = await self._bus.read(more, frame_ms + self._reply_timeout) if more else b""
-            if len(rest) < more:
-                flags |= reading.ST_METER_CRC  # a frame cut short is a garbled frame
-                continue
-            try:
-                return modbus_rtu.parse_read_reply(head + rest, self._slave, self._function,
-                                                   count), 0
-            except ModbusCrcError:
-                flags |= reading.ST_METER_CRC
-            except ModbusExceptionReply:
-                flags |= reading.ST_METER_EXCEPTION
-            except ModbusAddressError:
-                flags |= reading.ST_METER_WRONG_ADDRESS
-            except ModbusError:
-                flags |= reading.ST_METER_CRC
+        for attempt in range(self._retries + 1):
+            if attempt:
+                self.link["retries"] += 1
+            data, failed = await self._attempt(self._slave, start, count, self._reply_timeout,
+                                               frame_ms)
+            if not failed:
+                return data, 0
+            flags |= failed
+            self.link[_LINK_NAMES[failed]] += 1
         return None, flags
+
+    async def _attempt(self, slave, start, count, reply_timeout, frame_ms):
+        # One request. -> (register data, 0) or (None, the one ST_METER_* flag)
+        await self._clock.sleep_ms(self._gap_ms)
+        self._bus.flush_input()
+        self._bus.write(modbus_rtu.read_request(slave, self._function, start, count))
+        self.requests += 1
+        head = await self._bus.read(modbus_rtu.HEADER_LENGTH, reply_timeout)
+        if len(head) < modbus_rtu.HEADER_LENGTH:
+            return None, reading.ST_METER_CRC if head else reading.ST_METER_NO_REPLY
+        more = modbus_rtu.reply_length_after_header(head, count)
+        rest = await self._bus.read(more, frame_ms + reply_timeout) if more else b""
+        if len(rest) < more:
+            return None, reading.ST_METER_CRC  # a frame cut short is a garbled frame
+        try:
+            return modbus_rtu.parse_read_reply(head + rest, slave, self._function, count), 0
+        except ModbusCrcError:
+            return None, reading.ST_METER_CRC
+        except ModbusExceptionReply:
+            return None, reading.ST_METER_EXCEPTION
+        except ModbusAddressError:
+            return None, reading.ST_METER_WRONG_ADDRESS
+        except ModbusError:
+            return None, reading.ST_METER_CRC
+
+    async def answers(self, slave, timeout_ms):
+        # True when something at `slave` answers a one-register read of the first
+        # block (a Modbus exception is an answer too): the commissioning bus scan.
+        start = self._meter["blocks"][0][0]
+        frame_ms = 7 * _BITS_PER_CHAR * 1000 // self._baud
+        data, failed = await self._attempt(slave, start, 1, timeout_ms, frame_ms)
+        return data is not None or failed == reading.ST_METER_EXCEPTION
 
     def evaluate(self, blocks):
         # Register data of each block -> (values, st). Pure apart from the

@@ -16,7 +16,9 @@
 //
 //   node tools/mpvm/device.mjs --storage DIR --meter-tcp HOST:PORT [--speed X]
 //        (--speed only to check it: the speed is WATTSHARE_SIM_CLOCK's)
-//        [--hwid 12HEX] [--cut-at-write N] [--seed N] [--provision | --rekey]
+//        [--hwid 12HEX] [--cut-at-write N] [--seed N] [--provision | --rekey |
+//        --identity | --commission POLLS [--scan-timeout MS] | --sign-record JSON]
+// The console modes run one of main.py's console functions and exit.
 // Power-cut injection: --cut-at-write N tears the N-th storage write (a random
 // prefix of an append, or a temporary file never renamed) and exits with code 137.
 import crypto from "node:crypto";
@@ -39,12 +41,19 @@ function parseArgs(argv) {
     else if (a === "--seed") opts.seed = Number(next());
     else if (a === "--provision") opts.mode = "provision";
     else if (a === "--rekey") opts.mode = "rekey";
+    else if (a === "--identity") opts.mode = "identity";
+    else if (a === "--commission") { opts.mode = "commission"; opts.polls = Number(next()); }
+    else if (a === "--scan-timeout") opts.scanTimeout = Number(next());
+    else if (a === "--sign-record") { opts.mode = "sign-record"; opts.record = next(); }
     else die(`unknown option ${a}`);
   }
   if (!opts.storage) die("--storage DIR is required");
   if (!/^[0-9a-f]{12}$/.test(opts.hwid)) die("--hwid: 12 hex digits (6 bytes)");
   if (opts.speed !== null && !(opts.speed > 0)) die("--speed: a number > 0");
-  if (!opts.mode && !opts.meterTcp) die("--meter-tcp HOST:PORT is required");
+  if ((!opts.mode || opts.mode === "commission") && !opts.meterTcp) {
+    die("--meter-tcp HOST:PORT is required");
+  }
+  if (opts.mode === "commission" && !(opts.polls >= 1)) die("--commission: polls >= 1");
   return opts;
 }
 
@@ -250,10 +259,16 @@ const mp = await startVM({
 });
 mp.registerJsModule("hal", { ...storage, ...uart, ...udp, ...misc });
 for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => process.exit(0));
-const code = {
-  provision: "import main, emulated_adapters\nmain.provision(emulated_adapters)\n",
-  rekey: "import main, emulated_adapters\nmain.rekey('REKEY', emulated_adapters)\n",
-}[opts.mode] || "import main, emulated_adapters\nawait main.run(emulated_adapters)\n";
+const head = "import main, emulated_adapters, json\n";
+const code = head + ({
+  provision: "main.provision(emulated_adapters)\n",
+  rekey: "main.rekey('REKEY', emulated_adapters)\n",
+  identity: "main.identity(emulated_adapters)\n",
+  // the VM's REPL cannot wait for Node: the console function's coroutine is awaited here
+  commission: `print(json.dumps(await main.commission_async(${opts.polls}, emulated_adapters, ` +
+    `${opts.scanTimeout || 80})))\n`,
+  "sign-record": `main.sign_record(${JSON.stringify(opts.record || "")}, emulated_adapters)\n`,
+}[opts.mode] || "await main.run(emulated_adapters)\n");
 try {
   await mp.runPythonAsync(code);
   process.exit(0);

@@ -133,6 +133,14 @@ class Ports:
         self.watchdog = Watchdog
 
 
+def open_meter_bus(board, meter):
+    return MeterBus()
+
+
+def open_clock():
+    return Clock()
+
+
 def open_ports(board, meter, device):
     # The gateway address comes from the device config, as on a board; the meter
     # simulator's address is the "wire" (device.mjs --meter-tcp).

@@ -151,3 +151,30 @@ def test_faulty_polls_never_carry_measurements():
         meter.regs = regs
         values, st = run_sync(poller.poll())
         assert st & FAULTS and values == {}
+
+
+def test_link_quality_counts_every_failed_attempt():
+    faults = ["crc", "silent", None, "exception", "address", "crc"]
+    poller, _, _ = _poller(SDM120, _sdm_registers(), faults)
+    assert run_sync(poller.poll())[1] == 0  # the third attempt answered
+    values, st = run_sync(poller.poll())  # three failures in a row
+    assert values == {} and st == (reading.ST_METER_EXCEPTION | reading.ST_METER_WRONG_ADDRESS
+                                   | reading.ST_METER_CRC)
+    assert poller.link == {"retries": 4, "crc_errors": 2, "no_reply": 1, "exceptions": 1,
+                           "wrong_address": 1}
+
+
+def test_answers_finds_the_slave_that_replies():
+    def reply(request):
+        if request[0] == 7:
+            return _crc(bytes((7, 4, 2)) + b"\x43\x66")
+        if request[0] == 9:
+            return _crc(bytes((9, 0x84, 2)))  # an exception is an answer too
+        return b""
+
+    bus = FakeBus(reply)
+    poller = MeterPoller(bus, FakeClock(), SDM120, 1, 100)
+    found = [s for s in range(1, 12) if run_sync(poller.answers(s, 20))]
+    assert found == [7, 9]
+    assert bus.sent[6] == modbus_rtu.read_request(7, 4, 0, 1)
+    assert poller.link["no_reply"] == 0  # the scan is not the link's quality
