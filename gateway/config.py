@@ -2,18 +2,18 @@
 
 Every key has a default, so a file only needs the keys an operator changes; unknown
 sections and keys are refused. Errors name the file, the key, the value and what is
-allowed, e.g.::
+allowed, in the format of every TOML file the project reads (:mod:`tools.toml_schema`)::
 
-    /var/lib/wattshare/gateway.toml: [coap] port = 70000: must be an integer 1..65535
+    /var/lib/wattshare/gateway.toml: coap.port = 70000: must be an integer 0..65535
 """
 
 import ipaddress
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from tools import toml_schema
 
 CONFIG_NAME = "gateway.toml"
 DB_NAME = "gateway.sqlite3"
@@ -279,28 +279,19 @@ def default_config_path():
 
 
 def _values(path, doc):
+    where = str(path)
+    toml_schema.Table(doc, where, "", tuple(SCHEMA), ConfigError)
     out = {}
-    for section in doc:
-        if section not in SCHEMA:
-            raise ConfigError(
-                f"{path}: unknown section [{section}]; allowed: {', '.join(SCHEMA)}"
-            )
-        if not isinstance(doc[section], dict):
-            raise ConfigError(f"{path}: {section} must be a [section]")
     for section, fields in SCHEMA.items():
         given = doc.get(section, {})
-        for key in given:
-            if key not in fields:
-                raise ConfigError(
-                    f"{path}: unknown key [{section}] {key}; allowed: {', '.join(fields)}"
-                )
+        table = toml_schema.Table(given, where, section, tuple(fields), ConfigError)
         values = {}
         for key, (spec, _) in fields.items():
             value = given.get(key, spec.default)
             try:
                 values[key] = spec.check(value)
             except ValueError as e:
-                raise ConfigError(f"{path}: [{section}] {key} = {value!r}: {e}") from None
+                table.fail(key, str(e), value=value)
         out[section] = values
     return out
 
@@ -308,10 +299,7 @@ def _values(path, doc):
 def parse(text, path):
     """Validate TOML text; ``path`` names the file in errors and anchors relative paths."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    doc = toml_schema.parse_text(text, str(path), ConfigError)
     v = _values(path, doc)
     data_dir = Path(v["gateway"]["data_dir"])
     if not data_dir.is_absolute():
@@ -361,7 +349,7 @@ def render(overrides=None):
             try:
                 value = spec.check(value)
             except ValueError as e:
-                raise ConfigError(f"[{section}] {key} = {value!r}: {e}") from None
+                raise ConfigError(f"{section}.{key} = {toml_schema.show(value)}: {e}") from None
             line = f"{key} = {spec.toml(value)}"
             if comment:
                 line = f"{line:34} # {comment}"

@@ -6,9 +6,10 @@ model (serial settings, Modbus function, the register blocks to read) and where 
 reading field sits (register, data kind, exact rational scale to the protocol unit).
 
 Every key is checked (type, range, allowed values); unknown keys are rejected. Any
-problem raises :class:`tools.errors.ConfigError` with a message of the form::
+problem raises :class:`tools.errors.ConfigError` in the one format of every TOML file the
+project reads (:mod:`tools.toml_schema`)::
 
-    boards/meters/sdm120ct.toml: fields.voltage_dV.kind: 'f64' is not one of f32, u16, ...
+    boards/meters/sdm120ct.toml: fields.voltage_dV.kind = "f64": must be one of f32, u16, ...
 
 MicroPython has no TOML parser, so :func:`compile_meter` and :func:`compile_board` turn
 a validated definition into a small plain-JSON structure the firmware loads.
@@ -22,16 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 from wattcore.modbus_rtu import KINDS, MAX_READ_COUNT
 
 from tools.errors import ConfigError
+from tools.toml_schema import REPO_ROOT, Table, display_path, one_of, show
+from tools.toml_schema import read as read_toml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BOARDS_DIR = REPO_ROOT / "boards"
 METERS_DIR = BOARDS_DIR / "meters"
 
@@ -200,129 +200,21 @@ class Meter:
 # ---- schema reading ------------------------------------------------------------------
 
 
-def _display_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
-def _show(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a table"
-    return repr(value)
-
-
-def _one_of(allowed) -> str:
-    return ", ".join(str(a) for a in allowed)
-
-
-class _Table:
-    """One TOML table being validated: knows its file and key path for messages."""
-
-    def __init__(self, data, where: str, prefix: str, allowed: tuple[str, ...]):
-        self.data = data
-        self.where = where
-        self.prefix = prefix
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: {prefix or '(top level)'}: expected a table, "
-                              f"got {_show(data)}")
-        for key in data:
-            if key not in allowed:
-                raise ConfigError(f"{where}: {self.path(key)}: unknown key; allowed keys: "
-                                  f"{_one_of(sorted(allowed))}")
-
-    def path(self, key: str) -> str:
-        return f"{self.prefix}.{key}" if self.prefix else key
-
-    def fail(self, key: str, problem: str) -> NoReturn:
-        raise ConfigError(f"{self.where}: {self.path(key)}: {problem}")
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def raw(self, key: str):
-        if key not in self.data:
-            self.fail(key, "missing (required)")
-        return self.data[key]
-
-    def integer(self, key: str, lo: int, hi: int, show_hex: bool = False) -> int:
-        value = self.raw(key)
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.fail(key, f"expected an integer, got {_show(value)}")
-        if not lo <= value <= hi:
-            if show_hex:
-                self.fail(key, f"0x{value:04X} is not in 0x{lo:04X}..0x{hi:04X}")
-            self.fail(key, f"{value} is not in {lo}..{hi}")
-        return value
-
-    def choice(self, key: str, allowed: tuple):
-        value = self.raw(key)
-        kind_ok = all(isinstance(value, type(a)) and not isinstance(value, bool)
-                      for a in allowed[:1])
-        if not kind_ok or value not in allowed:
-            self.fail(key, f"{_show(value)} is not one of {_one_of(allowed)}")
-        return value
-
-    def flag(self, key: str) -> bool:
-        value = self.raw(key)
-        if not isinstance(value, bool):
-            self.fail(key, f"expected true or false, got {_show(value)}")
-        return value
-
-    def text(self, key: str, max_len: int, default: str | None = None) -> str:
-        if default is not None and key not in self.data:
-            return default
-        value = self.raw(key)
-        if not isinstance(value, str):
-            self.fail(key, f"expected a string, got {_show(value)}")
-        if len(value) > max_len:
-            self.fail(key, f"longer than {max_len} characters")
-        return value
-
-    def table(self, key: str, allowed: tuple[str, ...]) -> _Table:
-        value = self.raw(key)
-        if not isinstance(value, dict):
-            self.fail(key, f"expected a table, got {_show(value)}")
-        return _Table(value, self.where, self.path(key), allowed)
-
-
-def _read_toml(path: Path) -> tuple[dict, str]:
-    path = Path(path)
-    where = _display_path(path)
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f), where
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{where}: not valid UTF-8: {exc}") from None
-
-
-def _check_id(top: _Table, path: Path) -> str:
+def _check_id(top: Table, path: Path) -> str:
     ident = top.text("id", 48)
     if ident != path.stem:
-        top.fail("id", f"{_show(ident)} does not match the file name "
-                       f"(expected {_show(path.stem)})")
+        top.fail("id", f"must match the file name ({show(path.stem)})")
     return ident
 
 
 # ---- boards --------------------------------------------------------------------------
 
 
-def _pin(table: _Table, key: str, chip: str, psram: bool, output: bool) -> int:
+def _pin(table: Table, key: str, chip: str, psram: bool, output: bool) -> int:
     gpio = _CHIP_GPIO[chip]
     value = table.raw(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        table.fail(key, f"expected a GPIO number, got {_show(value)}")
-    if value not in gpio.pins:
-        table.fail(key, f"{value} is not a GPIO of {chip} ({gpio.pin_ranges})")
+    if not isinstance(value, int) or isinstance(value, bool) or value not in gpio.pins:
+        table.fail(key, f"must be a GPIO of {chip} ({gpio.pin_ranges})")
     why = gpio.reserved.get(value) or (gpio.psram_reserved.get(value) if psram else None)
     if why:
         table.fail(key, f"GPIO{value} is reserved on {chip} ({why})")
@@ -334,8 +226,8 @@ def _pin(table: _Table, key: str, chip: str, psram: bool, output: bool) -> int:
 def load_board(path) -> Board:
     """Load and validate a board file; raise ConfigError naming file, key and allowed values."""
     path = Path(path)
-    data, where = _read_toml(path)
-    top = _Table(data, where, "", ("id", "name", "chip", "flash_mb", "psram", "notes",
+    data, where = read_toml(path)
+    top = Table(data, where, "", ("id", "name", "chip", "flash_mb", "psram", "notes",
                                    "meter_bus", "status_led"))
     ident = _check_id(top, path)
     name = top.text("name", 80)
@@ -348,15 +240,14 @@ def load_board(path) -> Board:
     bus = top.table("meter_bus", ("uart", "tx_pin", "rx_pin", "de_re_pin"))
     uart = bus.raw("uart")
     if not isinstance(uart, int) or isinstance(uart, bool) or uart not in gpio.uarts:
-        bus.fail("uart", f"{_show(uart)} is not one of {_one_of(gpio.uarts)} "
-                         f"(UART0 is the {chip} console)")
+        bus.fail("uart", f"must be one of {one_of(gpio.uarts)} (UART0 is the {chip} console)")
     tx_pin = _pin(bus, "tx_pin", chip, psram, output=True)
     rx_pin = _pin(bus, "rx_pin", chip, psram, output=False)
     if bus.raw("de_re_pin") == NO_PIN:
         de_re_pin = None
     elif isinstance(bus.raw("de_re_pin"), str):
-        bus.fail("de_re_pin", f"{_show(bus.raw('de_re_pin'))} is neither a GPIO number nor "
-                              f"{_show(NO_PIN)} (auto-direction transceiver)")
+        bus.fail("de_re_pin", f"must be a GPIO number or {show(NO_PIN)} (auto-direction "
+                              "transceiver)")
     else:
         de_re_pin = _pin(bus, "de_re_pin", chip, psram, output=True)
 
@@ -370,7 +261,8 @@ def load_board(path) -> Board:
         if pin is None:
             continue
         if pin in used:
-            raise ConfigError(f"{where}: {key}: GPIO{pin} is already used by {used[pin]}")
+            raise ConfigError(f"{where}: {key} = {pin}: GPIO{pin} is already used by "
+                              f"{used[pin]}")
         used[pin] = key
 
     return Board(
@@ -383,56 +275,53 @@ def load_board(path) -> Board:
 # ---- meters --------------------------------------------------------------------------
 
 
-def _blocks(modbus: _Table) -> tuple[Block, ...]:
+def _blocks(modbus: Table) -> tuple[Block, ...]:
     raw = modbus.raw("blocks")
     if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_BLOCKS:
-        modbus.fail("blocks", f"expected a list of 1..{MAX_BLOCKS} tables "
+        modbus.fail("blocks", f"must be a list of 1..{MAX_BLOCKS} tables "
                               "{ start = ..., count = ... }")
     blocks: list[Block] = []
     for index, item in enumerate(raw):
         key = f"blocks[{index}]"
         if not isinstance(item, dict):
-            modbus.fail(key, f"expected a table {{ start = ..., count = ... }}, "
-                             f"got {_show(item)}")
-        block = _Table(item, modbus.where, modbus.path(key), ("start", "count"))
-        start = block.integer("start", 0, 0xFFFF, show_hex=True)
+            modbus.fail(key, "must be a table { start = ..., count = ... }", value=item)
+        block = Table(item, modbus.where, modbus.path(key), ("start", "count"))
+        start = block.integer("start", 0, 0xFFFF, hex_digits=4)
         count = block.integer("count", 1, MAX_READ_COUNT)
         if start + count > 0x10000:
-            block.fail("count", f"{count} registers from 0x{start:04X} run past 0xFFFF")
+            block.fail("count", f"{count} registers from 0x{start:04X} must end by 0xFFFF")
         for other_index, other in enumerate(blocks):
             if start < other.end and other.start < start + count:
                 block.fail("start", f"0x{start:04X}..0x{start + count - 1:04X} overlaps "
-                                    f"{modbus.path(f'blocks[{other_index}]')}")
+                                    f"{modbus.path(f'blocks[{other_index}]')}", hex_digits=4)
         blocks.append(Block(start, count))
     return tuple(blocks)
 
 
-def _scale(field: _Table) -> tuple[int, int]:
+def _scale(field: Table) -> tuple[int, int]:
     raw = field.raw("scale")
     ok = (isinstance(raw, list) and len(raw) == 2
           and all(isinstance(x, int) and not isinstance(x, bool) for x in raw))
     if not ok:
-        field.fail("scale", f"expected [num, den] (two integers), got {_show(raw)}")
+        field.fail("scale", "must be [num, den], two integers")
     num, den = raw
     if num == 0 or abs(num) > MAX_SCALE_TERM:
-        field.fail("scale", f"num {num} is not in -{MAX_SCALE_TERM}..{MAX_SCALE_TERM} "
-                            "(and not 0)")
+        field.fail("scale", f"num must be in -{MAX_SCALE_TERM}..{MAX_SCALE_TERM} and not 0")
     if not 1 <= den <= MAX_SCALE_TERM:
-        field.fail("scale", f"den {den} is not in 1..{MAX_SCALE_TERM}")
+        field.fail("scale", f"den must be in 1..{MAX_SCALE_TERM}")
     return num, den
 
 
-def _fields(top: _Table, blocks: tuple[Block, ...]) -> dict[str, FieldMap]:
+def _fields(top: Table, blocks: tuple[Block, ...]) -> dict[str, FieldMap]:
     table = top.table("fields", FIELD_NAMES)
     fields: dict[str, FieldMap] = {}
     for name in FIELD_NAMES:
         if not table.has(name):
             if name in REQUIRED_FIELDS:
-                table.fail(name, "missing (required: "
-                                 f"{_one_of(REQUIRED_FIELDS)})")
+                table.fail(name, f"missing (required: {one_of(REQUIRED_FIELDS)})")
             continue
         field = table.table(name, ("register", "kind", "scale"))
-        register = field.integer("register", 0, 0xFFFF, show_hex=True)
+        register = field.integer("register", 0, 0xFFFF, hex_digits=4)
         kind = field.choice("kind", tuple(sorted(KINDS)))
         num, den = _scale(field)
         if name in COUNTER_FIELDS and kind not in SIGNED_KINDS and num < 0:
@@ -441,11 +330,11 @@ def _fields(top: _Table, blocks: tuple[Block, ...]) -> dict[str, FieldMap]:
         last = register + width - 1
         if not any(b.start <= register and last < b.end for b in blocks):
             spans = ", ".join(f"0x{b.start:04X}..0x{b.end - 1:04X}" for b in blocks)
-            field.fail("register", f"0x{register:04X}..0x{last:04X} ({kind}) is not inside "
-                                   f"one block of modbus.blocks ({spans})")
+            field.fail("register", f"0x{register:04X}..0x{last:04X} ({kind}) must lie inside "
+                                   f"one block of modbus.blocks ({spans})", hex_digits=4)
         for other_name, other in fields.items():
             if register <= other.register + other.width - 1 and other.register <= last:
-                field.fail("register", f"0x{register:04X} overlaps fields.{other_name}")
+                field.fail("register", f"overlaps fields.{other_name}", hex_digits=4)
         fields[name] = FieldMap(register=register, kind=kind, num=num, den=den)
     return fields
 
@@ -453,16 +342,15 @@ def _fields(top: _Table, blocks: tuple[Block, ...]) -> dict[str, FieldMap]:
 def load_meter(path) -> Meter:
     """Load and validate a meter file; raise ConfigError naming file, key and allowed values."""
     path = Path(path)
-    data, where = _read_toml(path)
-    top = _Table(data, where, "", ("id", "name", "model_code", "model", "phases",
+    data, where = read_toml(path)
+    top = Table(data, where, "", ("id", "name", "model_code", "model", "phases",
                                    "ct_rating_A", "notes", "serial", "modbus", "fields"))
     ident = _check_id(top, path)
     name = top.text("name", 80)
     model_code = top.integer("model_code", 1, MAX_MODEL_CODE)
     model = top.text("model", 24)
     if not model or not all(c.isupper() or c.isdigit() or c == "_" for c in model):
-        top.fail("model", f"{_show(model)} is not a name of capitals, digits and _ "
-                          "(e.g. SDM120CT)")
+        top.fail("model", "must be a name of capitals, digits and _ (e.g. SDM120CT)")
     phases = top.choice("phases", PHASES)
     ct_rating_a = top.integer("ct_rating_A", 1, MAX_CT_RATING_A)
     notes = top.text("notes", 4000, default="")
@@ -505,8 +393,8 @@ def list_meters(directory=None) -> list[Meter]:
         for meter in meters:
             value = getattr(meter, key)
             if value in seen:
-                raise ConfigError(f"{_display_path(meter.path)}: {key}: {_show(value)} is "
-                                  f"already used by {_display_path(seen[value].path)}")
+                raise ConfigError(f"{display_path(meter.path)}: {key} = {show(value)}: "
+                                  f"already used by {display_path(seen[value].path)}")
             seen[value] = meter
     return meters
 
@@ -518,7 +406,7 @@ def get_board(board_id: str, directory=None) -> Board:
         if board.id == board_id:
             return board
     raise ConfigError(f"board {board_id!r}: unknown; one of "
-                      f"{_one_of(b.id for b in boards)}")
+                      f"{one_of(b.id for b in boards)}")
 
 
 def get_meter(meter_id: str, directory=None) -> Meter:
@@ -528,7 +416,7 @@ def get_meter(meter_id: str, directory=None) -> Meter:
         if meter.id == meter_id:
             return meter
     raise ConfigError(f"meter {meter_id!r}: unknown; one of "
-                      f"{_one_of(m.id for m in meters)}")
+                      f"{one_of(m.id for m in meters)}")
 
 
 # ---- compiled form for the firmware --------------------------------------------------
@@ -548,8 +436,8 @@ def compile_meter(meter: Meter, ct_rating_A: int | None = None) -> dict:
         ct_rating_A = meter.ct_rating_A
     if (not isinstance(ct_rating_A, int) or isinstance(ct_rating_A, bool)
             or not 1 <= ct_rating_A <= MAX_CT_RATING_A):
-        raise ConfigError(f"{_display_path(meter.path)}: ct_rating_A: override "
-                          f"{_show(ct_rating_A)} is not in 1..{MAX_CT_RATING_A}")
+        raise ConfigError(f"{display_path(meter.path)}: ct_rating_A = {show(ct_rating_A)} "
+                          f"(the device's override): must be an integer 1..{MAX_CT_RATING_A}")
     fields = {}
     for name in FIELD_NAMES:
         if name not in meter.fields:

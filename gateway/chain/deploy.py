@@ -13,7 +13,6 @@ takes the signing key explicitly.
 import hashlib
 import json
 import os
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from eth_utils import to_checksum_address
 from gateway import config as gwconfig
 from gateway.chain import contracts, defaults, rpc
 from gateway.chain.errors import ChainError, RpcError
+from gateway.errors import ConfigError
+from tools import toml_schema
 
 DEPLOYMENT_NAME = "chain-deployment.json"
 DEFAULT_SETTLE_DELAY_S = defaults.SETTLE_DELAY_S
@@ -163,7 +164,7 @@ def fund(port, treasury_key, token, settlement, account, amount):
 def write_contract_to_config(config_path, settlement):
     """Set ``[chain] contract`` in gateway.toml, keeping every other value."""
     path = Path(config_path)
-    doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    doc, _ = toml_schema.read(path, ConfigError)
     doc.setdefault("chain", {})["contract"] = to_checksum_address(settlement)
     text = gwconfig.render(doc)
     gwconfig.parse(text, path)  # still valid

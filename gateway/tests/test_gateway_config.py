@@ -47,19 +47,19 @@ def test_overrides_and_absolute_data_dir(tmp_path):
 
 
 @pytest.mark.parametrize("text, fragments", [
-    ("[coap]\nport = 70000\n", ["[coap] port = 70000", "integer 0..65535"]),
-    ('[coap]\nport = "5683"\n', ["[coap] port = '5683'", "integer"]),
-    ('[coap]\nbind = "localhost"\n', ["[coap] bind = 'localhost'", "IP address"]),
-    ('[log]\nformat = "xml"\n', ["[log] format = 'xml'", '"json", "kv"']),
-    ('[coap]\nfront_end = "libcoap"\n', ["[coap] front_end = 'libcoap'", '"lean", "aiocoap"']),
-    ("[coap]\nfront_end = 1\n", ["[coap] front_end = 1", '"lean", "aiocoap"']),
-    ("[ingest]\nprocesses = -1\n", ["processes = -1", '"auto" or an integer']),
-    ('[chain]\nrpc_url = "ftp://x"\n', ["rpc_url = 'ftp://x'", '"anvil"']),
-    ('[chain]\ncontract = "0x12"\n', ["contract = '0x12'", "20-byte address"]),
-    ("[ingest]\nmax_age = 5\n", ["unknown key [ingest] max_age", "max_age_s"]),
-    ("[database]\n", ["unknown section [database]", "gateway, coap, ingest"]),
+    ("[coap]\nport = 70000\n", [": coap.port = 70000: must be an integer 0..65535"]),
+    ('[coap]\nport = "5683"\n', [': coap.port = "5683": must be an integer']),
+    ('[coap]\nbind = "localhost"\n', [': coap.bind = "localhost": must be an IP address']),
+    ('[log]\nformat = "xml"\n', [': log.format = "xml": must be one of "json", "kv"']),
+    ('[coap]\nfront_end = "libcoap"\n', ['coap.front_end = "libcoap"', '"lean", "aiocoap"']),
+    ("[coap]\nfront_end = 1\n", ["coap.front_end = 1", '"lean", "aiocoap"']),
+    ("[ingest]\nprocesses = -1\n", ["ingest.processes = -1", '"auto" or an integer']),
+    ('[chain]\nrpc_url = "ftp://x"\n', ['chain.rpc_url = "ftp://x"', '"anvil"']),
+    ('[chain]\ncontract = "0x12"\n', ['chain.contract = "0x12"', "20-byte address"]),
+    ("[ingest]\nmax_age = 5\n", [": ingest.max_age: unknown key; allowed keys:", "max_age_s"]),
+    ("[database]\n", [": database: unknown key; allowed keys: chain, coap, gateway, http"]),
     ("[coap\n", ["not valid TOML"]),
-    ("coap = 1\n", ["coap must be a [section]"]),
+    ("coap = 1\n", [": coap = 1: must be a table"]),
 ])
 def test_errors_name_file_key_value_and_allowed(tmp_path, text, fragments):
     path = tmp_path / "bad.toml"

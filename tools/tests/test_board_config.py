@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from wattcore import modbus_rtu
 
-from tools import board_config
+from tools import board_config, toml_schema
 from tools.board_config import (
     BOARDS_DIR,
     METERS_DIR,
@@ -165,7 +165,8 @@ def test_compile_board():
 def test_ct_rating_override():
     meter = load_meter(SDM120)
     assert compile_meter(meter, ct_rating_A=50)["ct_rating_A"] == 50
-    with pytest.raises(ConfigError, match=r"sdm120ct.toml: ct_rating_A: override 0 is not in"):
+    with pytest.raises(ConfigError, match=r"sdm120ct.toml: ct_rating_A = 0 \(the device's "
+                                          r"override\): must be an integer 1..10000"):
         compile_meter(meter, ct_rating_A=0)
 
 
@@ -175,16 +176,16 @@ def test_ct_rating_override():
 def test_bad_kind_names_file_key_and_allowed_values(tmp_path):
     path = _variant(tmp_path, SDM120, 'kind = "f32"', 'kind = "f64"')
     assert _error(load_meter, path) == (
-        f"{path}: fields.voltage_dV.kind: 'f64' is not one of "
+        f'{path}: fields.voltage_dV.kind = "f64": must be one of '
         "f32, u16, u32be_words, u32le_words")
 
 
 def test_shipped_path_is_shown_relative_to_the_repository():
     # the same message format for files inside the repository, with a relative path
     with pytest.raises(ConfigError) as info:
-        board_config._Table({"x": 1}, "boards/meters/sdm120ct.toml", "", ("id",))
+        toml_schema.Table({"x": 1}, "boards/meters/sdm120ct.toml", "", ("id",))
     assert str(info.value) == "boards/meters/sdm120ct.toml: x: unknown key; allowed keys: id"
-    assert board_config._display_path(SDM120) == "boards/meters/sdm120ct.toml"
+    assert toml_schema.display_path(SDM120) == "boards/meters/sdm120ct.toml"
 
 
 def test_unknown_top_level_key(tmp_path):
@@ -210,65 +211,67 @@ def test_missing_required_field(tmp_path):
 def test_field_outside_every_block(tmp_path):
     path = _variant(tmp_path, SDM120, "count = 76", "count = 75")
     assert _error(load_meter, path) == (
-        f"{path}: fields.export_Wh.register: 0x004A..0x004B (f32) is not inside one block "
-        "of modbus.blocks (0x0000..0x004A)")
+        f"{path}: fields.export_Wh.register = 0x004A: 0x004A..0x004B (f32) must lie inside "
+        "one block of modbus.blocks (0x0000..0x004A)")
 
 
 def test_block_larger_than_a_modbus_read(tmp_path):
     path = _variant(tmp_path, SDM120, "count = 76", "count = 126")
-    assert _error(load_meter, path) == f"{path}: modbus.blocks[0].count: 126 is not in 1..125"
+    assert _error(load_meter, path) == (
+        f"{path}: modbus.blocks[0].count = 126: must be an integer 1..125")
 
 
 def test_overlapping_blocks(tmp_path):
     path = _variant(tmp_path, PZEM, "blocks = [{ start = 0x0000, count = 10 }]",
                     "blocks = [{ start = 0x0000, count = 10 }, { start = 0x0009, count = 2 }]")
     assert _error(load_meter, path) == (
-        f"{path}: modbus.blocks[1].start: 0x0009..0x000A overlaps modbus.blocks[0]")
+        f"{path}: modbus.blocks[1].start = 0x0009: 0x0009..0x000A overlaps modbus.blocks[0]")
 
 
 def test_overlapping_fields(tmp_path):
     path = _variant(tmp_path, PZEM, "register = 0x0003", "register = 0x0002")
     assert _error(load_meter, path) == (
-        f"{path}: fields.power_W.register: 0x0002 overlaps fields.current_mA")
+        f"{path}: fields.power_W.register = 0x0002: overlaps fields.current_mA")
 
 
 def test_bad_serial_settings(tmp_path):
     path = _variant(tmp_path, SDM120, 'parity = "N"', 'parity = "X"')
-    assert _error(load_meter, path) == f"{path}: serial.parity: 'X' is not one of N, E, O"
+    assert _error(load_meter, path) == f'{path}: serial.parity = "X": must be one of N, E, O'
     path = _variant(tmp_path, SDM120, "baud = 9600", "baud = 9601")
     assert _error(load_meter, path) == (
-        f"{path}: serial.baud: 9601 is not one of "
+        f"{path}: serial.baud = 9601: must be one of "
         "1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200")
     path = _variant(tmp_path, SDM120, "stop_bits = 1", 'stop_bits = "1"')
-    assert _error(load_meter, path) == f"{path}: serial.stop_bits: '1' is not one of 1, 2"
+    assert _error(load_meter, path) == f'{path}: serial.stop_bits = "1": must be one of 1, 2'
 
 
 def test_bad_types_and_ranges(tmp_path):
     path = _variant(tmp_path, SDM120, "model_code = 1", "model_code = true")
-    assert _error(load_meter, path) == f"{path}: model_code: expected an integer, got true"
+    assert _error(load_meter, path) == f"{path}: model_code = true: must be an integer 1..255"
     path = _variant(tmp_path, SDM120, "model_code = 1", "model_code = 256")
-    assert _error(load_meter, path) == f"{path}: model_code: 256 is not in 1..255"
+    assert _error(load_meter, path) == f"{path}: model_code = 256: must be an integer 1..255"
     path = _variant(tmp_path, SDM120, 'model = "SDM120CT"', 'model = "sdm 120"')
     assert _error(load_meter, path) == (
-        f"{path}: model: 'sdm 120' is not a name of capitals, digits and _ (e.g. SDM120CT)")
+        f'{path}: model = "sdm 120": must be a name of capitals, digits and _ (e.g. SDM120CT)')
     path = _variant(tmp_path, SDM120, "default_slave = 1", "default_slave = 248")
-    assert _error(load_meter, path) == f"{path}: modbus.default_slave: 248 is not in 1..247"
+    assert _error(load_meter, path) == (
+        f"{path}: modbus.default_slave = 248: must be an integer 1..247")
     path = _variant(tmp_path, SDM120, "function = 4", "function = 6")
-    assert _error(load_meter, path) == f"{path}: modbus.function: 6 is not one of 3, 4"
+    assert _error(load_meter, path) == f"{path}: modbus.function = 6: must be one of 3, 4"
     path = _variant(tmp_path, SDM120, "scale = [10, 1]", "scale = [10, 0]")
     assert _error(load_meter, path) == (
-        f"{path}: fields.voltage_dV.scale: den 0 is not in 1..1000000")
+        f"{path}: fields.voltage_dV.scale = [10, 0]: den must be in 1..1000000")
     path = _variant(tmp_path, SDM120, "scale = [10, 1]", "scale = 10")
     assert _error(load_meter, path) == (
-        f"{path}: fields.voltage_dV.scale: expected [num, den] (two integers), got 10")
+        f"{path}: fields.voltage_dV.scale = 10: must be [num, den], two integers")
     path = _variant(tmp_path, SDM120, "ct_rating_A = 100", "ct_rating_A = 2.5")
-    assert _error(load_meter, path) == f"{path}: ct_rating_A: expected an integer, got 2.5"
+    assert _error(load_meter, path) == f"{path}: ct_rating_A = 2.5: must be an integer 1..10000"
 
 
 def test_id_must_match_the_file_name(tmp_path):
     path = _variant(tmp_path, SDM120, "", "", name="sdm120.toml")
     assert _error(load_meter, path) == (
-        f"{path}: id: 'sdm120ct' does not match the file name (expected 'sdm120')")
+        f'{path}: id = "sdm120ct": must match the file name ("sdm120")')
 
 
 def test_duplicate_model_codes(tmp_path):
@@ -278,7 +281,7 @@ def test_duplicate_model_codes(tmp_path):
     with pytest.raises(ConfigError) as info:
         list_meters(tmp_path)
     assert str(info.value) == (
-        f"{tmp_path / 'sdm120ct.toml'}: model_code: 1 is already used by "
+        f"{tmp_path / 'sdm120ct.toml'}: model_code = 1: already used by "
         f"{tmp_path / 'sdm120ct-copy.toml'}")
     # a new code but the same registry name
     copy = tmp_path / "sdm120ct-copy.toml"
@@ -286,7 +289,7 @@ def test_duplicate_model_codes(tmp_path):
     with pytest.raises(ConfigError) as info:
         list_meters(tmp_path)
     assert str(info.value) == (
-        f"{tmp_path / 'sdm120ct.toml'}: model: 'SDM120CT' is already used by "
+        f"{tmp_path / 'sdm120ct.toml'}: model = \"SDM120CT\": already used by "
         f"{tmp_path / 'sdm120ct-copy.toml'}")
 
 
@@ -310,19 +313,19 @@ def test_unknown_meter_id_lists_the_known_ones():
 
 def test_bad_chip(tmp_path):
     path = _variant(tmp_path, DEVKITC, 'chip = "esp32"', 'chip = "esp8266"')
-    assert _error(load_board, path) == f"{path}: chip: 'esp8266' is not one of esp32, esp32s3"
+    assert _error(load_board, path) == f'{path}: chip = "esp8266": must be one of esp32, esp32s3'
 
 
 def test_reserved_and_missing_pins(tmp_path):
     path = _variant(tmp_path, DEVKITC, "tx_pin = 17", "tx_pin = 6")
     assert _error(load_board, path) == (
-        f"{path}: meter_bus.tx_pin: GPIO6 is reserved on esp32 (SPI flash)")
+        f"{path}: meter_bus.tx_pin = 6: GPIO6 is reserved on esp32 (SPI flash)")
     path = _variant(tmp_path, DEVKITC, "tx_pin = 17", "tx_pin = 24")
     assert _error(load_board, path) == (
-        f"{path}: meter_bus.tx_pin: 24 is not a GPIO of esp32 (0-19, 21-23, 25-27, 32-39)")
+        f"{path}: meter_bus.tx_pin = 24: must be a GPIO of esp32 (0-19, 21-23, 25-27, 32-39)")
     path = _variant(tmp_path, DEVKITC, "de_re_pin = 4", "de_re_pin = 35")
     assert _error(load_board, path) == (
-        f"{path}: meter_bus.de_re_pin: GPIO35 is input-only on esp32; this pin must drive "
+        f"{path}: meter_bus.de_re_pin = 35: GPIO35 is input-only on esp32; this pin must drive "
         "an output")
     # an input-only pin is fine for RX
     path = _variant(tmp_path, DEVKITC, "rx_pin = 16", "rx_pin = 35")
@@ -330,19 +333,19 @@ def test_reserved_and_missing_pins(tmp_path):
     # octal PSRAM pins on the S3 module
     path = _variant(tmp_path, S3, "rx_pin = 18", "rx_pin = 35")
     assert _error(load_board, path) == (
-        f"{path}: meter_bus.rx_pin: GPIO35 is reserved on esp32s3 (octal PSRAM)")
+        f"{path}: meter_bus.rx_pin = 35: GPIO35 is reserved on esp32s3 (octal PSRAM)")
 
 
 def test_pin_used_twice(tmp_path):
     path = _variant(tmp_path, DEVKITC, "pin = 2", "pin = 4")
     assert _error(load_board, path) == (
-        f"{path}: status_led.pin: GPIO4 is already used by meter_bus.de_re_pin")
+        f"{path}: status_led.pin = 4: GPIO4 is already used by meter_bus.de_re_pin")
 
 
 def test_de_re_pin_none_or_a_gpio(tmp_path):
     path = _variant(tmp_path, DEVKITC, "de_re_pin = 4", 'de_re_pin = "auto"')
     assert _error(load_board, path) == (
-        f"{path}: meter_bus.de_re_pin: 'auto' is neither a GPIO number nor 'none' "
+        f'{path}: meter_bus.de_re_pin = "auto": must be a GPIO number or "none" '
         "(auto-direction transceiver)")
     path = _variant(tmp_path, DEVKITC, "de_re_pin = 4", 'de_re_pin = "none"')
     assert load_board(path).meter_bus.de_re_pin is None
@@ -351,7 +354,7 @@ def test_de_re_pin_none_or_a_gpio(tmp_path):
 def test_uart0_is_refused(tmp_path):
     path = _variant(tmp_path, DEVKITC, "uart = 2", "uart = 0")
     assert _error(load_board, path) == (
-        f"{path}: meter_bus.uart: 0 is not one of 1, 2 (UART0 is the esp32 console)")
+        f"{path}: meter_bus.uart = 0: must be one of 1, 2 (UART0 is the esp32 console)")
 
 
 def test_board_unknown_key_and_bad_types(tmp_path):
@@ -359,12 +362,12 @@ def test_board_unknown_key_and_bad_types(tmp_path):
     assert _error(load_board, path) == (
         f"{path}: status_led.active_low: unknown key; allowed keys: kind, pin")
     path = _variant(tmp_path, DEVKITC, "psram = false", 'psram = "no"')
-    assert _error(load_board, path) == f"{path}: psram: expected true or false, got 'no'"
+    assert _error(load_board, path) == f'{path}: psram = "no": must be true or false'
     path = _variant(tmp_path, DEVKITC, "flash_mb = 4", "flash_mb = 3")
-    assert _error(load_board, path) == f"{path}: flash_mb: 3 is not one of 2, 4, 8, 16, 32"
+    assert _error(load_board, path) == f"{path}: flash_mb = 3: must be one of 2, 4, 8, 16, 32"
     path = _variant(tmp_path, DEVKITC, 'kind = "gpio"', 'kind = "neopixel"')
     assert _error(load_board, path) == (
-        f"{path}: status_led.kind: 'neopixel' is not one of gpio, ws2812")
+        f'{path}: status_led.kind = "neopixel": must be one of gpio, ws2812')
 
 
 def test_board_cli_validates_everything(capsys):
