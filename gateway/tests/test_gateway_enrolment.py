@@ -341,6 +341,33 @@ def test_invite_prints_the_code_once_and_stores_its_hash(tmp_path, capsys):
         assert code == 1 and message in err and "Traceback" not in err and not out
 
 
+def test_the_invite_command_of_the_gateway_guide_runs_as_written(tmp_path, capsys):
+    import shlex
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
+    line = next(x for x in guide.splitlines() if x.startswith("wattshare device invite "))
+    cfg = write_config(tmp_path)
+    store.open_store(cfg.db_path).close()
+    code, out, err = _cli(capsys, *shlex.split(line)[1:], "--config", str(cfg.path))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("code:    ") and core.parse_code(lines[0].split()[1])
+    assert lines[1] == ("for:     Bakery roof (owner 0x52908400098527886E0F7030069857D2E4169EE7"
+                        ", SDM120CT, CT 63 A)")
+    assert lines[2].endswith("(30m); works once")
+
+
+def test_every_refusal_of_post_e_is_in_the_protocol_document():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    section = text[text.index("## 6. Enrolment"):]
+    for reason, code in enrolment.REASONS.items():
+        assert f"`{reason}`" in section, reason
+        assert f"{code >> 5}.{code & 31:02d}" in section, reason
+
+
 def test_device_add_refuses_a_known_key_and_show_has_the_record(tmp_path, capsys):
     cfg = write_config(tmp_path)
     conn = store.open_store(cfg.db_path)
