@@ -101,7 +101,6 @@ class Site:
         config.update(device_json)
         write_config(storage, "sdm120ct", config)
         dev = EmulatedDevice(storage, f"127.0.0.1:{self.meter_port}", hwid, env=self.env)
-        dev.device_id = bytes.fromhex("5753" + hwid)
         self.devices.append(dev)
         return dev
 
@@ -138,6 +137,11 @@ def site(tmp_path_factory):
         s.close()
 
 
+def _id(dev) -> bytes:
+    """The device id: "WS" + the hardware id (docs/protocol.md section 2)."""
+    return bytes.fromhex("5753" + dev.hwid)
+
+
 def _spooled(dev) -> list[int]:
     return [int(x.split("seq=")[1].split()[0]) for x in dev.output()
             if x.startswith("wattshare: spooled seq=")]
@@ -159,11 +163,11 @@ def test_a_device_started_before_it_is_registered_loses_no_reading(site):
     assert added.returncode == 0, added.stderr
     waiting = len(_spooled(dev))
     # the device retries after its 10-minute back-off (5 s here) and sends everything
-    assert dev.wait_for(lambda: len(site.stored(dev.device_id)) >= waiting + 5, 30), \
+    assert dev.wait_for(lambda: len(site.stored(_id(dev))) >= waiting + 5, 30), \
         dev.output()[-20:]
     dev.stop()
     spooled = _spooled(dev)
-    stored = set(site.stored(dev.device_id))
+    stored = set(site.stored(_id(dev)))
     # every reading up to the newest stored one is stored (the newest few may still be
     # in the spool, waiting for the next send), none was quarantined
     assert {seq for seq in spooled if seq <= max(stored)} == stored
@@ -181,7 +185,7 @@ def test_enrolment_with_a_one_time_code(site):
     good.start()
     assert good.wait_for(lambda: _said(good, "enrolment: enrolled at the gateway"), 30), \
         good.output()
-    assert good.wait_for(lambda: len(site.stored(good.device_id)) >= 3, 30)
+    assert good.wait_for(lambda: len(site.stored(_id(good))) >= 3, 30)
     again = site.device(enrol_code=code)  # a second board with the same code
     wrong = site.device(enrol_code=enrolment.format_code(
         enrolment.code_from_random(lambda n: b"\x5a" * n)))
@@ -192,12 +196,12 @@ def test_enrolment_with_a_one_time_code(site):
     assert wrong.wait_for(lambda: len(_spooled(wrong)) >= 3, 30)  # readings are kept
     for dev in (good, again, wrong):
         dev.stop()
-    shown = json.loads(site.wattshare("device", "show", good.device_id.hex(), "--json").stdout)
+    shown = json.loads(site.wattshare("device", "show", _id(good).hex(), "--json").stdout)
     assert shown["enrolled"] and (shown["label"], shown["ct_rating_a"], shown["model"]) == (
         "Bakery roof", 63.0, "SDM120CT")
     assert shown["last_reading"]["signature_valid"]
     for dev in (again, wrong):
-        report = json.loads(site.http(f"/api/devices/{dev.device_id.hex()}"))
+        report = json.loads(site.http(f"/api/devices/{_id(dev).hex()}"))
         assert not report["registered"]
         assert not dev.storage.joinpath("data", "enrolled").exists()
     metrics = site.http("/metrics")
