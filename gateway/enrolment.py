@@ -199,6 +199,34 @@ def _matching_invite(conn, bind, dev, pub, now):
     return None, None
 
 
+def _refusal(conn, invite, r, now, confirm):
+    """The :class:`Outcome` that stops this request at ``invite`` (or a repeat of an
+    enrolment already done), or None when the device may be registered."""
+    dev, pub = r["dev"], r["pub"]
+    if invite.used_at is not None:
+        if invite.device == dev and invite.pubkey == pub:
+            return Outcome(None, "enrolled before with this invite", dev, confirm, invite,
+                           repeat=True)
+        return Outcome(core.CODE_USED, f"invite {invite.id} enrolled device "
+                       f"{invite.device.hex() if invite.device else '?'} already", dev,
+                       invite=invite)
+    if now >= invite.expires_at:
+        return Outcome(core.CODE_EXPIRED, f"invite {invite.id} expired "
+                       f"{now - invite.expires_at} s ago", dev, invite=invite)
+    existing = registry.get_device(conn, dev, missing_ok=True)
+    holder = registry.device_with_key(conn, pub)
+    if existing is not None or holder is not None:
+        what = (f"device {dev.hex()} is registered already" if existing is not None
+                else f"its key is registered as device {holder.id.hex()}")
+        return Outcome(core.DEVICE_EXISTS, what, dev, confirm, invite)
+    model = registry.model_by_code(r["mdl"])
+    if model is None or (invite.model is not None and invite.model != model.name):
+        reads = model.name if model is not None else f"model code {r['mdl']}"
+        return Outcome(core.MODEL_MISMATCH, f"the device reads a {reads}, the invite is "
+                       f"for {invite.model or 'a known model'}", dev, invite=invite)
+    return None
+
+
 def enrol(conn, signed, now):
     """Check one ``POST /e`` payload and register its device -> :class:`Outcome`
     (the table in the module docstring). ``conn``: a writable connection."""
@@ -216,32 +244,22 @@ def enrol(conn, signed, now):
     if not ok:
         return Outcome("bad-signature", "the request's signature does not verify with its key",
                        dev)
+    # Every refusal is decided on a plain read, without the database's write lock (which
+    # the readings' writers need); the lock is taken only to register, and the invite
+    # is read again under it, so two processes cannot both use it.
+    invite, key = _matching_invite(conn, r["bind"], dev, pub, now)
+    if invite is None:
+        return Outcome(core.CODE_WRONG, "no invite has this code", dev)
+    confirm = core.confirmation(key, dev, pub)
+    refusal = _refusal(conn, invite, r, now, confirm)
+    if refusal is not None:
+        return refusal
     with store.immediate(conn):
-        invite, key = _matching_invite(conn, r["bind"], dev, pub, now)
-        if invite is None:
-            return Outcome(core.CODE_WRONG, "no invite has this code", dev)
-        confirm = core.confirmation(key, dev, pub)
-        if invite.used_at is not None:
-            if invite.device == dev and invite.pubkey == pub:
-                return Outcome(None, "enrolled before with this invite", dev, confirm, invite,
-                               repeat=True)
-            return Outcome(core.CODE_USED, f"invite {invite.id} enrolled device "
-                           f"{invite.device.hex() if invite.device else '?'} already", dev,
-                           invite=invite)
-        if now >= invite.expires_at:
-            return Outcome(core.CODE_EXPIRED, f"invite {invite.id} expired "
-                           f"{now - invite.expires_at} s ago", dev, invite=invite)
-        existing = registry.get_device(conn, dev, missing_ok=True)
-        holder = registry.device_with_key(conn, pub)
-        if existing is not None or holder is not None:
-            what = (f"device {dev.hex()} is registered already" if existing is not None
-                    else f"its key is registered as device {holder.id.hex()}")
-            return Outcome(core.DEVICE_EXISTS, what, dev, confirm, invite)
+        invite = get_invite(conn, invite.id)
+        refusal = _refusal(conn, invite, r, now, confirm)
+        if refusal is not None:  # another process used it in the meantime
+            return refusal
         model = registry.model_by_code(r["mdl"])
-        if model is None or (invite.model is not None and invite.model != model.name):
-            reads = model.name if model is not None else f"model code {r['mdl']}"
-            return Outcome(core.MODEL_MISMATCH, f"the device reads a {reads}, the invite is "
-                           f"for {invite.model or 'a known model'}", dev, invite=invite)
         registry.add_device(conn, dev, pub, model.name, invite.owner, invite.label,
                             invite.ct_rating_a, now=now)
         conn.execute("UPDATE invites SET used_at = ?, device = ?, pubkey = ? WHERE id = ?",

@@ -142,6 +142,32 @@ def test_refusals_leave_the_registry_unchanged(conn, case):
         assert enrolment.get_invite(conn, inv.id).used_at is None
 
 
+def test_refusals_need_no_write_lock(tmp_path):
+    # a flood of bad requests must not take the lock the readings' writers need: with
+    # another connection holding it, refusals are still answered (a write would wait for
+    # the lock and then fail with "database is locked")
+    path = tmp_path / "gw.sqlite3"
+    conn = store.open_store(path)
+    conn.execute("PRAGMA busy_timeout = 100")
+    code, _ = invite(conn)
+    used_code, _ = invite(conn, label="used")
+    first = MeterKey()
+    assert enrolment.enrol(conn, request(first, used_code), NOW).reason is None
+    holder = store.connect(path)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        meter = MeterKey()
+        wrong = core.code_from_random(lambda n: b"\x09" * n)
+        assert enrolment.enrol(conn, request(meter, wrong), NOW).reason == "code-wrong"
+        assert enrolment.enrol(conn, request(meter, used_code), NOW).reason == "code-used"
+        assert enrolment.enrol(conn, request(meter, code), NOW + 1800).reason == "code-expired"
+        assert enrolment.enrol(conn, request(first, used_code), NOW).repeat
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        conn.close()
+
+
 def test_the_database_keeps_no_code(tmp_path):
     path = tmp_path / "gw.sqlite3"
     conn = store.open_store(path)
