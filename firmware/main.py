@@ -167,6 +167,8 @@ async def commission_async(polls, adapters, scan_timeout_ms=_SCAN_TIMEOUT_MS):
               "serial": None, "flags": reading.flag_names(flags),
               "clock_trusted": clock.time() >= _TRUSTED_AFTER}
     report.update(poller.link)
+    if ok:
+        report["serial"] = await poller.serial_number()
     answered = ok or poller.link["exceptions"] or poller.link["crc_errors"]
     if not answered:
         # the model's default address first, then every address; one meter per bus: the

@@ -174,6 +174,19 @@ class FieldMap:
 
 
 @dataclass(frozen=True)
+class SerialNumberMap:
+    """Where the meter keeps its serial number: an integer read with ``function``."""
+
+    function: int
+    register: int
+    kind: str  # an integer kind: u16, u32be_words, u32le_words
+
+    @property
+    def width(self) -> int:
+        return KIND_WIDTH[self.kind]
+
+
+@dataclass(frozen=True)
 class Meter:
     id: str
     name: str
@@ -188,6 +201,7 @@ class Meter:
     blocks: tuple[Block, ...]
     fields: dict[str, FieldMap]
     path: Path
+    serial_number: SerialNumberMap | None = None  # None: the meter has none to read
 
     def block_of(self, register: int, width: int = 1) -> int | None:
         """Index of the block holding ``width`` registers from ``register``, or None."""
@@ -344,7 +358,8 @@ def load_meter(path) -> Meter:
     path = Path(path)
     data, where = read_toml(path)
     top = Table(data, where, "", ("id", "name", "model_code", "model", "phases",
-                                   "ct_rating_A", "notes", "serial", "modbus", "fields"))
+                                   "ct_rating_A", "notes", "serial", "modbus", "fields",
+                                   "serial_number"))
     ident = _check_id(top, path)
     name = top.text("name", 80)
     model_code = top.integer("model_code", 1, MAX_MODEL_CODE)
@@ -366,11 +381,18 @@ def load_meter(path) -> Meter:
     function = modbus.choice("function", FUNCTIONS)
     blocks = _blocks(modbus)
     fields = _fields(top, blocks)
+    serial_number = None
+    if top.has("serial_number"):
+        sn = top.table("serial_number", ("function", "register", "kind"))
+        serial_number = SerialNumberMap(
+            function=sn.choice("function", FUNCTIONS),
+            register=sn.integer("register", 0, 0xFFFF - 1, hex_digits=4),
+            kind=sn.choice("kind", tuple(k for k in sorted(KINDS) if k not in SIGNED_KINDS)))
     return Meter(
         id=ident, name=name, model_code=model_code, model=model, phases=phases,
         ct_rating_A=ct_rating_a,
         notes=notes.strip(), serial=settings, default_slave=default_slave, function=function,
-        blocks=blocks, fields=fields, path=path,
+        blocks=blocks, fields=fields, path=path, serial_number=serial_number,
     )
 
 
@@ -429,7 +451,8 @@ def compile_meter(meter: Meter, ct_rating_A: int | None = None) -> dict:
     ``[block_index, byte_offset, kind, num, den]``: the value starts ``byte_offset`` bytes
     into the register data of ``blocks[block_index]`` (a read of ``count`` registers from
     ``start``), and protocol value = register value * num / den. A field that is absent
-    is one the meter cannot measure. ``ct_rating_A`` overrides the meter's default (a
+    is one the meter cannot measure. ``serial_number`` (when the meter has one):
+    ``[function, register, kind]``. ``ct_rating_A`` overrides the meter's default (a
     device with a different CT).
     """
     if ct_rating_A is None:
@@ -447,7 +470,7 @@ def compile_meter(meter: Meter, ct_rating_A: int | None = None) -> dict:
         assert index is not None  # load_meter checked every field lies in a block
         offset = 2 * (field.register - meter.blocks[index].start)
         fields[name] = [index, offset, field.kind, field.num, field.den]
-    return {
+    compiled = {
         "id": meter.id,
         "model": meter.model_code,
         "phases": meter.phases,
@@ -460,6 +483,10 @@ def compile_meter(meter: Meter, ct_rating_A: int | None = None) -> dict:
         "ct_rating_A": ct_rating_A,
         "fields": fields,
     }
+    if meter.serial_number is not None:
+        sn = meter.serial_number
+        compiled["serial_number"] = [sn.function, sn.register, sn.kind]
+    return compiled
 
 
 def compile_board(board: Board) -> dict:

@@ -165,6 +165,12 @@ def check_meter(data, where=METER_FILE):
     for name in _REQUIRED_FIELDS:
         if name not in fields:
             _fail(where, "fields." + name, "missing (required)")
+    sn = data.get("serial_number")
+    if sn is not None:
+        if not isinstance(sn, list) or len(sn) != 3 or sn[0] not in (3, 4) \
+                or sn[2] not in _KINDS[1:]:
+            _fail(where, "serial_number", "expected [function 3 or 4, register, an integer kind]")
+        _int(where, "serial_number[1]", sn[1], 0, 0xFFFE)
     return data
 
 

@@ -93,19 +93,19 @@ class MeterPoller:
         for attempt in range(self._retries + 1):
             if attempt:
                 self.link["retries"] += 1
-            data, failed = await self._attempt(self._slave, start, count, self._reply_timeout,
-                                               frame_ms)
+            data, failed = await self._attempt(self._slave, self._function, start, count,
+                                               self._reply_timeout, frame_ms)
             if not failed:
                 return data, 0
             flags |= failed
             self.link[_LINK_NAMES[failed]] += 1
         return None, flags
 
-    async def _attempt(self, slave, start, count, reply_timeout, frame_ms):
+    async def _attempt(self, slave, function, start, count, reply_timeout, frame_ms):
         # One request. -> (register data, 0) or (None, the one ST_METER_* flag)
         await self._clock.sleep_ms(self._gap_ms)
         self._bus.flush_input()
-        self._bus.write(modbus_rtu.read_request(slave, self._function, start, count))
+        self._bus.write(modbus_rtu.read_request(slave, function, start, count))
         self.requests += 1
         head = await self._bus.read(modbus_rtu.HEADER_LENGTH, reply_timeout)
         if len(head) < modbus_rtu.HEADER_LENGTH:
@@ -115,7 +115,7 @@ class MeterPoller:
         if len(rest) < more:
             return None, reading.ST_METER_CRC  # a frame cut short is a garbled frame
         try:
-            return modbus_rtu.parse_read_reply(head + rest, slave, self._function, count), 0
+            return modbus_rtu.parse_read_reply(head + rest, slave, function, count), 0
         except ModbusCrcError:
             return None, reading.ST_METER_CRC
         except ModbusExceptionReply:
@@ -130,8 +130,25 @@ class MeterPoller:
         # block (a Modbus exception is an answer too): the commissioning bus scan.
         start = self._meter["blocks"][0][0]
         frame_ms = 7 * _BITS_PER_CHAR * 1000 // self._baud
-        data, failed = await self._attempt(slave, start, 1, timeout_ms, frame_ms)
+        data, failed = await self._attempt(slave, self._function, start, 1, timeout_ms,
+                                           frame_ms)
         return data is not None or failed == reading.ST_METER_EXCEPTION
+
+    async def serial_number(self):
+        # The meter's serial number (meter map "serial_number": [function, register,
+        # kind]), or None when the map has none or no attempt got it.
+        sn = self._meter.get("serial_number")
+        if sn is None:
+            return None
+        function, register, kind = sn
+        count = 1 if kind == "u16" else 2
+        frame_ms = (5 + 2 * count) * _BITS_PER_CHAR * 1000 // self._baud
+        for _ in range(self._retries + 1):
+            data, _ = await self._attempt(self._slave, function, register, count,
+                                          self._reply_timeout, frame_ms)
+            if data is not None:
+                return modbus_rtu.decode_value(data, 0, kind, 1)
+        return None
 
     def evaluate(self, blocks):
         # Register data of each block -> (values, st). Pure apart from the

@@ -191,6 +191,24 @@ class MeterModel:
             export_Wh=exported,
         )
 
+    @property
+    def serial_number(self) -> int:
+        """The meter's serial number, drawn from the seed (the model's width)."""
+        sn = self.meter.serial_number
+        top = 0xFFFF if sn is not None and sn.kind == "u16" else 99_999_999
+        return random.Random(f"{self.seed}:serial").randint(1, top)
+
+    def _serial_number_words(self, function, address, count):
+        sn = self.meter.serial_number
+        if sn is None or function != sn.function or address != sn.register \
+                or count != sn.width:
+            return None
+        value = self.serial_number
+        if sn.kind == "u16":
+            return [value]
+        high, low = value >> 16, value & 0xFFFF
+        return [high, low] if sn.kind == "u32be_words" else [low, high]
+
     def sample(self) -> Sample:
         """The sample at the clock's current time."""
         return self.sample_at(self.clock())
@@ -199,6 +217,9 @@ class MeterModel:
                        reversed_ct: bool = False, nan_fields: Iterable[str] = ()) -> list[int]:
         """Serve a read request at the clock's current time, or raise MeterRequestError
         with the exception code the meter answers with."""
+        words = self._serial_number_words(function, address, count)
+        if words is not None:
+            return words
         if function != self.meter.function:
             raise MeterRequestError(ILLEGAL_FUNCTION,
                                     f"function {function}: this meter serves only "

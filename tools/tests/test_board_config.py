@@ -116,12 +116,22 @@ def test_compile_sdm120ct():
             "import_Wh": [0, 0x48 * 2, "f32", 1000, 1],
             "export_Wh": [0, 0x4A * 2, "f32", 1000, 1],
         },
+        "serial_number": [3, 0xFC00, "u32be_words"],
     }
+
+
+def test_serial_number_map(tmp_path):
+    path = _variant(tmp_path, SDM120, 'kind = "u32be_words"', 'kind = "f32"')
+    assert _error(load_meter, path) == (
+        f'{path}: serial_number.kind = "f32": must be one of u16, u32be_words, u32le_words')
+    path = _variant(tmp_path, SDM120, "function = 3", "function = 6")
+    assert _error(load_meter, path) == f"{path}: serial_number.function = 6: must be one of 3, 4"
 
 
 def test_compile_pzem():
     compiled = compile_meter(load_meter(PZEM))
     assert compiled["model"] == 3
+    assert "serial_number" not in compiled  # the PZEM has none
     assert compiled["blocks"] == [[0, 10]]
     assert compiled["fields"] == {
         "voltage_dV": [0, 0, "u16", 1, 1],

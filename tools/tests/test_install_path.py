@@ -32,6 +32,7 @@ from gateway import config as gwconfig
 from gateway import simclock, store
 from tools import coap_client
 from tools.emulated_device import EmulatedDevice, write_config
+from tools.meter_sim import ManualClock, MeterModel, get_meter
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -230,6 +231,8 @@ def test_commissioning_through_the_console(site):
     found = dev.console("commission", 3)
     assert (found["ok"], found["no_reply"], found["crc_errors"], found["retries"]) == (3, 0, 0, 0)
     assert found["power_w"] > 0 and found["ei_wh"] > 0 and "scan" not in found
+    simulated = MeterModel(get_meter("sdm120ct"), "household", ManualClock(0.0), seed=0)
+    assert found["serial"] == simulated.serial_number  # read with its own function (03)
     record = {"installer": "A. Fitter", "model": found["model"], "serial": found["serial"],
               "checks": {"modbus": {"ok": True, "polls": 3, "crc_errors": 0},
                          "ct_orientation": {"ok": True, "power_w": found["power_w"]}}}

@@ -166,6 +166,23 @@ def test_pymodbus_reads_the_model_values_over_tcp(meter_id, t):
     _assert_matches(meter, _fields_from(meter, start, registers), expected)
 
 
+def test_pymodbus_reads_the_serial_number_with_function_3():
+    slave = _slave("sdm120ct", "household", MONDAY_NOON)
+
+    async def scenario():
+        async with _tcp(slave) as client:
+            good = await client.read_holding_registers(0xFC00, count=2, device_id=1)
+            beside = await client.read_holding_registers(0xFC01, count=2, device_id=1)
+            return good, beside
+
+    good, beside = _run(scenario())
+    assert not good.isError() and beside.isError()
+    serial = good.registers[0] << 16 | good.registers[1]
+    assert serial == slave.model.serial_number and 1 <= serial <= 99_999_999
+    other = _slave("sdm120ct", "household", MONDAY_NOON, seed=8).model.serial_number
+    assert other != serial  # each simulated meter its own
+
+
 def test_values_are_plausible_and_signed_on_a_bidirectional_meter():
     noon = _slave("sdm120ct", "pv-household", MONDAY_NOON).model.sample_at(MONDAY_NOON)
     evening = _slave("sdm120ct", "pv-household", MONDAY_EVENING).model.sample()

@@ -10,7 +10,8 @@ SDM120 = {"id": "sdm120ct", "model": 1, "phases": 1, "baud": 9600, "parity": "N"
                      "power_W": [0, 24, "f32", 1, 1], "frequency_cHz": [0, 140, "f32", 100, 1],
                      "power_factor_milli": [0, 60, "f32", 1000, 1],
                      "import_Wh": [0, 144, "f32", 1000, 1],
-                     "export_Wh": [0, 148, "f32", 1000, 1]}}
+                     "export_Wh": [0, 148, "f32", 1000, 1]},
+          "serial_number": [3, 0xFC00, "u32be_words"]}
 PZEM = {"id": "pzem004t-v3", "model": 3, "phases": 1, "baud": 9600, "parity": "N",
         "stop_bits": 1, "slave": 1, "function": 4, "blocks": [[0, 10]], "ct_rating_A": 100,
         "fields": {"voltage_dV": [0, 0, "u16", 1, 1], "current_mA": [0, 2, "u32le_words", 1, 1],
@@ -178,3 +179,18 @@ def test_answers_finds_the_slave_that_replies():
     assert found == [7, 9]
     assert bus.sent[6] == modbus_rtu.read_request(7, 4, 0, 1)
     assert poller.link["no_reply"] == 0  # the scan is not the link's quality
+
+
+def test_serial_number_read_with_its_own_function():
+    def reply(request):
+        if request[1] == 3 and request[2:4] == b"\xfc\x00":
+            return _crc(bytes((1, 3, 4)) + (2190471).to_bytes(4, "big"))
+        return b""
+
+    bus = FakeBus(reply)
+    poller = MeterPoller(bus, FakeClock(), SDM120, 1, 100)
+    assert run_sync(poller.serial_number()) == 2190471
+    assert bus.sent == [modbus_rtu.read_request(1, 3, 0xFC00, 2)]
+    silent = MeterPoller(FakeBus(lambda r: b""), FakeClock(), SDM120, 1, 100, retries=1)
+    assert run_sync(silent.serial_number()) is None
+    assert run_sync(MeterPoller(bus, FakeClock(), PZEM, 1, 100).serial_number()) is None
