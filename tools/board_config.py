@@ -34,8 +34,13 @@ from tools.toml_schema import read as read_toml
 
 BOARDS_DIR = REPO_ROOT / "boards"
 METERS_DIR = BOARDS_DIR / "meters"
+IMAGES_FILE = BOARDS_DIR / "micropython" / "images.toml"
 
 CHIPS = ("esp32", "esp32s3")
+# Where a MicroPython image goes in flash: after the ESP32's second-stage bootloader
+# gap at 0x1000; the ESP32-S3 image starts at 0x0 (micropython.org's flashing notes).
+IMAGE_OFFSET = {"esp32": 0x1000, "esp32s3": 0x0}
+FLASH_BAUDS = (115200, 230400, 460800, 921600)
 FLASH_SIZES_MB = (2, 4, 8, 16, 32)
 LED_KINDS = ("gpio", "ws2812")
 NO_PIN = "none"  # de_re_pin of a board whose transceiver switches direction by itself
@@ -124,6 +129,14 @@ class StatusLed:
 
 
 @dataclass(frozen=True)
+class Flashing:
+    """How esptool writes MicroPython to the board: image offset and serial baud rate."""
+
+    offset: int
+    baud: int
+
+
+@dataclass(frozen=True)
 class Board:
     id: str
     name: str
@@ -133,6 +146,7 @@ class Board:
     notes: str
     meter_bus: MeterBus
     status_led: StatusLed
+    flashing: Flashing
     path: Path
 
 
@@ -242,7 +256,7 @@ def load_board(path) -> Board:
     path = Path(path)
     data, where = read_toml(path)
     top = Table(data, where, "", ("id", "name", "chip", "flash_mb", "psram", "notes",
-                                   "meter_bus", "status_led"))
+                                   "meter_bus", "status_led", "flash"))
     ident = _check_id(top, path)
     name = top.text("name", 80)
     chip = top.choice("chip", CHIPS)
@@ -269,6 +283,13 @@ def load_board(path) -> Board:
     led_pin = _pin(led, "pin", chip, psram, output=True)
     led_kind = led.choice("kind", LED_KINDS)
 
+    flash = top.table("flash", ("offset", "baud"))
+    offset = flash.integer("offset", 0, 0x10000, hex_digits=4)
+    if offset != IMAGE_OFFSET[chip]:
+        flash.fail("offset", f"must be 0x{IMAGE_OFFSET[chip]:04X}, where a MicroPython image "
+                             f"for {chip} goes", hex_digits=4)
+    baud = flash.choice("baud", FLASH_BAUDS)
+
     used: dict[int, str] = {}
     for key, pin in (("meter_bus.tx_pin", tx_pin), ("meter_bus.rx_pin", rx_pin),
                      ("meter_bus.de_re_pin", de_re_pin), ("status_led.pin", led_pin)):
@@ -282,7 +303,8 @@ def load_board(path) -> Board:
     return Board(
         id=ident, name=name, chip=chip, flash_mb=flash_mb, psram=psram, notes=notes.strip(),
         meter_bus=MeterBus(uart=uart, tx_pin=tx_pin, rx_pin=rx_pin, de_re_pin=de_re_pin),
-        status_led=StatusLed(pin=led_pin, kind=led_kind), path=path,
+        status_led=StatusLed(pin=led_pin, kind=led_kind),
+        flashing=Flashing(offset=offset, baud=baud), path=path,
     )
 
 
@@ -439,6 +461,51 @@ def get_meter(meter_id: str, directory=None) -> Meter:
             return meter
     raise ConfigError(f"meter {meter_id!r}: unknown; one of "
                       f"{one_of(m.id for m in meters)}")
+
+
+# ---- MicroPython images ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PinnedImage:
+    """A MicroPython image ``wattshare meter flash`` accepts (boards/micropython/images.toml)."""
+
+    file: str
+    chip: str
+    micropython: str
+    bytes: int
+    sha256: str
+    page: str
+    url: str
+
+
+def load_images(path=None) -> list[PinnedImage]:
+    """The pinned MicroPython images, validated; ConfigError naming file and key."""
+    path = Path(path) if path is not None else IMAGES_FILE
+    data, where = read_toml(path)
+    top = Table(data, where, "", ("image",))
+    raw = top.raw("image")
+    if not isinstance(raw, list):
+        top.fail("image", "must be [[image]] tables")
+    images = []
+    for index, item in enumerate(raw):
+        entry = Table(item, where, f"image[{index}]",
+                      ("file", "chip", "micropython", "bytes", "sha256", "page", "url"))
+        sha = entry.text("sha256", 64).lower()
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            entry.fail("sha256", "must be 64 hex digits")
+        page = entry.text("page", 200)
+        url = entry.text("url", 300)
+        for key, value in (("page", page), ("url", url)):
+            if not value.startswith("https://micropython.org/"):
+                entry.fail(key, "must be on https://micropython.org/, where MicroPython "
+                                "images come from")
+        images.append(PinnedImage(
+            file=entry.text("file", 120), chip=entry.choice("chip", CHIPS),
+            micropython=entry.text("micropython", 20),
+            bytes=entry.integer("bytes", 1, 32 * 1024 * 1024), sha256=sha,
+            page=page, url=url))
+    return images
 
 
 # ---- compiled form for the firmware --------------------------------------------------

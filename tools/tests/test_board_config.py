@@ -386,3 +386,27 @@ def test_board_cli_validates_everything(capsys):
     assert board_config.main(["--json"]) == 0
     compiled = json.loads(capsys.readouterr().out)
     assert compiled["meters"]["sdm120ct"]["model"] == 1
+
+
+def test_flash_offset_and_baud_per_chip(tmp_path):
+    assert load_board(DEVKITC).flashing == board_config.Flashing(offset=0x1000, baud=460800)
+    assert load_board(S3).flashing.offset == 0
+    path = _variant(tmp_path, DEVKITC, "offset = 0x1000", "offset = 0x0")
+    assert _error(load_board, path) == (
+        f"{path}: flash.offset = 0x0000: must be 0x1000, where a MicroPython image for esp32 "
+        "goes")
+    path = _variant(tmp_path, S3, "baud = 460800", "baud = 9600")
+    assert "flash.baud = 9600: must be one of 115200, 230400, 460800, 921600" in _error(
+        load_board, path)
+
+
+def test_pinned_images_come_from_micropython_org(tmp_path):
+    path = tmp_path / "images.toml"
+    path.write_text(board_config.IMAGES_FILE.read_text().replace(
+        "https://micropython.org/resources", "https://example.com/resources"))
+    with pytest.raises(ConfigError, match=r"image\[0\].url = .*: must be on https://micropython"):
+        board_config.load_images(path)
+    path.write_text(board_config.IMAGES_FILE.read_text().replace('chip = "esp32"',
+                                                                 'chip = "esp8266"'))
+    with pytest.raises(ConfigError, match=r'image\[0\].chip = "esp8266": must be one of'):
+        board_config.load_images(path)
