@@ -234,7 +234,7 @@ class BoardLink:
             " _s = os.stat(_p.rstrip('/') + '/' + _i[0])\n"
             " _e.append([_i[0], _s[6], _s[0] & 0x4000 != 0])\n"
             "print(json.dumps(_e))\n")
-        return sorted(Entry(str(n), int(s), bool(d)) for n, s, d in listing)
+        return sorted(Entry(str(n), 0 if d else int(s), bool(d)) for n, s, d in listing)
 
     def read_file(self, path: str) -> bytes:
         """The contents of a file on the board."""
