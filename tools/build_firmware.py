@@ -47,7 +47,17 @@ def compile_file(src: Path, dst: Path, arch: str = "xtensawin") -> None:
         raise BuildError(f"{src.relative_to(REPO)}: mpy-cross rejected it:\n{proc.stderr.strip()}")
 
 
-def build(out: Path = OUT, arch: str = "xtensawin", romfs: bool = True) -> dict:
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def build(out: Path = OUT, arch: str = "xtensawin", romfs: bool = True,
+          verbose: bool = True) -> dict:
+    """Compile the firmware into ``out`` (emptied first); the manifest written there."""
+    say = print if verbose else (lambda *args, **kwargs: None)
     if out.exists():
         shutil.rmtree(out)
     (out / "lib").mkdir(parents=True)
@@ -57,11 +67,11 @@ def build(out: Path = OUT, arch: str = "xtensawin", romfs: bool = True) -> dict:
         rel = src.relative_to(FIRMWARE)
         dst = out / "lib" / rel.with_suffix(".mpy")
         compile_file(src, dst, arch)
-        print(f"  mpy  {rel} -> {dst.relative_to(out)} ({dst.stat().st_size} B)")
+        say(f"  mpy  {rel} -> {dst.relative_to(out)} ({dst.stat().st_size} B)")
     for name in ENTRY_FILES:
         if (FIRMWARE / name).exists():
             shutil.copy2(FIRMWARE / name, out / name)
-            print(f"  copy {name}")
+            say(f"  copy {name}")
     for f in sorted(p for p in out.rglob("*") if p.is_file()):
         data = f.read_bytes()
         manifest["files"][str(f.relative_to(out))] = {
@@ -86,10 +96,10 @@ def build(out: Path = OUT, arch: str = "xtensawin", romfs: bool = True) -> dict:
             text=True,
         )
         if proc.returncode == 0 and img.exists():
-            manifest["romfs_image"] = str(img.relative_to(REPO))
-            print(f"  romfs {img.relative_to(REPO)} ({img.stat().st_size} B)")
+            manifest["romfs_image"] = _shown(img)
+            say(f"  romfs {_shown(img)} ({img.stat().st_size} B)")
         else:
-            print(f"  romfs image not built: {proc.stderr.strip() or proc.stdout.strip()}")
+            say(f"  romfs image not built: {proc.stderr.strip() or proc.stdout.strip()}")
     return manifest
 
 

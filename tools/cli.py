@@ -16,6 +16,7 @@ import sys
 COMMAND_MODULES = [
     "gateway.cli",  # gateway init/run/status, device add/list/show/revoke
     "gateway.chain.cli",  # chain deploy/status/run/retry, community ..., verify, export-*
+    "tools.meter_cli",  # meter flash/deploy/provision (the installer)
 ]
 
 
