@@ -116,9 +116,17 @@ def _console(obj):
     print(json.dumps(obj))
 
 
+async def _printed(coro):
+    # the console line is printed by the coroutine itself: on the virtual board
+    # asyncio.run returns at once and the board awaits the coroutine before the
+    # command ends (tools/mpvm/board_rom/_board.py), so nothing may wait for its value
+    _console(await coro)
+
+
 def _run(coro):
-    # asyncio.run on a board; the WebAssembly VM has none, and its REPL cannot wait
-    # for JavaScript: there the adapters complete without suspending.
+    # asyncio.run on a board (the virtual board's included); the WebAssembly VM of the
+    # emulated device has none, and its REPL cannot wait for JavaScript: there the
+    # adapters complete without suspending.
     run = getattr(asyncio, "run", None)
     if run is not None:
         return run(coro)
@@ -187,7 +195,7 @@ def commission(polls=10, adapters=None, scan_timeout_ms=_SCAN_TIMEOUT_MS):
     # "slave", "ct_rating_A", "flags", "clock_trusted"[, "scan"]}. "scan" (when no poll
     # got an answer at "slave"): the address that answered instead, [] if none.
     adapters = adapters or _adapters()
-    _console(_run(commission_async(polls, adapters, scan_timeout_ms)))
+    _run(_printed(commission_async(polls, adapters, scan_timeout_ms)))
 
 
 def sign_record(text, adapters=None):
