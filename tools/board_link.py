@@ -93,12 +93,12 @@ class _Console:
 class BoardLink:
     """A raw-REPL link to the board on serial ``port`` (closed by :meth:`close` or ``with``).
 
-    Opening interrupts whatever the board runs (Ctrl-C, as mpremote does) and enters
-    the raw REPL; ``soft_reset=True`` also soft-resets it first (a clean interpreter:
-    boot.py runs, main.py does not).
+    Opening interrupts whatever the board runs (Ctrl-C) and enters the raw REPL, then,
+    as mpremote does, soft-resets it: a clean interpreter (boot.py runs, main.py does
+    not; modules imported before are gone). ``soft_reset=False`` keeps the interpreter.
     """
 
-    def __init__(self, port: str, baud: int = 115200, soft_reset: bool = False):
+    def __init__(self, port: str, baud: int = 115200, soft_reset: bool = True):
         self.port = port
         self.baud = baud
         self._transport: SerialTransport | None = None
