@@ -57,6 +57,15 @@ def register(subparsers) -> None:
                    help="a firmware build folder (default: compile this tree)")
     p.set_defaults(func=_guard(_cmd_deploy))
 
+    from tools import meter_provision
+
+    meter_provision.add_arguments(sub.add_parser(
+        "provision", help="configure the meter, enrol it at the gateway, check and record it",
+        description="Configure the meter, check it through the board, enrol it at the "
+                    "gateway with the technician's one-time code, and have the device sign "
+                    "the commissioning record that goes to the gateway.",
+        epilog="See docs/installer.md for each check and what its failure message means."))
+
 
 def _guard(command):
     @functools.wraps(command)
@@ -96,3 +105,6 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     print(f"next: wattshare meter provision --port {args.port} --gateway HOST --code CODE ...")
     return 0
 
+
+
+guarded = _guard
