@@ -10,9 +10,11 @@ MicroPython compiler rejects fails the build, naming the file.
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,11 +65,14 @@ def build(out: Path = OUT, arch: str = "xtensawin", romfs: bool = True,
     (out / "lib").mkdir(parents=True)
     files: dict[str, dict] = {}
     manifest: dict = {"arch": arch, "files": files}
-    for src in firmware_sources():
-        rel = src.relative_to(FIRMWARE)
-        dst = out / "lib" / rel.with_suffix(".mpy")
-        compile_file(src, dst, arch)
-        say(f"  mpy  {rel} -> {dst.relative_to(out)} ({dst.stat().st_size} B)")
+    jobs = [(src, out / "lib" / src.relative_to(FIRMWARE).with_suffix(".mpy"))
+            for src in firmware_sources()]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # one mpy-cross each
+        for future in [pool.submit(compile_file, src, dst, arch) for src, dst in jobs]:
+            future.result()
+    for src, dst in jobs:
+        say(f"  mpy  {src.relative_to(FIRMWARE)} -> {dst.relative_to(out)} "
+            f"({dst.stat().st_size} B)")
     for name in ENTRY_FILES:
         if (FIRMWARE / name).exists():
             shutil.copy2(FIRMWARE / name, out / name)

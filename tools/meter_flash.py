@@ -107,7 +107,7 @@ def _explain(output: str, board: Board) -> str:
 
 
 def flash(port: str, board_id: str, image: Path, dry_run: bool = False,
-          run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+          run: Callable[..., subprocess.CompletedProcess] | None = None,
           pinned: list[PinnedImage] | None = None) -> list[str]:
     """Check everything, then run esptool (unless ``dry_run``); the esptool command."""
     board = get_board(board_id)
@@ -120,7 +120,7 @@ def flash(port: str, board_id: str, image: Path, dry_run: bool = False,
         return cmd
     check_port(port)
     print("running: " + " ".join(cmd[2:]), flush=True)
-    proc = run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = (run or subprocess.run)(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     print(proc.stdout, end="")
     if proc.returncode != 0:
         raise InstallError(f"esptool failed (exit {proc.returncode}): "

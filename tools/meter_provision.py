@@ -80,12 +80,15 @@ class Settings:
 
 
 def device_config(s: Settings, meter: dict, code: str | None) -> dict:
-    """The device.json the firmware reads (app/config.py), with the code or without."""
+    """The device.json the firmware reads (app/config.py), with the code or without.
+
+    Without the code (the checks) exports are allowed, so a poll that sees export still
+    reports its values and the check can tell a reversed CT from a silent meter."""
     cfg = {"gateway_host": s.gateway.host, "gateway_port": s.gateway.coap_port,
            "interval_s": s.interval_s, "slave": s.slave or meter["slave"],
            "ct_rating_A": s.ct_rating or meter["ct_rating_A"],
            "wifi_ssid": s.wifi_ssid, "wifi_password": s.wifi_password,
-           "exports_allowed": s.site == "producer"}
+           "exports_allowed": s.site == "producer" or not code}
     if code:
         cfg["enrol_code"] = code
     return cfg
@@ -104,6 +107,12 @@ def judge_meter(report: dict, s: Settings) -> tuple[dict, str | None]:
             "exceptions": report["exceptions"], "wrong_address": report["wrong_address"],
             "slave": slave}
     checks: dict = {"modbus_link": link}
+    if ok == 0 and "CT_REVERSED" in report.get("flags", []):
+        checks["ct_orientation"] = {"ok": False, "checked": True, "site": s.site}
+        return checks, ("the CT is reversed: the meter sees power flowing to the grid at a "
+                        "consumer-only site: open the clamp and turn it round so its arrow "
+                        "points towards the load (away from the grid), then run the command "
+                        "again")
     if ok == 0:
         scan = report.get("scan") or []
         if scan:
@@ -136,6 +145,10 @@ def judge_meter(report: dict, s: Settings) -> tuple[dict, str | None]:
                               "export_kwh": _kwh(report["ee_wh"]), "model": report["model"]}
     orientation = {"site": s.site, "power_w": power}
     checks["ct_orientation"] = orientation
+    if "export_Wh" not in get_meter(s.meter_id).fields:
+        orientation.update(ok=True, checked=False,
+                           note="the meter measures power without a sign")
+        return checks, None
     if s.site == "producer" and not s.pv_off:
         # a producer may export: the sign alone cannot tell a reversed clamp
         orientation.update(ok=True, checked=False,
@@ -265,7 +278,7 @@ class Provision:
                  f"({link_check['retries']} retries, {link_check['crc_errors']} CRC errors); "
                  f"{report['power_w']} W, import {_kwh(report['ei_wh'])} kWh; CT "
                  + ("direction ok" if checks["ct_orientation"].get("checked")
-                    else "direction not checked (producer site)"))
+                    else "direction not checked: " + checks["ct_orientation"]["note"]))
         return checks
 
     def _wait_for_enrolment(self, link: BoardLink, dev: str, known: dict) -> dict:
