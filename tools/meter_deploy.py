@@ -9,8 +9,9 @@ What goes onto the board::
     /config/board.json          compiled from boards/<board>.toml
     /config/meter.json          compiled from boards/meters/<meter>.toml
 
-The firmware is compiled from this tree (``tools.build_firmware``, as ``make firmware``)
-unless ``--firmware DIR`` names a build folder. Only what changed is copied: the SHA-256
+The firmware is compiled from this tree (``tools.build_firmware``, as ``make firmware``;
+kept in ``out/firmware-cache`` until a source changes) unless ``--firmware DIR`` names a
+build folder. Only what changed is copied: the SHA-256
 of every file is read back from the board first; files of an older firmware that the new
 one no longer has are removed from ``/lib/wattcore`` and ``/lib/app``; every copied file
 is read back and checked after the copy. ``/data`` (the device key, sequence numbers,
@@ -19,12 +20,9 @@ readings) and ``/config/device.json`` are never touched.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,12 +141,7 @@ def deploy(link: BoardLink, board_id: str, meter_id: str | None,
     t0 = time.monotonic()
     board = get_board(board_id)
     wanted = config_files(board_id, meter_id)
-    if firmware is None:
-        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-            build_firmware.build(Path(tmp) / "firmware", romfs=False, verbose=False)
-            wanted.update(firmware_files(Path(tmp) / "firmware"))
-    else:
-        wanted.update(firmware_files(firmware))
+    wanted.update(firmware_files(firmware or build_firmware.cached_build()))
     wanted.pop("/manifest.json", None)
     _check_micropython(link, board.chip)
 
