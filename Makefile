@@ -9,10 +9,10 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test demo bench check firmware clean help
+.PHONY: setup setup-gateway test demo bench check firmware clean help
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 setup: $(VENV)/.installed node_modules/.installed chromium ## install Python (.venv), Node (node_modules) and Debian chromium (browser tests)
 
@@ -23,7 +23,20 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
+# A gateway (Raspberry Pi OS Bookworm, 64-bit): the runtime only, no browser, no test
+# tools; Node (20) only with CHAIN=1, for the embedded local chain (anvil). docs/gateway.md
+setup-gateway: $(VENV)/.gateway-installed $(if $(CHAIN),node_modules/.installed) ## gateway runtime only (no browser, no test tools); CHAIN=1 adds Node's embedded anvil
+
+$(VENV)/.gateway-installed: requirements-gateway.lock pyproject.toml
+	@echo "setup-gateway: runtime Python environment in $(VENV) (requirements-gateway.lock)"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-gateway.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
 node_modules/.installed: package.json package-lock.json
+	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' || { \
+	  echo "setup: Node $$(node --version) is too old: Node 20 is needed (docs/gateway.md)"; exit 1; }
 	@echo "setup: Node tools in node_modules (pinned by package-lock.json)"
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
