@@ -48,7 +48,8 @@ def _lock(path: Path) -> dict[str, str]:
 
 def runtime_closure() -> dict[str, str]:
     """Distribution key -> installed version, for the runtime dependencies and theirs."""
-    env = dict(default_environment(), extra="")
+    env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
+    env["extra"] = ""
     wanted = [Requirement(r) for r in
               tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
     seen: dict[str, str] = {}
