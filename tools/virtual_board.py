@@ -24,7 +24,10 @@ named in its ``device.json``, and the firmware finds its ports built in
 (``emulated_adapters``) where an ESP32 has ``app.esp32_adapters``.
 
 Stopping this process (SIGTERM, SIGINT) or killing it is a power cut; SIGUSR1 presses
-the reset button (the VM stops where it is and the board boots again). Serial output
+the reset button (the VM stops where it is and the board boots again). Ctrl-C stops a
+program that awaits (the firmware always does); a statement that computes forever
+without awaiting holds the VM, as a busy loop with interrupts off would: only the reset
+button stops it. Serial output
 nobody reads is kept up to 64 KB, then the oldest is dropped, as from a UART nobody
 listens to.
 """
