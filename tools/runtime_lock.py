@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tomllib
 from importlib.metadata import distribution
 from pathlib import Path
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
+
+from tools.toml_schema import read as read_toml
 
 REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / "requirements.lock"
@@ -50,8 +51,8 @@ def runtime_closure() -> dict[str, str]:
     """Distribution key -> installed version, for the runtime dependencies and theirs."""
     env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
     env["extra"] = ""
-    wanted = [Requirement(r) for r in
-              tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    pyproject, _ = read_toml(REPO / "pyproject.toml")
+    wanted = [Requirement(r) for r in pyproject["project"]["dependencies"]]
     seen: dict[str, str] = {}
     while wanted:
         req = wanted.pop()
