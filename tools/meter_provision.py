@@ -37,7 +37,7 @@ from wattcore.errors import CodeError
 from tools.board_config import MAX_CT_RATING_A, compile_meter, get_meter
 from tools.board_link import BoardLink
 from tools.errors import BoardError, InstallError
-from tools.gateway_client import Gateway, code_text, parse_host_port
+from tools.gateway_client import Gateway, parse_host_port
 
 SITES = ("consumer", "producer")
 SIGN_NOISE_W = 50  # below this the power sign says nothing about the CT's direction
@@ -191,7 +191,7 @@ class Provision:
         meter_def = get_meter(s.meter_id)
         meter = compile_meter(meter_def, s.ct_rating)
         gw = s.gateway
-        if not gw.coap_ping() or not gw.http_reachable():
+        if not gw.coap_reachable() or not gw.http_reachable():
             raise InstallError(
                 f"the gateway is unreachable: nothing answers on CoAP {gw.host}:"
                 f"{gw.coap_port} and HTTP {gw.http_url}: check the address and port "
@@ -237,10 +237,10 @@ class Provision:
             signed = link.call_json(f"import main; main.sign_record({text!r})")["record"]
             link.hard_reset()  # back to metering
 
-        code, resp = gw.post(exchange.PATH_COMMISSION, bytes.fromhex(signed))
-        if code != exchange.CHANGED:
+        answer = gw.post(exchange.PATH_COMMISSION, bytes.fromhex(signed))
+        if answer.code != "2.04":
             raise InstallError(f"the gateway refused the commissioning record: "
-                               f"{code_text(code)} {resp.get('reason', '')}")
+                               f"{answer.code} {answer.reason or ''}")
         failed = [name for name, c in checks.items() if not c["ok"]]
         if failed:
             raise InstallError(f"checks failed: {', '.join(failed)} (the record is stored "
