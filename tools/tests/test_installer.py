@@ -167,6 +167,15 @@ def test_blank_board_to_commissioned_meter(site, deployed, tmp_path):
         assert all(c["ok"] for c in checks.values()), checks
         assert checks["modbus_link"]["polls"] == 10 and checks["ct_orientation"]["checked"]
         assert record["record"]["public_key"] == report["pubkey"]
+        # the same code on another board: used
+        before = gateway.devices()
+        with board_like(deployed, tmp_path, "a4c138000002", meters.start()) as other:
+            proc = provision(gateway, other.port, code)
+        assert proc.returncode == 1
+        assert "the gateway refused the code (4.03 code-used): this code has already " \
+               "enrolled another meter: ask the technician for a new code" in proc.stderr
+        assert gateway.devices() == before
+
         # the meter went back to metering: its readings keep arriving, verified
         first = report["last_reading"]["seq"]
         deadline = time.monotonic() + 40
@@ -176,15 +185,6 @@ def test_blank_board_to_commissioned_meter(site, deployed, tmp_path):
                 break
             time.sleep(1)
         assert last["seq"] > first and last["signature_valid"] and last["p_w"] > 0
-
-    # the same code on another board: used
-    before = gateway.devices()
-    with board_like(deployed, tmp_path, "a4c138000002", meters.start()) as other:
-        proc = provision(gateway, other.port, code)
-    assert proc.returncode == 1
-    assert "the gateway refused the code (4.03 code-used): this code has already enrolled " \
-           "another meter: ask the technician for a new code" in proc.stderr
-    assert gateway.devices() == before
 
 
 @pytest.mark.parametrize("case", ["reversed CT", "wrong Modbus address", "meter not connected",
