@@ -80,7 +80,7 @@ class Gateway:
         """True when the gateway answers a CoAP request (GET /t, its time) on its port."""
         try:
             answer = coap_client.request(self.host, self.coap_port, "GET", exchange.PATH_TIME,
-                                         ack_timeout_s=1.0, max_retransmit=1)
+                                         ack_timeout_s=0.5, max_retransmit=1)
         except coap_client.GatewayUnreachable:
             return False
         return answer.code == "2.05"
