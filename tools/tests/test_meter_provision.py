@@ -9,7 +9,7 @@ from tools.errors import InstallError
 from tools.gateway_client import Gateway, parse_host_port
 from tools.meter_provision import Settings, device_config, judge_meter
 
-GOOD = {"polls": 10, "ok": 10, "retries": 0, "crc_errors": 0, "no_reply": 0, "exceptions": 0,
+GOOD: dict = {"polls": 10, "ok": 10, "retries": 0, "crc_errors": 0, "no_reply": 0, "exceptions": 0,
         "wrong_address": 0, "power_w": 640, "ei_wh": 1234567, "ee_wh": 89000, "serial": None,
         "model": "sdm120ct", "slave": 1, "flags": [], "clock_trusted": False}
 
