@@ -116,9 +116,8 @@ class BoardLink:
             self._console = _Console(self._transport.serial)
             self._transport.serial = self._console
         except TransportError as e:
-            raise BoardLinkError(f"{self.port}: cannot open the serial port ({e}); "
-                                 "it is busy: close the other program using it "
-                                 "(mpremote, a serial monitor)") from None
+            raise BoardLinkError(f"{self.port}: the port is busy ({e}): close the other "
+                                 "program using it (mpremote, a serial monitor)") from None
         except (OSError, serial.SerialException) as e:
             raise BoardLinkError(f"{self.port}: cannot open the serial port: {e}") from None
 
