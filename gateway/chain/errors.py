@@ -6,6 +6,7 @@
      +-- ChainError                 the chain layer failed
           +-- AnvilError            the embedded anvil node cannot be started or stopped
           |    +-- AnvilNotInstalled  the anvil binary is missing ("run make setup")
+          |    +-- AnvilInUse       another process runs the node of that data folder
           +-- RpcError              a JSON-RPC request failed (node unreachable, error reply)
           |    +-- ChainIdMismatch  the node serves another chain than the configured one
           |    +-- ReceiptTimeout   a transaction was not mined within the timeout
@@ -31,6 +32,10 @@ class AnvilError(ChainError):
 
 class AnvilNotInstalled(AnvilError):
     """The anvil binary is missing."""
+
+
+class AnvilInUse(AnvilError):
+    """Another process runs the embedded node of the data folder (``anvil.lock``)."""
 
 
 class RpcError(ChainError):

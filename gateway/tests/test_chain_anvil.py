@@ -1,6 +1,8 @@
 """The embedded anvil node: start, deterministic accounts, state across restarts,
 shutdown on SIGTERM / interpreter exit, clear errors. Real anvil on loopback."""
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import pytest
 from chain_testbed import deploy, read_counter, read_root, set_root
 from eth_account import Account
 
+from gateway.chain import anvil as anvil_mod
 from gateway.chain import proof, rpc
 from gateway.chain.anvil import DEFAULT_CHAIN_ID, Anvil, default_binary
 from gateway.chain.errors import AnvilError, AnvilNotInstalled
@@ -83,9 +86,13 @@ _CHILD = textwrap.dedent("""
     import urllib.request
     from gateway.chain.anvil import Anvil
     node = Anvil(sys.argv[1]).start()
-    body = b'{"jsonrpc":"2.0","id":1,"method":"anvil_mine","params":["0x5"]}'
-    urllib.request.urlopen(urllib.request.Request(
-        node.url, body, {"Content-Type": "application/json"}), timeout=5).read()
+    def mine(n):
+        body = b'{"jsonrpc":"2.0","id":1,"method":"anvil_mine","params":["%s"]}' % hex(n).encode()
+        urllib.request.urlopen(urllib.request.Request(
+            node.url, body, {"Content-Type": "application/json"}), timeout=5).read()
+    mine(5)
+    node.checkpoint()
+    mine(2)  # not in the state file until the next checkpoint
     print(node.pid, flush=True)
     if sys.argv[2] == "exit":
         sys.exit(0)  # no stop(): the atexit hook must do it
@@ -107,8 +114,11 @@ def test_gateway_process_end_stops_anvil_and_keeps_state(tmp_path, how):
         if child.poll() is None:
             child.kill()
             child.wait()
-    with Anvil(tmp_path) as node:  # the state was dumped on the way out
-        assert rpc.Web3Chain.connect(node.url, node.chain_id).get_block_number() == 5
+    with Anvil(tmp_path) as node:
+        head = rpc.Web3Chain.connect(node.url, node.chain_id).get_block_number()
+    # a clean exit writes the state; a parent killed by a signal leaves the last
+    # checkpoint (anvil itself never writes the file: it is always whole)
+    assert head == (5 if how == "sigterm" else 7)
 
 
 def test_block_time_mines_on_an_interval(tmp_path):
@@ -123,11 +133,18 @@ def test_command_line_options(tmp_path):
     joined = " ".join(argv)
     assert "--host 127.0.0.1 --port 40000" in joined
     assert "--chain-id 1337" in joined and "--block-time 2" in joined
-    assert "--state %s" % (tmp_path / "anvil-state.json") in joined
-    assert "--state-interval 30" in joined and "--preserve-historical-states" in argv
+    assert "--preserve-historical-states" in argv
+    assert "--load-state" not in argv  # a fresh chain: nothing to load
+    # anvil never writes the state file itself (its writes are not atomic): the
+    # gateway's checkpoints do, every state_interval seconds among others
+    assert not {"--state", "--dump-state", "--state-interval"} & set(argv)
+    (tmp_path / "anvil-state.json").write_text("{}")
+    assert "--load-state %s" % (tmp_path / "anvil-state.json") in " ".join(node.command(1))
     assert "--block-time" not in Anvil(tmp_path).command(40000)  # instant mining
     with pytest.raises(ValueError, match="block_time"):
         Anvil(tmp_path, block_time=0)
+    with pytest.raises(ValueError, match="state_interval"):
+        Anvil(tmp_path, state_interval=0)
 
 
 def test_missing_binary_says_run_make_setup(tmp_path):
@@ -161,3 +178,73 @@ def test_node_that_never_answers_is_stopped_after_the_startup_bound(tmp_path):
     with pytest.raises(AnvilError, match="did not answer"):
         node.start()
     assert not node.running() and node.port is None
+
+
+def _kill(node):
+    pid = node.pid
+    os.kill(pid, signal.SIGKILL)
+    _wait_until(lambda: node.exit_status() is not None, 5, f"anvil {pid} dies")
+
+
+def _mine(chain, n):
+    chain.request("anvil_mine", [hex(n)])
+
+
+def test_checkpoint_is_what_a_sigkill_leaves(tmp_path):
+    with Anvil(tmp_path) as node:
+        chain = rpc.Web3Chain.connect(node.url, node.chain_id)
+        _mine(chain, 3)
+        assert node.checkpoint() == 3
+        header = chain.get_block_header(3)
+        _mine(chain, 2)  # after the checkpoint: lost with the node
+        _kill(node)
+        node.restart()
+        chain = rpc.Web3Chain.connect(node.url, node.chain_id)
+        assert chain.get_block_number() == 3
+        assert chain.get_block_header(3) == header  # the same chain, not a new one
+    assert json.loads((tmp_path / "anvil-state.json").read_bytes())["block"]["number"] == "0x3"
+
+
+def test_a_failed_checkpoint_leaves_the_previous_state_whole(tmp_path, monkeypatch):
+    with Anvil(tmp_path) as node:
+        chain = rpc.Web3Chain.connect(node.url, node.chain_id)
+        _mine(chain, 2)
+        node.checkpoint()
+        before = (tmp_path / "anvil-state.json").read_bytes()
+        _mine(chain, 2)
+
+        def disk_full(src, dst):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(anvil_mod.os, "replace", disk_full)
+        with pytest.raises(AnvilError, match="No space left") as e:
+            node.checkpoint()
+        assert isinstance(e.value.__cause__, OSError)  # the cause is kept
+        assert (tmp_path / "anvil-state.json").read_bytes() == before
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+        monkeypatch.undo()
+        _kill(node)
+        node.restart()
+        assert rpc.Web3Chain.connect(node.url, node.chain_id).get_block_number() == 2
+
+
+def test_state_interval_writes_the_state_while_blocks_come(tmp_path):
+    with Anvil(tmp_path, state_interval=0.2) as node:
+        chain = rpc.Web3Chain.connect(node.url, node.chain_id)
+        _mine(chain, 4)
+        _wait_until(lambda: node.checkpointed_block == 4, 5, "a checkpoint of block 4")
+        _kill(node)
+        node.restart()
+        assert rpc.Web3Chain.connect(node.url, node.chain_id).get_block_number() == 4
+
+
+def test_one_process_runs_the_node_of_a_data_folder(tmp_path):
+    with Anvil(tmp_path) as node:
+        with pytest.raises(AnvilError, match=f"another process \\(pid {os.getpid()}\\)"):
+            Anvil(tmp_path).start()
+        port = node.port
+        _kill(node)
+        node.restart()  # the folder stays ours across a restart, on the same port
+        assert node.port == port
+    with Anvil(tmp_path):  # released at stop
+        pass
