@@ -192,6 +192,8 @@ SCHEMA = {
                           "re-send a signed transaction not mined after this long"),
         "backfill_intervals": (_Int(96, 0, 100_000),
                                "first start: also submit this many past intervals"),
+        "state_interval_s": (_Int(30, 1, 86400),
+                             "embedded anvil: write its state to the data folder this often"),
     },
 }
 
@@ -248,6 +250,7 @@ class ChainConfig:
     poll_s: float = 5.0
     rebroadcast_s: int = 60
     backfill_intervals: int = 96
+    state_interval_s: int = 30
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,15 @@ holding the hex private key), which defaults to anvil's public development accou
 
 import json
 import logging
-import time
+import signal
+import threading
 from pathlib import Path
 
 from eth_account import Account
 from eth_utils import is_address, to_checksum_address
 
 from gateway import config as gwconfig
-from gateway import keystore, registry, simclock
+from gateway import keystore, logs, registry, simclock
 from gateway.chain import allocations, batcher, bundle, deploy, node, outbox, rpc
 from gateway.chain.errors import BundleError, ChainError, RpcError
 from gateway.cli import _open_db
@@ -145,6 +146,16 @@ def cmd_status(args):
                 if d is not None:
                     out["gateway_authorised"] = deploy.view(
                         port, d.registry, "is_gateway(address)", [gateway], ["bool"])
+                conn = _open_db(cfg)
+                try:
+                    out["agreement"] = outbox.agreement(
+                        conn, port, _contract(cfg), gateway,
+                        confirmations=cfg.chain.confirmations,
+                        from_block=d.block_number if d is not None else 0)
+                except RpcError as e:  # e.g. a public node that limits eth_getLogs ranges
+                    out["agreement"] = {"error": str(e)}
+                finally:
+                    conn.close()
     except ChainError as e:
         out["node"] = {"reachable": False, "error": str(e)}
     if args.json:
@@ -165,6 +176,21 @@ def cmd_status(args):
               f"{out['last_confirmed_interval']}")
         for f in out["failed"]:
             print(f"  FAILED interval {f['interval']}: {f['error']}")
+    if "agreement" in out:
+        a = out["agreement"]
+        if "error" in a:
+            print(f"chain:     not compared with the outbox: {a['error']}")
+        elif a["agree"]:
+            print(f"chain:     agrees with the outbox at block {a['block']}: "
+                  f"{a['confirmed']} intervals submitted and confirmed")
+        else:
+            print(f"chain:     DISAGREES with the outbox at block {a['block']}: "
+                  f"{a['confirmed']} confirmed, {a['on_chain']} on chain")
+            for what, label in (("missing_on_chain", "confirmed but not on chain"),
+                                ("other_root", "on chain with another root"),
+                                ("on_chain_not_confirmed", "on chain, not confirmed yet")):
+                if a[what]:
+                    print(f"  {label}: {', '.join(map(str, a[what]))}")
     return 0
 
 
@@ -173,35 +199,54 @@ def cmd_run(args):
     simclock.active()  # a malformed $WATTSHARE_SIM_CLOCK stops here, named
     contract = _contract(cfg)
     key = keystore.unlock(cfg.keystore_path, keystore.read_passphrase(args.passphrase_file))
+    if not logging.getLogger().handlers:  # a CLI process (not a host that set up logging)
+        logs.setup(cfg.log.level, cfg.log.format)
     conn = _open_db(cfg)
+    stopping = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (systemd stop): end after the current step, stop the node cleanly
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     try:
-        with node.chain_port(cfg, keep_url=not args.once) as port:
+        with node.Supervisor(cfg, publish_url=not args.once) as sup:
             b = batcher.Batcher(conn, contract, length=cfg.chain.interval_s,
                                 grace_s=cfg.chain.grace_s)
             since = b.since(cfg.chain.backfill_intervals)
-            box = outbox.Outbox(conn, port, key, contract,
+            box = outbox.Outbox(conn, None, key, contract,
                                 confirmations=cfg.chain.confirmations,
-                                rebroadcast_s=cfg.chain.rebroadcast_s, clock=simclock.now)
-            while True:
+                                rebroadcast_s=cfg.chain.rebroadcast_s, clock=simclock.now,
+                                durable=sup.durable)
+            while not stopping.is_set():
                 for built in b.build_due(since):
                     print(f"built interval {built.interval}: {built.leaves} readings, "
                           f"{len(built.totals)} meters, {len(built.gaps)} gaps", flush=True)
-                if cfg.chain.rpc_url == "anvil":
+                changed = {}
+                port = sup.port()
+                if port is None and args.once:
+                    raise sup.last_error
+                if port is not None:
+                    box.port = port
                     try:
-                        node.follow_sim_clock(port)
-                    except RpcError as e:  # the outbox step meets it too and retries
-                        log.warning("cannot set the node's clock", extra={"fields": {
-                            "error": str(e)}})
-                changed = box.step()
+                        if cfg.chain.rpc_url == "anvil":
+                            node.follow_sim_clock(port)
+                        changed = box.step()
+                    except ChainError as e:  # the node's trouble: the supervisor's call
+                        if args.once:
+                            raise
+                        sup.failed(e)
+                    else:
+                        sup.ok()
                 for interval, state in sorted(changed.items()):
                     print(f"interval {interval}: {state}", flush=True)
                 if args.once and not changed:
                     break
                 if not args.once:
-                    time.sleep(cfg.chain.poll_s)
+                    stopping.wait(sup.wait_s(cfg.chain.poll_s))
     except KeyboardInterrupt:
         pass
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         conn.close()
     return 0
 

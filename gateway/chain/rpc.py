@@ -123,6 +123,11 @@ class ChainPort:
     def get_storage_at(self, address, slot, block="latest"):
         raise NotImplementedError
 
+    def get_logs(self, address, topics, from_block, to_block="latest"):
+        """The logs of ``address`` matching ``topics`` (bytes, or None for any) in the
+        block range, as the node sent them (hex strings)."""
+        raise NotImplementedError
+
 
 def _block_param(block):
     if isinstance(block, bool) or not isinstance(block, (int, str)):
@@ -151,6 +156,8 @@ class Web3Chain(ChainPort):
     def __init__(self, url, chain_id, request_timeout=DEFAULT_REQUEST_TIMEOUT):
         self.url = url
         self.chain_id = chain_id
+        self.sent = 0  # raw transactions this adapter sent (a command that sent none
+        # leaves the embedded node's state file alone)
         # No web3 retry layer: a failing request surfaces at once as RpcError, and the
         # batcher (which knows what is safe to resend) decides about retrying.
         self._provider = Web3.HTTPProvider(url, request_kwargs={"timeout": request_timeout},
@@ -218,6 +225,7 @@ class Web3Chain(ChainPort):
                                                 _block_param(block)]))
 
     def send_raw(self, raw):
+        self.sent += 1
         return _bytes(self.request("eth_sendRawTransaction", [_hexbytes(raw)]))
 
     def get_receipt(self, tx_hash):
@@ -247,6 +255,12 @@ class Web3Chain(ChainPort):
     def get_storage_at(self, address, slot, block="latest"):
         return _bytes(self.request("eth_getStorageAt", [address, f"0x{slot:064x}",
                                                         _block_param(block)]))
+
+    def get_logs(self, address, topics, from_block, to_block="latest"):
+        return self.request("eth_getLogs", [{
+            "address": address, "fromBlock": _block_param(from_block),
+            "toBlock": _block_param(to_block),
+            "topics": [None if t is None else _hexbytes(t) for t in topics]}])
 
 
 # --- call data ---------------------------------------------------------------------

@@ -2,6 +2,8 @@
 anvil, meters that sign readings (cryptography), readings stored through the gateway's
 own path (``verify.check_batch`` then ``writer.GroupStore``)."""
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -44,7 +46,7 @@ class Community:
     """anvil + deployed contracts + a gateway database with three meters."""
 
     def __init__(self, tmp_path, members=(("producer", 0, 20_000), ("school", 6_000, 0),
-                                          ("household", 1_500, 0))):
+                                          ("household", 1_500, 0)), past_intervals=8):
         self.tmp = tmp_path
         self.node = Anvil(tmp_path / "chain").start()
         self.keys = self.node.account_keys()
@@ -71,7 +73,8 @@ class Community:
                             m.owner, FUNDING)
         self.store = GroupStore(self.conn)
         now = int(time.time())
-        self.first = now // L - 8  # intervals well in the past: the contract takes them
+        # intervals well in the past: the contract takes them
+        self.first = now // L - past_intervals
         self.t0 = self.first * L
 
     def member(self, name):
@@ -113,6 +116,21 @@ class Community:
                                                  "fromBlock": hex(from_block),
                                                  "toBlock": "latest", "topics": [topic]}])
         return [contracts.decode_log("Settlement", x)[1] for x in raw]
+
+    def kill_node(self):
+        """SIGKILL anvil (a crash or power cut of the node: nothing written)."""
+        pid = self.node.pid
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.node.exit_status() is None:
+            assert time.monotonic() < deadline, f"anvil {pid} survived SIGKILL"
+            time.sleep(0.01)
+
+    def restart_node(self):
+        """Start anvil again from its state file; returns the new port."""
+        self.node.restart()
+        self.port = rpc.Web3Chain.connect(self.node.url, self.node.chain_id)
+        return self.port
 
     def close(self):
         self.conn.close()
