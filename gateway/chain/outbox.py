@@ -121,22 +121,24 @@ class Outbox:
         self.conn.execute(f"UPDATE chain_outbox SET {cols} WHERE contract = ? AND interval = ?",
                           (*fields.values(), self.contract, interval))
 
+    _COLUMNS = ("interval", "state", "root", "packed", "nonce", "raw_tx", "tx_hash",
+                "sent_at", "block_number", "block_hash")
+
     def rows(self, states):
         marks = ",".join("?" * len(states))
         cur = self.conn.execute(
-            f"SELECT interval, state, root, packed, nonce, raw_tx, tx_hash, sent_at, "
-            f"block_number, block_hash FROM chain_outbox WHERE contract = ? AND state IN "
-            f"({marks}) ORDER BY coalesce(nonce, 1 << 62), interval",
+            f"SELECT {', '.join(self._COLUMNS)} FROM chain_outbox WHERE contract = ? AND "
+            f"state IN ({marks}) ORDER BY coalesce(nonce, 1 << 62), interval",
             (self.contract, *states))
-        keys = ("interval", "state", "root", "packed", "nonce", "raw_tx", "tx_hash",
-                "sent_at", "block_number", "block_hash")
-        return [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]
+        return [dict(zip(self._COLUMNS, r, strict=True)) for r in cur.fetchall()]
 
     def _row(self, interval):
-        for r in self.rows(OPEN + ("confirmed", "failed")):
-            if r["interval"] == interval:
-                return r
-        raise KeyError(interval)
+        r = self.conn.execute(
+            f"SELECT {', '.join(self._COLUMNS)} FROM chain_outbox WHERE contract = ? AND "
+            "interval = ?", (self.contract, interval)).fetchone()
+        if r is None:
+            raise KeyError(interval)
+        return dict(zip(self._COLUMNS, r, strict=True))
 
     def call_data(self, row):
         words = [int(w, 16) for w in json.loads(row["packed"])]
@@ -211,27 +213,32 @@ class Outbox:
 
     def _audit_anchors(self, changed):
         # confirmed without an anchor: written by an earlier version of the outbox
-        for r in self.conn.execute(
-                "SELECT interval, raw_tx FROM chain_outbox WHERE contract = ? AND "
+        for interval, has_tx in self.conn.execute(
+                "SELECT interval, raw_tx IS NOT NULL FROM chain_outbox WHERE contract = ? AND "
                 "state = 'confirmed' AND block_number IS NULL", (self.contract,)).fetchall():
-            self._reopen({"interval": r[0], "raw_tx": r[1]}, "confirmed without a block",
-                         changed)
+            self._reopen(interval, has_tx, "confirmed without a block", changed)
+        # highest anchor first; the sort is done before the first row comes, so the
+        # updates below do not disturb the cursor
         cur = self.conn.execute(
-            "SELECT interval, raw_tx, block_number, block_hash FROM chain_outbox "
+            "SELECT interval, raw_tx IS NOT NULL, block_number, block_hash FROM chain_outbox "
             "WHERE contract = ? AND state = 'confirmed' AND block_number IS NOT NULL "
             "ORDER BY block_number DESC", (self.contract,))
-        for interval, raw_tx, number, block_hash in cur.fetchall():
-            if self._is_block(number, block_hash):
-                break  # this block is the node's, so is every block below it
-            self._reopen({"interval": interval, "raw_tx": raw_tx},
-                         f"block {number} is no longer the node's", changed)
+        try:
+            while batch := cur.fetchmany(64):
+                for interval, has_tx, number, block_hash in batch:
+                    if self._is_block(number, block_hash):
+                        return  # this block is the node's, so is every block below it
+                    self._reopen(interval, has_tx,
+                                 f"block {number} is no longer the node's", changed)
+        finally:
+            cur.close()
 
     def _audit_nonces(self, latest, changed):
-        for interval, raw_tx, nonce in self.conn.execute(
-                "SELECT interval, raw_tx, nonce FROM chain_outbox WHERE contract = ? AND "
-                "sender = ? AND state IN ('mined', 'confirmed') AND raw_tx IS NOT NULL AND "
-                "nonce >= ? ORDER BY nonce", (self.contract, self.sender, latest)).fetchall():
-            self._reopen({"interval": interval, "raw_tx": raw_tx},
+        for interval, nonce in self.conn.execute(
+                "SELECT interval, nonce FROM chain_outbox WHERE contract = ? AND sender = ? "
+                "AND state IN ('mined', 'confirmed') AND raw_tx IS NOT NULL AND nonce >= ? "
+                "ORDER BY nonce", (self.contract, self.sender, latest)).fetchall():
+            self._reopen(interval, True,
                          f"the node has not mined nonce {nonce} (its next is {latest})",
                          changed)
 
@@ -259,16 +266,15 @@ class Outbox:
         log.warning("nonce hole filled with an empty transaction", extra={"fields": {
             "nonce": nonce, "tx": "0x" + signed.tx_hash.hex()}})
 
-    def _reopen(self, row, reason, changed):
-        interval = row["interval"]
-        if row["raw_tx"] is None:  # found on chain without a transaction of ours
-            self._update(interval, state="built", block_number=None, block_hash=None,
-                         gas_used=None, outcome=None)
-            changed[interval] = "built"
-        else:
+    def _reopen(self, interval, has_tx, reason, changed):
+        if has_tx:  # the same signed transaction goes again
             self._update(interval, state="sent", sent_at=None, block_number=None,
                          block_hash=None, gas_used=None, outcome=None)
             changed[interval] = "sent"
+        else:  # found on chain without a transaction of ours: simulated again
+            self._update(interval, state="built", block_number=None, block_hash=None,
+                         gas_used=None, outcome=None)
+            changed[interval] = "built"
         log.warning("submission lost by the node; submitting it again", extra={"fields": {
             "interval": interval, "reason": reason}})
 
@@ -431,7 +437,8 @@ class Outbox:
     def _track_mined(self, row, changed):
         interval = row["interval"]
         if not self._is_block(row["block_number"], row["block_hash"]):
-            self._reopen(row, "block no longer canonical", changed)
+            self._reopen(interval, row["raw_tx"] is not None,
+                         f"block {row['block_number']} is no longer the node's", changed)
             return
         head = self.port.get_block_number()
         if head - row["block_number"] + 1 >= self.confirmations:
