@@ -173,6 +173,8 @@ def checkpoint(url, data_dir, *, preserve_history=True, timeout=CHECKPOINT_TIMEO
     data_dir = Path(data_dir)
     path = data_dir / STATE_NAME
     with _flock(data_dir / STATE_LOCK_NAME):
+        for leftover in data_dir.glob(f".{STATE_NAME}.*.tmp"):  # a writer killed mid-write
+            leftover.unlink(missing_ok=True)
         head = head_block(url, timeout)
         raw = _rpc(url, "anvil_dumpState", [preserve_history], timeout)
         try:

@@ -223,9 +223,13 @@ def test_a_failed_checkpoint_leaves_the_previous_state_whole(tmp_path, monkeypat
         assert (tmp_path / "anvil-state.json").read_bytes() == before
         assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
         monkeypatch.undo()
+        (tmp_path / ".anvil-state.json.1.2.tmp").write_bytes(b'{"bl')  # killed mid-write
+        node.checkpoint()
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+        _mine(chain, 1)  # after the last checkpoint
         _kill(node)
         node.restart()
-        assert rpc.Web3Chain.connect(node.url, node.chain_id).get_block_number() == 2
+        assert rpc.Web3Chain.connect(node.url, node.chain_id).get_block_number() == 4
 
 
 def test_state_interval_writes_the_state_while_blocks_come(tmp_path):
