@@ -58,7 +58,7 @@ class _Process:
                     out.append(record)
         return out
 
-    def wait_for(self, condition, what, timeout=30):
+    def wait_for(self, condition, what, timeout=60):
         deadline = time.monotonic() + timeout
         while not condition():
             if self.proc.poll() is not None:
@@ -195,8 +195,6 @@ def test_chain_run_restarts_its_node_and_a_kill_of_everything_loses_nothing_conf
         "block": status["node"]["block"], "confirmed": 6, "on_chain": 6,
         "missing_on_chain": [], "other_root": [], "on_chain_not_confirmed": [],
         "agree": True}
-    assert main(["chain", "status", "--config", str(cfgp)]) == 0
-    assert "chain:     agrees with the outbox at block " in capsys.readouterr().out
 
 
 def test_chain_run_waits_for_an_external_node_with_a_clear_message(tmp_path, monkeypatch):
