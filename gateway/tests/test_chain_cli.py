@@ -92,6 +92,23 @@ def test_commission_deploy_submit_verify_export(tmp_path, monkeypatch, capsys):
         status = json.loads(capsys.readouterr().out)
         assert status["outbox"]["confirmed"] == 3  # the last boundary reading's interval too
         assert status["gateway_authorised"] is True and status["mapped_meters"] == 2
+        assert status["agreement"]["agree"] and status["agreement"]["on_chain"] == 3
+        assert main(["chain", "status", "--config", cfgp]) == 0
+        assert (f"chain:     agrees with the outbox at block {status['node']['block']}: "
+                "3 intervals submitted and confirmed") in capsys.readouterr().out
+        # an outbox that lost a row and got it back with new salts: a root that is not
+        # the chain's (its readings cannot be proven), said plainly
+        conn = store.open_store(cfg.db_path)
+        root = conn.execute("SELECT root FROM chain_outbox WHERE interval = ?",
+                            (first,)).fetchone()[0]
+        conn.execute("UPDATE chain_outbox SET root = ? WHERE interval = ?",
+                     (bytes(32 - 1) + b"\x01", first))
+        assert main(["chain", "status", "--config", cfgp]) == 0
+        text = capsys.readouterr().out
+        assert "chain:     DISAGREES with the outbox" in text
+        assert f"  on chain with another root: {first}" in text
+        conn.execute("UPDATE chain_outbox SET root = ? WHERE interval = ?", (root, first))
+        conn.close()
 
         conn = store.open_store(cfg.db_path)
         rid = conn.execute("SELECT id FROM readings WHERE t = ? AND device = ?",
