@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup setup-gateway test demo bench check firmware clean help
+.PHONY: setup setup-gateway test demo bench fuzz check firmware clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -57,6 +57,10 @@ demo: setup ## run the most complete end-to-end path on emulated hardware
 
 bench: setup ## run the benchmarks; JSON under out/bench/, summary in docs/benchmarks.md
 	$(PY) -m bench
+
+SECONDS ?= 600
+fuzz: setup ## coverage-guided fuzzing of every parser facing the outside (SECONDS=N in all, default 600); out/bench/fuzz.json
+	$(PY) -m tools.fuzz --seconds $(SECONDS) --json out/bench/fuzz.json
 
 check: setup ## lint and type-check (ruff, mypy; firmware against micropython-esp32-stubs)
 	$(VENV)/bin/ruff check gateway tools firmware bench hil_tests

@@ -37,7 +37,7 @@ from wattcore.errors import DecodeError
 
 from gateway.chain import contracts, merkle, proof
 from gateway.chain.errors import BundleError, ProofError
-from gateway.verify import signature_valid
+from gateway.verify import public_key, signature_valid
 
 VERSION = 1
 
@@ -120,6 +120,27 @@ def _hex(bundle, key, size=None):
     return data
 
 
+def _address(bundle, key, optional=False):
+    value = bundle.get(key)
+    if optional and value is None:
+        return None
+    try:
+        return to_checksum_address(value)
+    except (TypeError, ValueError):
+        raise BundleError(f"bundle field {key!r} is not an account address: {value!r}"
+                          ) from None
+
+
+def _public_key(bundle):
+    data = _hex(bundle, "pubkey", 65)
+    try:
+        public_key(data)  # on the curve, uncompressed
+    except ValueError:
+        raise BundleError("bundle field 'pubkey' is not a P-256 public key (a point on "
+                          "the curve, 65 bytes uncompressed)") from None
+    return data
+
+
 def _int(bundle, key):
     value = bundle.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -135,13 +156,20 @@ def verify_bundle(bundle, port):
         raise BundleError(f"not a version {VERSION} proof bundle")
     report = Report()
     cose_bytes = _hex(bundle, "cose")
-    pubkey = _hex(bundle, "pubkey", 65)
+    pubkey = _public_key(bundle)
     salt = _hex(bundle, "salt", merkle.SALT_SIZE)
-    siblings = tuple(_hex({"s": s}, "s", 32) for s in bundle.get("siblings") or [])
+    siblings = bundle.get("siblings") or []
+    if not isinstance(siblings, list):
+        raise BundleError(f"bundle field 'siblings' must be a list, got {siblings!r}")
+    siblings = tuple(_hex({"s": s}, "s", 32) for s in siblings)
     interval, length = _int(bundle, "interval"), _int(bundle, "interval_length")
     leaf_index, block_number = _int(bundle, "leaf_index"), _int(bundle, "block_number")
     block_hash = _hex(bundle, "block_hash", 32)
-    gateway, contract = bundle.get("gateway"), bundle.get("contract")
+    gateway, contract = _address(bundle, "gateway"), _address(bundle, "contract")
+    registry = _address(bundle, "registry", optional=True)
+    index = bundle.get("meter_index")
+    if index is not None:
+        index = _int(bundle, "meter_index")
 
     # 1. the signed reading
     try:
@@ -188,7 +216,6 @@ def verify_bundle(bundle, port):
                f" 0x{stored.state_root.hex()[:16]}..)")
 
     # 5. the device key registered on chain
-    registry, index = bundle.get("registry"), bundle.get("meter_index")
     if registry and index:
         id_slot, key_slot = contracts.meter_slots(index)
         try:

@@ -1,0 +1,169 @@
+"""Write the seed corpus of every fuzz target (tools/fuzz/corpus/TARGET/).
+
+    python -m tools.fuzz.seeds            # everything but the bundle seeds
+    python -m tools.fuzz.seeds --bundle   # also the bundle seeds (starts an anvil; slow)
+
+Seeds are valid inputs (the protocol vectors, the repository's board and meter files,
+a default gateway.toml, a real proof bundle with the node's answers) and a few near
+misses, so the fuzzer starts deep inside each parser instead of at its first byte check.
+Files are named by content: re-running adds nothing that is already there.
+"""
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from tools.fuzz.targets import CORPUS, _vectors
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(target, data):
+    folder = CORPUS / target
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ("seed-" + hashlib.sha1(data).hexdigest()[:16])
+    path.write_bytes(data)
+
+
+def protocol_seeds():
+    from wattcore import cbor, coap, exchange, modbus_rtu
+
+    v = _vectors()
+    readings = v["readings"]
+    payloads = [bytes.fromhex(r["payload"]) for r in readings]
+    signed = [bytes.fromhex(r["cose_sign1"]) for r in readings]
+    batch = bytes.fromhex(v["batch"]["payload"])
+    messages = [bytes.fromhex(m["message"]) for m in v["coap"].values()]
+    responses = [bytes.fromhex(m["payload"]) for m in v["coap"].values() if "payload" in m]
+
+    for m in messages:
+        _write("coap", m)
+        _write("coap_lean", m)
+    extra = [
+        coap.encode(coap.CON, coap.POST, 7, b"\x01", [(coap.OPT_URI_PATH, b"r"),
+                    (coap.OPT_CONTENT_FORMAT, b"\x3c"), (coap.OPT_BLOCK1, b"\x0e")], batch),
+        coap.encode(coap.NON, coap.POST, 8, b"", [(coap.OPT_URI_HOST, b"gw"),
+                    (coap.OPT_URI_PATH, b"r"), (coap.OPT_URI_QUERY, b"a=1")], b"\x80"),
+        coap.encode(coap.CON, coap.GET, 9, b"tk", [(coap.OPT_PROXY_URI, b"coap://x/")]),
+        coap.encode(coap.CON, coap.EMPTY, 10),
+        coap.encode(coap.CON, coap.POST, 11, b"t", [(coap.OPT_URI_PATH, b"r"),
+                    (2049, b"odd"), (coap.OPT_SIZE1, b"\x10\x00")], signed[0]),
+    ]
+    for m in extra:
+        _write("coap", m)
+        _write("coap_lean", m)
+
+    for data in payloads + signed + responses + [batch]:
+        _write("cbor", data)
+    for s in signed:
+        _write("cose", s)
+    for p in payloads:
+        _write("reading", p)
+    for data in responses + [batch, exchange.encode_batch(signed[:1])]:
+        _write("exchange", data)
+    for data in [batch, exchange.encode_batch(signed[:1]), exchange.encode_batch(signed * 3)]:
+        _write("verify", data)
+    # one reading whose map is encoded the long way: the fast path refuses it
+    long_way = cbor.dumps(cbor.Tag(18, [b"\xa1\x01\x26", {4: signed[0][9:17]},
+                                        payloads[0], signed[0][-64:]]))
+    _write("verify", exchange.encode_batch([long_way]))
+    _write("signed_batch", b"\xf0\x0d".join(payloads))
+    for p in payloads:
+        _write("signed_batch", p)
+
+    for count, slave in ((2, 1), (76, 1), (10, 1)):
+        for function in (4, 3):
+            body = bytes([slave, function, 2 * count]) + bytes(range(2 * count))
+            crc = modbus_rtu.crc16(body)
+            frame = body + bytes([crc & 0xFF, crc >> 8])
+            _write("modbus", bytes([count - 1, function & 1]) + frame)
+        body = bytes([1, 0x84, 2])
+        crc = modbus_rtu.crc16(body)
+        _write("modbus", bytes([count - 1, 0]) + body + bytes([crc & 0xFF, crc >> 8]))
+
+
+def config_seeds():
+    from gateway import config as gwconfig
+
+    for path in sorted((ROOT / "boards").glob("*.toml")):
+        text = path.read_text()
+        _write("board_toml", text.replace(f'id = "{path.stem}"', 'id = "fuzz"').encode())
+    for path in sorted((ROOT / "boards" / "meters").glob("*.toml")):
+        text = path.read_text()
+        _write("meter_toml", text.replace(f'id = "{path.stem}"', 'id = "fuzz"').encode())
+    _write("gateway_toml", gwconfig.render().encode())
+    _write("gateway_toml", gwconfig.render({"coap": {"port": 0}, "ingest": {"processes": 2},
+                                            "chain": {"rpc_url": "http://127.0.0.1:8545"}}
+                                           ).encode())
+
+
+def bundle_seeds():
+    """A real bundle and the answers of a real anvil to the verifier's questions."""
+    sys.path.insert(0, str(ROOT / "gateway" / "tests"))  # the chain test bed
+    import tempfile
+
+    from chain_community import Community, L
+
+    from gateway.chain import batcher, bundle
+    from gateway.chain.outbox import Outbox
+
+    with tempfile.TemporaryDirectory() as folder:
+        c = Community(Path(folder))
+        try:
+            first = c.first
+            c.store_readings(first * L, (first + 1) * L + 30)
+            batcher.Batcher(c.conn, c.settlement, length=L, grace_s=60).build(first)
+            outbox = Outbox(c.conn, c.port, c.gateway_key, c.settlement)
+            for _ in range(10):
+                if outbox.step().get(first) == "confirmed":
+                    break
+            rid = c.conn.execute("SELECT reading_id FROM chain_leaves WHERE leaf_index = 5"
+                                 ).fetchone()[0]
+            data = bundle.export_bundle(c.conn, rid, c.port.chain_id, c.deployment.registry)
+            recorder = _Recorder(c.port)
+            assert bundle.verify_bundle(data, recorder).ok
+            script = {"bundle": data, "chain_id": recorder.chain_id,
+                      "headers": recorder.headers, "proofs": recorder.proofs}
+            _write("bundle", json.dumps(script, separators=(",", ":")).encode())
+            without_registry = dict(data, registry=None, meter_index=None)
+            script = dict(script, bundle=without_registry, proofs=recorder.proofs[:1])
+            _write("bundle", json.dumps(script, separators=(",", ":")).encode())
+        finally:
+            c.close()
+
+
+class _Recorder:
+    def __init__(self, port):
+        self.port, self.headers, self.proofs, self.chain_id = port, {}, [], None
+
+    def get_chain_id(self):
+        self.chain_id = self.port.get_chain_id()
+        return self.chain_id
+
+    def get_block_header(self, block):
+        header = self.port.get_block_header(block)
+        self.headers[str(block)] = header
+        return header
+
+    def get_proof(self, address, slots, block):
+        answer = self.port.get_proof(address, slots, block)
+        self.proofs.append(answer)
+        return answer
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m tools.fuzz.seeds", description=__doc__)
+    p.add_argument("--bundle", action="store_true", help="also record the bundle seeds")
+    args = p.parse_args(argv)
+    protocol_seeds()
+    config_seeds()
+    if args.bundle:
+        bundle_seeds()
+    print(f"seeds in {CORPUS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
