@@ -185,9 +185,9 @@ class LeanCoapServer(asyncio.DatagramProtocol):
                 return
             try:
                 received(data, addr)
-            except Exception as e:  # supervisor: one datagram must not stop the others
+            except Exception as e:  # noqa: BLE001 - supervisor: one datagram must not stop the others
                 self._on_drop()
-                self._log_once("datagram", "datagram handling failed", e)
+                self._log_once("datagram", "datagram handling failed", e, trace=True)
 
     def _send_datagram(self, data, addr):
         try:
@@ -195,11 +195,12 @@ class LeanCoapServer(asyncio.DatagramProtocol):
         except OSError as e:  # send buffer full, unreachable, ...: UDP, the client retries
             self._log_once("send", "could not send a response", e)
 
-    def _log_once(self, key, message, error):
+    def _log_once(self, key, message, error, trace=False):
+        # trace: a fault of ours, logged with its traceback
         suppressed = self._limiter.allow(key)
         if suppressed is not None:
-            log.warning(message, extra={"fields": {"error": repr(error)[:200],
-                                                   "suppressed": suppressed}})
+            log.warning(message, exc_info=error if trace else None,
+                        extra={"fields": {"error": repr(error)[:200], "suppressed": suppressed}})
 
     # -- datagrams -------------------------------------------------------------------
 
@@ -313,10 +314,10 @@ class LeanCoapServer(asyncio.DatagramProtocol):
             self._next_mid = (mid + 1) & 0xFFFF
         try:
             data = encode_response(response, mtype, mid, msg.token)
-        except Exception as e:  # a handler bug (no such code, not a CoapResponse, ...)
+        except Exception as e:  # noqa: BLE001 - supervisor: a handler bug (no such code, not a CoapResponse, ...) is answered 5.00
             suppressed = self._limiter.allow("encode")
             if suppressed is not None:
-                log.error("response not encodable", extra={"fields": {
+                log.error("response not encodable", exc_info=True, extra={"fields": {
                     "error": repr(e)[:200], "suppressed": suppressed}})
             data = coap.encode(mtype, coap.INTERNAL_SERVER_ERROR, mid, msg.token)
         if msg.mtype == _CON:

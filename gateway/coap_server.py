@@ -116,7 +116,7 @@ class CoapServer:
         def guarded(data, ancdata, flags, address):
             try:
                 received(data, ancdata, flags, address)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - supervisor: what aiocoap lets escape
                 self._on_drop()
                 suppressed = self._limiter.allow(type(e).__name__)
                 if suppressed is not None:

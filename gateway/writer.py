@@ -41,6 +41,10 @@ from gateway.verify import Checked
 
 log = logging.getLogger("wattshare.writer")
 
+# sqlite3 errors that mean the gateway used sqlite3 wrongly (a bug), not that the database
+# failed: they are not answered as a storage problem.
+_OUR_FAULT = (sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.NotSupportedError)
+
 
 class StoreOutcome(NamedTuple):
     """What the writer did with one batch.
@@ -364,8 +368,8 @@ class ReadingWriter:
         deadline = time.monotonic() + self._lock_timeout
         while self._group and not self.commit(in_thread=False):
             if time.monotonic() >= deadline:
-                self._fail(self._take_group(), "the gateway stopped before the write lock "
-                                               "was free")
+                self._fail(self._take_group(), StorageError(
+                    "the gateway stopped before the write lock was free"))
                 break
             await asyncio.sleep(self._retry_s)
         self._thread.shutdown(wait=True)
@@ -428,10 +432,11 @@ class ReadingWriter:
         started = time.perf_counter()
         try:
             results = self._groups.stage(self._group)
-        except Exception as e:  # sqlite3.Error, or a bug: fail the group and go on
-            if getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+        except BaseException as e:
+            if (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_BUSY:
                 return self._locked()
-            self._fail(self._take_group(), f"database write failed: {e}")
+            if not self._commit_failed(self._take_group(), e):
+                raise  # a fault of ours: its requests have it, and so does the loop's log
             return True
         group = self._take_group()
         self._locked_since = None
@@ -439,8 +444,9 @@ class ReadingWriter:
         if not in_thread:
             try:
                 self._groups.finish()
-            except Exception as e:
-                self._fail(group, f"database write failed: {e}")
+            except BaseException as e:
+                if not self._commit_failed(group, e):
+                    raise
                 return True
             self._committed(group, results, rows, started)
             return True
@@ -456,7 +462,7 @@ class ReadingWriter:
         self._committing_rows = 0
         error = done.exception()
         if error is not None:
-            self._fail(group, f"database write failed: {error}")
+            self._commit_failed(group, error)
         else:
             self._committed(group, results, rows, started)
         self._schedule()  # what arrived meanwhile
@@ -477,8 +483,8 @@ class ReadingWriter:
             self._locked_since = now
         elif now - self._locked_since >= self._lock_timeout:
             self._locked_since = None
-            self._fail(self._take_group(), f"database is locked by another connection for "
-                                           f"{self._lock_timeout:g} s")
+            self._fail(self._take_group(), StorageError(
+                f"database is locked by another connection for {self._lock_timeout:g} s"))
             return False
         if self._closing:
             return False  # close() waits itself
@@ -486,17 +492,33 @@ class ReadingWriter:
         self._retry_s = min(self._retry_s * 2, self.RETRY_MAX_S)
         return False
 
-    def _fail(self, group, failure):
+    def _commit_failed(self, group, error):
+        """Fail ``group`` after ``error``. A database problem (disk full, I/O error,
+        corruption, ...) fails its requests with :class:`StorageError` (5.03 ``storage``:
+        the meters retry) and returns True. Anything else is a fault of ours (a bug, or a
+        misuse of sqlite3): its requests get the error itself (5.00 ``internal``, logged
+        with its traceback) and it returns False: the caller lets it go on up."""
+        if isinstance(error, sqlite3.Error) and not isinstance(error, _OUR_FAULT):
+            self._fail(group, StorageError(f"database write failed: {error}"))
+            return True
+        self._fail(group, error)
+        return False
+
+    def _fail(self, group, error):
         suppressed = self._log_limiter.allow("commit")
         if suppressed is not None:
-            log.error("commit failed", extra={"fields": {"error": failure,
-                                                         "suppressed": suppressed}})
-        error = StorageError(failure)
+            ours = not isinstance(error, StorageError)
+            log.error("commit failed" + (": a fault of the gateway" if ours else ""),
+                      exc_info=error if ours else None,
+                      extra={"fields": {"error": str(error), "suppressed": suppressed}})
         for message in group:
             if message[0] == "store":
                 future = self._pending.pop(message[1])
                 if not future.done():
                     future.set_exception(error)
+            else:  # reject counts: kept for the next transaction, never lost with this one
+                for key, count in message[1].items():
+                    self._reject_deltas[key] = self._reject_deltas.get(key, 0) + count
 
 
 def _nearest(conn, device, column, seq, higher):

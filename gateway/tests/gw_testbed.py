@@ -15,6 +15,7 @@ from aiocoap.numbers.types import Type
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from wattcore import cose, exchange, reading
+from wattcore.errors import DecodeError
 
 from gateway import config as gwconfig
 from gateway import registry, store
@@ -137,7 +138,7 @@ async def coap_request(ctx, port, path="r", payload=b"", code=Code.POST, content
     response = await asyncio.wait_for(ctx.request(msg).response, 20)
     try:
         body = exchange.decode_response(response.payload)
-    except Exception:
+    except DecodeError:
         body = None
     return str(response.code).split(" ")[0], body, response
 

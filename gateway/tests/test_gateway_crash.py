@@ -13,6 +13,7 @@ import time
 
 import pytest
 from aiocoap import Message
+from aiocoap.error import UnparsableMessage
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from gw_testbed import MeterKey, coap_datagram, register, write_config
@@ -64,7 +65,7 @@ class Meter:
                 return None
             try:
                 reply = Message.decode(raw)
-            except Exception:
+            except (UnparsableMessage, ValueError):
                 continue
             if reply.mtype == Type.CON:  # separate response: acknowledge it
                 ack = Message(code=Code.EMPTY)

@@ -25,6 +25,7 @@ from gw_testbed import (
     write_config,
 )
 from wattcore import cbor, cose, exchange, reading
+from wattcore.errors import DecodeError
 
 from gateway import registry, store
 
@@ -288,7 +289,7 @@ def test_every_answer_with_raw_datagrams(tmp_path, front_end):
                     code=step.code, content_format=step.content_format))
                 try:
                     body = exchange.decode_response(reply.payload)
-                except Exception:
+                except DecodeError:
                     body = None
                 return str(reply.code).split(" ")[0], body, reply.opt.size1
 

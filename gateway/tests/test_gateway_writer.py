@@ -332,3 +332,68 @@ def test_bytes_and_none_parameters_are_bound_as_blob_and_null(tmp_path):
     assert conn.execute("SELECT typeof(a), a, typeof(b), b FROM x").fetchone() == (
         "blob", b"\x00\xffsigned", "null", None)
     conn.close()
+
+
+def test_a_fault_of_ours_keeps_its_cause_and_is_not_called_storage(tmp_path, caplog):
+    # A bug inside the transaction (here: a batch that is not made of checked readings,
+    # and a value sqlite3 cannot bind) fails its request with the error itself: the
+    # ingest handler answers 5.00 `internal` and logs the traceback, where a storage
+    # problem would be 5.03 `storage`. The writer goes on with the next group.
+    m = MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, m)
+    good = checked(m, m.reading(1))
+
+    async def body(writer):
+        not_a_reading = writer.submit(m.device_id, [("not", "a", "reading")], 1)
+        results = [await asyncio.gather(not_a_reading, return_exceptions=True)]
+        unbindable = writer.submit(m.device_id, [good[0]._replace(u=[1, 2])], 1)
+        results += [await asyncio.gather(unbindable, return_exceptions=True)]
+        after = await writer.submit(m.device_id, good, 1)
+        return [r[0] for r in results], after
+
+    (errors, after), _ = run_writer(cfg, body)
+    assert type(errors[0]) is AttributeError
+    assert isinstance(errors[1], sqlite3.ProgrammingError)
+    assert not any(isinstance(e, StorageError) for e in errors)
+    assert after.new == 1 and len(stored(cfg)) == 1
+    traced = [r for r in caplog.records if r.getMessage().startswith("commit failed")]
+    assert traced and all(r.exc_info for r in traced)
+
+
+def test_reject_counts_are_not_lost_with_a_failed_commit(tmp_path):
+    # The counts once shared the readings' transaction: a failed COMMIT lost them (the
+    # rejects table said 14 where /metrics said 88). They are now kept for the next one.
+    m = MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, m)
+    db = sqlite3.connect(cfg.db_path, isolation_level=None)
+    db.execute("CREATE TRIGGER broken BEFORE INSERT ON readings "
+               "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+
+    async def body(writer):
+        failures = 0
+        for seq in range(1, 6):
+            writer.count_reject(m.device_id, "bad-signature")
+            writer.count_reject(None, "cbor")
+            writer.flush_rejects()  # in the same group as the readings below
+            try:
+                await put(writer, m, m.reading(seq))
+            except StorageError:
+                failures += 1
+                writer.count_reject(m.device_id, "storage")
+        db.execute("DROP TRIGGER broken")
+        await put(writer, m, m.reading(9))
+        writer.flush_rejects()
+        await put(writer, m, m.reading(10))
+        return failures
+
+    failures, _ = run_writer(cfg, body)
+    db.close()
+    assert failures == 5
+    conn = sqlite3.connect(cfg.db_path)
+    rows = dict(((bytes(d), r), n) for d, r, n in conn.execute(
+        "SELECT device, reason, count FROM rejects"))
+    conn.close()
+    assert rows == {(m.device_id, "bad-signature"): 5, (b"", "cbor"): 5,
+                    (m.device_id, "storage"): 5}
