@@ -20,7 +20,7 @@ def main(argv=None):
     cli.add_gateway_commands(parser.add_subparsers(dest="gateway_command", metavar="COMMAND",
                                                    required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    return cli.run_command(args, prog="python -m gateway")
 
 
 if __name__ == "__main__":  # spawned child processes may import this module too

@@ -317,6 +317,9 @@ class Gateway:
                     lambda: registry.active_count(self._registry_conn))
         m.add_gauge("wattshare_ingest_processes", "Ingest processes running (0: ingest runs "
                     "in the gateway process).", self.running_processes)
+        if registry.active_count(self._registry_conn) == 0:
+            log.warning("no devices registered: every reading is refused (4.03 "
+                        "unknown-device) until one is added with `wattshare device add`")
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
         _freeze_startup_objects()
         log.info("gateway ready", extra={"fields": {

@@ -6,6 +6,7 @@ Registered into the one ``wattshare`` CLI by :func:`register` (see tools/cli.py)
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -157,6 +158,45 @@ def _guard(command):
     return run
 
 
+ENV_DEBUG = "WATTSHARE_DEBUG"
+EXIT_INTERNAL = 70  # EX_SOFTWARE
+
+
+def run_command(args, prog="wattshare"):
+    """Run the parsed command ``args.func(args)`` the way every ``wattshare`` command
+    ends: no Python traceback reaches the user. An error the command raises on purpose
+    is one line naming what to fix; a closed output pipe (``... | head``) or Ctrl-C ends
+    quietly; anything else is a fault of ours, told as such (the traceback with
+    ``$WATTSHARE_DEBUG=1``)."""
+    from wattcore.errors import WattcoreError
+
+    from tools.errors import ConfigError as ToolsConfigError
+    from tools.errors import ToolsError
+
+    try:
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except (GatewayError, ToolsError, WattcoreError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, (ConfigError, ToolsConfigError)) else 1
+    except BrokenPipeError:
+        # The reader went away: stop writing, and keep the interpreter from failing
+        # again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - supervisor of a command: the user gets one line
+        if os.environ.get(ENV_DEBUG):
+            raise
+        print(f"{prog}: internal error: {type(e).__name__}: {e}\n"
+              f"{prog}: this is a fault of wattshare, not of your input; run again with "
+              f"{ENV_DEBUG}=1 for the details, and report them", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
 def _open_db(cfg):
     if not cfg.db_path.exists():
         raise ConfigError(
@@ -220,6 +260,13 @@ def cmd_run(args):
 
     cfg = gwconfig.load(args.config)
     simclock.active()  # a malformed $WATTSHARE_SIM_CLOCK stops here, named
+    if not cfg.db_path.exists():
+        # Serving would create an empty database and refuse every meter: most likely the
+        # wrong --config, or a data folder never initialised.
+        raise ConfigError(
+            f"{cfg.path}: [gateway] data_dir = {cfg.data_dir} holds no database "
+            f"{gwconfig.DB_NAME}: run `wattshare gateway init --data {cfg.data_dir}` first, "
+            f"or point --config at the gateway.toml of an initialised data folder")
     logs.setup(cfg.log.level, cfg.log.format)
     try:
         # uvloop: the event loop's own overhead per datagram and per pipe message is a

@@ -34,8 +34,10 @@ def build_parser():
 
 
 def main(argv=None):
+    from gateway.cli import run_command
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return run_command(args)
 
 
 if __name__ == "__main__":

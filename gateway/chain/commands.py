@@ -433,6 +433,9 @@ def cmd_export_allocations(args):
         first = last = args.interval
     elif args.first is not None and args.last is not None:
         first, last = args.first, args.last
+        if first > last:
+            raise ConfigError(f"--from {first} is after --to {last}: give the first "
+                              "interval, then the last (--from 3 --to 5)")
     else:
         raise ConfigError("give --interval N, or --from N and --to N")
     contract = _contract(cfg)
