@@ -162,7 +162,9 @@ def start_server(directory, devices, processes, cpus, front_end="lean"):
     port = free_udp_port()
     text = gwconfig.render({
         "gateway": {"data_dir": "."},
-        "coap": {"bind": "127.0.0.1", "port": port, "front_end": front_end},
+        # every simulated meter sends from 127.0.0.1: no per-source limit here
+        "coap": {"bind": "127.0.0.1", "port": port, "front_end": front_end,
+                 "max_datagrams_per_source": 0},
         "http": {"bind": "127.0.0.1", "port": 0},
         "ingest": {"processes": processes, "max_pending_readings": 100000},
         "log": {"level": "warning"},

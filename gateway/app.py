@@ -82,6 +82,10 @@ class IngestService:
         self.refresh_registry()
         server_class = coap_server_class(cfg.coap.front_end)
         extra = {"sock": self.sock} if self.sock is not None else {}
+        if cfg.coap.front_end == "lean":
+            extra.update(begin=self.ingest.begin, finish=self.ingest.finish,
+                         max_per_source=cfg.coap.max_datagrams_per_source,
+                         on_limit=self.metrics.limited.inc)
         self.coap = server_class(self.ingest.handle, cfg.coap.bind, cfg.coap.port,
                                  cfg.coap.receive_buffer_bytes, on_drop=self.metrics.dropped.inc,
                                  **extra)
@@ -317,9 +321,6 @@ class Gateway:
                     lambda: registry.active_count(self._registry_conn))
         m.add_gauge("wattshare_ingest_processes", "Ingest processes running (0: ingest runs "
                     "in the gateway process).", self.running_processes)
-        if registry.active_count(self._registry_conn) == 0:
-            log.warning("no devices registered: every reading is refused (4.03 "
-                        "unknown-device) until one is added with `wattshare device add`")
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
         _freeze_startup_objects()
         log.info("gateway ready", extra={"fields": {
@@ -331,6 +332,9 @@ class Gateway:
             "db": str(cfg.db_path),
             **_sim_clock_field(),
         }})
+        if registry.active_count(self._registry_conn) == 0:
+            log.warning("no devices registered: every reading is refused (4.03 "
+                        "unknown-device) until one is added with `wattshare device add`")
 
     def pending_rows(self):
         return self.service.writer.pending_rows if self.service else self.processes.pending_rows

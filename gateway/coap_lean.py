@@ -53,6 +53,22 @@ MAX_DATAGRAM = 65535
 EXCHANGE_LIFETIME_S = coap.EXCHANGE_LIFETIME_MS / 1000.0
 NON_LIFETIME_S = coap.NON_LIFETIME_MS / 1000.0
 DEDUP_MAX_ENTRIES = 100_000
+# The deduplication cache's memory, at most: 8 MiB per ingest process, ~24,000
+# exchanges, what ~1,000 meters sending every 10 s start in an EXCHANGE_LIFETIME.
+DEDUP_MAX_BYTES = 8 << 20
+# What one cache entry costs at most (key, dict slot, queue slot, a response of 60
+# bytes, an IPv6 peer): 334 bytes measured with tracemalloc
+# (gateway/tests/test_gateway_flood.py); it was ~570 when each entry was a list in a
+# dict and a tuple in an arrival queue.
+DEDUP_ENTRY_BYTES = 350
+# Sources whose datagrams are counted per second, at most; beyond them new sources go
+# uncounted until the next second (a flood from many spoofed addresses is what the
+# cheap checks after this one are for).
+SOURCES_MAX = 4096
+# A datagram that is dropped as not CoAP or answered with a client error (4.xx: unknown
+# device, malformed, ...) counts this many against its source's rate: a source sending
+# garbage or unknown ids is limited after a few a second, an honest meter keeps its rate.
+REJECT_WEIGHT = 20
 READ_BATCH = 64  # datagrams read per wakeup of the event loop, at most
 _RECV_SIZE = MAX_DATAGRAM + 1
 
@@ -76,6 +92,7 @@ _TEXT = (coap.OPT_URI_HOST, coap.OPT_URI_QUERY)  # UTF-8 strings, like Uri-Path
 
 # Outcomes of reading a request's options, besides a CoapRequest.
 _UNPARSABLE = "unparsable"
+_MISSING = object()
 
 
 def _create_task(coro):
@@ -101,13 +118,23 @@ class LeanCoapServer(asyncio.DatagramProtocol):
 
     def __init__(self, handle, bind, port, receive_buffer_bytes=4 << 20, on_drop=None,
                  dedup_max_entries=DEDUP_MAX_ENTRIES, drain_s=2.0, clock=time.monotonic,
-                 sock=None):
+                 sock=None, begin=None, finish=None, max_per_source=0, on_limit=None,
+                 dedup_max_bytes=DEDUP_MAX_BYTES):
         self._handle = handle
+        # A two-step handler (gateway.ingest.Ingest.begin/finish): begin(request) answers
+        # at once what needs no waiting, without a task per request (cheap rejects under
+        # a flood); else returns what finish() completes in a task.
+        self._begin = begin
+        self._finish = finish
+        self._max_per_source = max_per_source
+        self._on_limit = on_limit or (lambda: None)
+        self._sources = {}  # source address -> datagrams in the current second
+        self._sources_second = None
         self._given_sock = sock  # a bound socket to serve instead of binding one
         self._bind = (bind, port)
         self._rcvbuf = receive_buffer_bytes
         self._on_drop = on_drop or (lambda: None)
-        self._max_entries = dedup_max_entries
+        self._max_entries = min(dedup_max_entries, dedup_max_bytes // DEDUP_ENTRY_BYTES)
         self._drain_s = drain_s
         self._clock = clock
         self._limiter = RateLimiter(window=60.0, global_max=10)
@@ -115,9 +142,11 @@ class LeanCoapServer(asyncio.DatagramProtocol):
         self._transport = None  # when driven as a DatagramProtocol
         self._sendto = None  # (bytes, address) -> None
         self._tasks = set()
-        # (address, message id) -> [expires, response bytes or None while in the handler]
+        # (address, port << 16 | message id) -> response bytes, or None while in the
+        # handler. Expiry: per message type a queue of [expires, keys] buckets, one per
+        # second of arrival (an entry lives its lifetime and at most one second more).
         self._recent = {}
-        self._order = collections.deque()  # (key, entry) in arrival order
+        self._expiry = {_CON: collections.deque(), _NON: collections.deque()}
         self._next_mid = int.from_bytes(os.urandom(2), "big")
         self.port = None
 
@@ -160,7 +189,9 @@ class LeanCoapServer(asyncio.DatagramProtocol):
             self._transport.close()
             self._transport = None
         self._recent.clear()
-        self._order.clear()
+        for queue in self._expiry.values():
+            queue.clear()
+        self._sources.clear()
 
     def connection_made(self, transport):
         self._transport = transport
@@ -205,6 +236,24 @@ class LeanCoapServer(asyncio.DatagramProtocol):
     # -- datagrams -------------------------------------------------------------------
 
     def datagram_received(self, data, addr):
+        now = self._clock()
+        if self._max_per_source:
+            # The cheapest check first: a source over its rate costs a dict lookup.
+            second = int(now)
+            sources = self._sources
+            if second != self._sources_second:
+                self._sources_second = second
+                sources.clear()
+            source = addr[0]
+            count = sources.get(source)
+            if count is None:
+                if len(sources) < SOURCES_MAX:
+                    sources[source] = 1
+            elif count >= self._max_per_source:
+                self._on_limit()
+                return
+            else:
+                sources[source] = count + 1
         try:
             msg = coap.decode(data, MAX_DATAGRAM)
         except DecodeError as e:
@@ -217,34 +266,63 @@ class LeanCoapServer(asyncio.DatagramProtocol):
         if code == 0 or code >= 32 or mtype >= _ACK:
             self._not_a_request(msg, addr)
             return
-        key = (addr, msg.mid)
-        now = self._clock()
-        order = self._order
-        while order and order[0][1][0] <= now:
-            self._forget_oldest()
-        entry = self._recent.get(key)
-        if entry is not None and entry[0] > now:  # a duplicate
-            if mtype == _CON and entry[1] is not None:
-                self._sendto(entry[1], addr)
+        key = (addr[0], addr[1] << 16 | msg.mid)
+        recent = self._recent
+        self._expire(now)
+        cached = recent.get(key, _MISSING)
+        if cached is not _MISSING:  # a duplicate
+            if mtype == _CON and cached is not None:
+                self._sendto(cached, addr)
             return
         request = self._request(msg, addr)
         if request is _UNPARSABLE:
             if mtype == _CON:
                 self._sendto(coap.encode(_RST, 0, msg.mid), addr)
             return
-        entry = [now + (EXCHANGE_LIFETIME_S if mtype == _CON else NON_LIFETIME_S), None]
-        self._recent[key] = entry
-        order.append((key, entry))
-        if len(order) > self._max_entries:
-            self._forget_oldest()
+        self._remember(key, mtype, now)
         if type(request) is int:  # refused here: 4.02 or 5.05
             if request == coap.BAD_OPTION and mtype == _NON:
                 self._sendto(coap.encode(_RST, 0, msg.mid), addr)
                 return
-            self._send(CoapResponse(request, b""), msg, addr, entry)
+            self._send(CoapResponse(request, b""), msg, addr, key)
             return
+        if self._begin is not None:
+            try:
+                result = self._begin(request)
+            except Exception:  # noqa: BLE001 - supervisor: a handler bug must not take the service down
+                self._handler_failed(request)
+                result = CoapResponse(coap.INTERNAL_SERVER_ERROR, b"")
+            if type(result) is CoapResponse:  # answered without waiting
+                self._send(result, msg, addr, key)
+                return
+            waiting = self._finish(result)
+        else:
+            waiting = self._handle(request)
         # The task removes itself from _tasks when done (cheaper than a done callback).
-        self._tasks.add(_create_task(self._respond(request, msg, addr, entry)))
+        self._tasks.add(_create_task(self._respond(waiting, request, msg, addr, key)))
+
+    def _expire(self, now):
+        recent = self._recent
+        for queue in self._expiry.values():
+            while queue and queue[0][0] <= now:
+                for key in queue.popleft()[1]:
+                    del recent[key]
+
+    def _remember(self, key, mtype, now):
+        self._recent[key] = None
+        queue = self._expiry[mtype]
+        expires = int(now) + 1 + (EXCHANGE_LIFETIME_S if mtype == _CON else NON_LIFETIME_S)
+        if queue and queue[-1][0] == expires:
+            queue[-1][1].append(key)
+        else:
+            queue.append([expires, collections.deque((key,))])
+        if len(self._recent) > self._max_entries:
+            self._forget_oldest()
+
+    @property
+    def dedup_entries(self):
+        """Exchanges remembered for deduplication."""
+        return len(self._recent)
 
     def _not_a_request(self, msg, addr):
         if msg.mtype == _CON:
@@ -293,20 +371,29 @@ class LeanCoapServer(asyncio.DatagramProtocol):
         return CoapRequest(msg.code, tuple(path), content_format, msg.payload, addr[0],
                            blockwise)
 
-    async def _respond(self, request, msg, addr, entry):
+    async def _respond(self, waiting, request, msg, addr, key):
         try:
-            response = await self._handle(request)
-        except Exception:  # supervisor: a handler bug must not take the service down
-            suppressed = self._limiter.allow("handler")
-            if suppressed is not None:
-                log.exception("handler failed", extra={"fields": {
-                    "peer": request.peer, "suppressed": suppressed}})
+            response = await waiting
+        except Exception:  # noqa: BLE001 - supervisor: a handler bug must not take the service down
+            self._handler_failed(request)
             response = CoapResponse(coap.INTERNAL_SERVER_ERROR, b"")
         finally:
             self._tasks.discard(_current_task())
-        self._send(response, msg, addr, entry)
+        self._send(response, msg, addr, key)
 
-    def _send(self, response, msg, addr, entry):
+    def _handler_failed(self, request):
+        suppressed = self._limiter.allow("handler")
+        if suppressed is not None:
+            log.exception("handler failed", extra={"fields": {
+                "peer": request.peer, "suppressed": suppressed}})
+
+    def _strike(self, source):
+        # A dropped or refused datagram weighs REJECT_WEIGHT against its source's rate.
+        count = self._sources.get(source)
+        if count is not None:
+            self._sources[source] = count + REJECT_WEIGHT - 1
+
+    def _send(self, response, msg, addr, key):
         if msg.mtype == _CON:
             mtype, mid = _ACK, msg.mid
         else:
@@ -314,24 +401,36 @@ class LeanCoapServer(asyncio.DatagramProtocol):
             self._next_mid = (mid + 1) & 0xFFFF
         try:
             data = encode_response(response, mtype, mid, msg.token)
+            if response.code >> 5 == 4:  # a client error
+                self._strike(addr[0])
         except Exception as e:  # noqa: BLE001 - supervisor: a handler bug (no such code, not a CoapResponse, ...) is answered 5.00
             suppressed = self._limiter.allow("encode")
             if suppressed is not None:
                 log.error("response not encodable", exc_info=True, extra={"fields": {
                     "error": repr(e)[:200], "suppressed": suppressed}})
             data = coap.encode(mtype, coap.INTERNAL_SERVER_ERROR, mid, msg.token)
-        if msg.mtype == _CON:
-            entry[1] = data
+        if msg.mtype == _CON and key in self._recent:  # (not if evicted meanwhile)
+            self._recent[key] = data
         if self._sendto is not None:  # None once closed
             self._sendto(data, addr)
 
     def _forget_oldest(self):
-        key, entry = self._order.popleft()
-        if self._recent.get(key) is entry:
-            del self._recent[key]
+        # The entry that arrived first: the front bucket of the queue whose front bucket
+        # came first (a CON bucket expires EXCHANGE_LIFETIME after it came, a NON one
+        # NON_LIFETIME after).
+        con, non = self._expiry[_CON], self._expiry[_NON]
+        if not non or (con and con[0][0] - EXCHANGE_LIFETIME_S <= non[0][0] - NON_LIFETIME_S):
+            queue = con
+        else:
+            queue = non
+        keys = queue[0][1]
+        del self._recent[keys.popleft()]
+        if not keys:
+            queue.popleft()
 
     def _drop(self, addr, error):
         self._on_drop()
+        self._strike(addr[0])
         suppressed = self._limiter.allow("drop")
         if suppressed is not None:
             log.warning("dropped a datagram that is not a CoAP request", extra={"fields": {

@@ -150,6 +150,9 @@ SCHEMA = {
                                  "SO_RCVBUF; the kernel caps it at net.core.rmem_max"),
         "front_end": (_Choice("lean", FRONT_ENDS),
                       '"lean" (own UDP layer, fast) or "aiocoap" (docs/gateway.md)'),
+        "max_datagrams_per_source": (_Int(200, 0, 1 << 20),
+                                     "per second and source address, more are dropped "
+                                     "unanswered (lean front end; 0 = no limit)"),
     },
     "ingest": {
         "max_future_skew_s": (_Int(300, 0, 86400),
@@ -204,6 +207,7 @@ class CoapConfig:
     port: int
     receive_buffer_bytes: int
     front_end: str = "lean"
+    max_datagrams_per_source: int = 200
 
 
 @dataclass(frozen=True)

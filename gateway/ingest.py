@@ -53,6 +53,29 @@ class CoapResponse(NamedTuple):
     content_format: int = exchange.CONTENT_FORMAT_CBOR
 
 
+class _Routed:
+    # A request for one of Ingest.routes: Ingest.finish awaits its handler's answer.
+    __slots__ = ("request", "answer", "started")
+
+    def __init__(self, request, answer):
+        self.request = request
+        self.answer = answer
+        self.started = None
+
+
+class _Pending:
+    # A POST /r whose verified readings are with the writer: Ingest.finish answers it.
+    __slots__ = ("request", "now", "check", "credential", "future", "started")
+
+    def __init__(self, request, now, check, credential, future):
+        self.request = request
+        self.now = now
+        self.check = check
+        self.credential = credential
+        self.future = future
+        self.started = None
+
+
 def code_text(code):
     """CoAP code as "c.dd" (e.g. 0x84 -> "4.04")."""
     return f"{code >> 5}.{code & 0x1F:02d}"
@@ -79,45 +102,80 @@ class Ingest:
         # (gateway.app adds POST /e and /c: gateway.enrolment, gateway.commissioning)
         self.routes = {}
         self._limiter = log_limiter or RateLimiter(window=60.0)
+        self._plain_rejects = {}  # (reason, max_batch) -> (now, response payload)
 
     def set_credentials(self, credentials):
         self.credentials = credentials
 
     async def handle(self, request):
+        """The response to ``request`` (:meth:`begin`, then :meth:`finish` if needed)."""
+        result = self.begin(request)
+        if type(result) is CoapResponse:
+            return result
+        return await self.finish(result)
+
+    def begin(self, request):
+        """Everything about ``request`` that needs no waiting, at once: its
+        :class:`CoapResponse` (``GET /t``, and every reject decided from the request and
+        the registry, such as an unknown device: a flood of those costs no task), or a
+        pending store for :meth:`finish` (the answer comes after the COMMIT)."""
         started = time.perf_counter()
         try:
-            response = await self._route(request)
+            result = self._route(request)
+        except Exception as e:  # noqa: BLE001 - supervisor: a fault of ours is 5.00 (logged with its traceback), the service goes on
+            result = self._internal(request, e)
+        if type(result) is CoapResponse:
+            self._count(result, started)
+        else:
+            result.started = started
+        return result
+
+    async def finish(self, pending):
+        """The response to a request :meth:`begin` handed over: after the COMMIT."""
+        request = pending.request
+        try:
+            if type(pending) is _Routed:
+                response = await pending.answer
+            else:
+                response = await self._stored(pending)
         except StorageError as e:
             response = self._reject(request, "storage", str(e), self._now(),
                                     max_age=self.overload_max_age)
-        except Exception as e:  # a fault of ours: 5.00 (the meter retries), keep serving
-            if self._limiter.allow("internal error") is not None:
-                log.exception("request handling failed")
-            response = self._reject(request, "internal", f"{type(e).__name__}: {e}", self._now())
+        except Exception as e:  # noqa: BLE001 - supervisor: a fault of ours is 5.00 (logged with its traceback), the service goes on
+            response = self._internal(request, e)
+        self._count(response, pending.started)
+        return response
+
+    def _internal(self, request, error):
+        if self._limiter.allow("internal error") is not None:
+            log.error("request handling failed", exc_info=error)
+        return self._reject(request, "internal", f"{type(error).__name__}: {error}",
+                            self._now())
+
+    def _count(self, response, started):
         self.metrics.responses.inc(label_value=code_text(response.code))
         self.metrics.latency.observe(time.perf_counter() - started)
-        return response
 
     def _now(self):
         return int(self.clock())
 
-    async def _route(self, request):
+    def _route(self, request):
         now = self._now()
         if request.path == (exchange.PATH_READINGS,):
             if request.method != POST:
                 return self._reject(request, "method", "use POST on /r", now)
-            return await self._post_readings(request, now)
+            return self._post_readings(request, now)
         if request.path == (exchange.PATH_TIME,):
             if request.method != GET:
                 return self._reject(request, "method", "use GET on /t", now)
             return CoapResponse(exchange.CONTENT, exchange.encode_response(now))
         route = self.routes.get(request.path)
         if route is not None:
-            return await route(request, now)
+            return _Routed(request, route(request, now))  # finish() awaits it
         path = "/".join(request.path)
         return self._reject(request, "not-found", f"no resource /{path}", now)
 
-    async def _post_readings(self, request, now):
+    def _post_readings(self, request, now):
         received_ms = int(self.clock() * 1000)
         payload = request.payload
         count = verify.batch_length(payload)
@@ -142,14 +200,24 @@ class Ingest:
                                 max_age=self.overload_max_age)
         hint = verify.peek_device_id(payload)
         credential = self.credentials.get(hint) if hint is not None else None
+        # An unknown device: check_batch stops at its first reading, before any signature,
+        # and the reject is answered here, without a task (the cheap answer to a flood).
         check = verify.check_batch(payload, credential, now, self.policy)
+        if check.readings:
+            future = self.writer.submit(check.device_id, check.readings, received_ms)
+            return _Pending(request, now, check, credential, future)
+        return self._answer(request, now, check, credential, None)
+
+    async def _stored(self, pending):
+        outcome = await pending.future
+        self.metrics.accepted.inc(outcome.new)
+        if outcome.duplicates:
+            self.metrics.duplicates.inc(outcome.duplicates)
+        return self._answer(pending.request, pending.now, pending.check, pending.credential,
+                            outcome)
+
+    def _answer(self, request, now, check, credential, outcome):
         readings = check.readings
-        outcome = None
-        if readings:
-            outcome = await self.writer.submit(check.device_id, readings, received_ms)
-            self.metrics.accepted.inc(outcome.new)
-            if outcome.duplicates:
-                self.metrics.duplicates.inc(outcome.duplicates)
         if outcome is not None and outcome.reason is not None:
             stored = outcome.stored
             return self._reject(
@@ -191,6 +259,14 @@ class Ingest:
             if suppressed:
                 fields["suppressed"] = suppressed
             log.warning("request rejected", extra={"fields": fields})
-        payload = exchange.encode_response(now, ack=ack, rejected=rejected, reason=reason,
-                                           max_batch=max_batch)
+        if ack is None and rejected is None:  # the same bytes for everyone this second
+            cached = self._plain_rejects.get((reason, max_batch))
+            if cached is None or cached[0] != now:
+                cached = (now, exchange.encode_response(now, reason=reason,
+                                                        max_batch=max_batch))
+                self._plain_rejects[(reason, max_batch)] = cached
+            payload = cached[1]
+        else:
+            payload = exchange.encode_response(now, ack=ack, rejected=rejected, reason=reason,
+                                               max_batch=max_batch)
         return CoapResponse(code, payload, max_age=max_age, size1=size1)

@@ -120,6 +120,11 @@ class GatewayMetrics:
             "Datagrams dropped because they are not valid CoAP or not a request "
             "(never given a response; a CON may get a Reset).",
         )
+        self.limited = Counter(
+            "wattshare_coap_datagrams_limited_total",
+            "Datagrams dropped unanswered because their source address sent more than "
+            "[coap] max_datagrams_per_source in a second.",
+        )
         self.responses = Counter(
             "wattshare_coap_responses_total", "CoAP responses sent, by code.", label="code"
         )
@@ -154,7 +159,7 @@ class GatewayMetrics:
     def _own(self):
         return {"accepted": self.accepted, "duplicates": self.duplicates,
                 "rejected": self.rejected, "dropped": self.dropped,
-                "responses": self.responses, "latency": self.latency,
+                "limited": self.limited, "responses": self.responses, "latency": self.latency,
                 "enrolments": self.enrolments, "commissioning": self.commissioning,
                 "commit_seconds": self.commit_seconds, "commit_rows": self.commit_rows}
 

@@ -364,7 +364,9 @@ def test_the_deduplication_cache_is_bounded_in_size():
         bench = Bench(dedup_max_entries=10)
         for mid in range(50):
             await bench.feed(request(mid=mid))
-        assert len(bench.server._recent) <= 10 and len(bench.server._order) <= 10
+        assert bench.server.dedup_entries == 10
+        assert sum(len(keys) for queue in bench.server._expiry.values()
+                   for _, keys in queue) == 10
         assert len(bench.requests) == 50
         await bench.feed(request(mid=49))  # recent: still deduplicated
         assert len(bench.requests) == 50
@@ -391,7 +393,7 @@ def test_the_deduplication_cache_forgets_after_the_exchange_and_non_lifetimes():
         bench.clock.now += EXCHANGE_LIFETIME_S - NON_LIFETIME_S
         await bench.feed(con)
         assert len(bench.requests) == 4
-        assert len(bench.server._recent) == 2  # expired entries were removed
+        assert bench.server.dedup_entries == 2  # expired entries were removed
 
     run(scenario())
 

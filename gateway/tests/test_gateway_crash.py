@@ -135,7 +135,10 @@ async def start_gateway(config_path, port):
 @pytest.mark.slow
 def test_sigkill_under_load_loses_no_acknowledged_reading(tmp_path):
     port = free_udp_port()
-    cfg = write_config(tmp_path, coap={"port": port}, ingest={"processes": 2})
+    # eight senders at full speed from one address: no per-source limit (that is
+    # test_gateway_flood's subject), so the SIGKILLs land under the full load
+    cfg = write_config(tmp_path, coap={"port": port, "max_datagrams_per_source": 0},
+                       ingest={"processes": 2})
     rng = random.Random(SEED)
     meters = [Meter(port, random.Random(rng.random())) for _ in range(SENDERS)]
     register(cfg, *[m.key for m in meters])
