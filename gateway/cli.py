@@ -318,6 +318,11 @@ def cmd_status(args):
     service = f"running, status page {url}" if running else f"not reachable at {url} (not running?)"
     print(f"gateway:   {service}")
     print(f"database:  {cfg.db_path} ({snap.storage_bytes / 1e6:.1f} MB)")
+    if snap.storage_free_bytes is not None:
+        short = (" - SHORT: free space, or move [gateway] data_dir"
+                 if snap.storage_free_bytes < store.LOW_SPACE_BYTES else "")
+        print(f"room:      {snap.storage_free_bytes / 1e6:.1f} MB free, about "
+              f"{snap.readings_room:,} readings more{short}")
     print(f"readings:  {snap.readings_total} stored, "
           f"{snap.readings_per_s:.2f}/s over the last minute")
     print(f"chain:     {snap.chain}")

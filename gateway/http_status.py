@@ -93,6 +93,9 @@ def render_page(snapshot, live):
         ("Readings stored", str(snapshot.readings_total)),
         ("Readings/s (last minute)", f"{snapshot.readings_per_s:.2f}"),
         ("Storage", f"{snapshot.storage_bytes / 1e6:.1f} MB"),
+        ("Room left", "unknown" if snapshot.storage_free_bytes is None else
+         f"{snapshot.storage_free_bytes / 1e6:.1f} MB, about {snapshot.readings_room:,} "
+         "readings"),
         ("Chain", snapshot.chain),
         ("Store queue", f"{live['store_queue']} readings"),
         ("Ingest processes", str(live["ingest_processes"] or "none (in the gateway process)")),

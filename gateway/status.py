@@ -46,6 +46,8 @@ class GatewayStatus:
     readings_last_minute: int
     storage_bytes: int
     chain: str
+    storage_free_bytes: int | None = None  # free on the database's volume
+    readings_room: int | None = None  # readings that still fit, about
 
     @property
     def readings_per_s(self):
@@ -86,8 +88,17 @@ def collect(conn, db_path, now_ms, chain="not configured"):
     last_minute = conn.execute(
         "SELECT count(*) FROM readings WHERE received_ms > ?", (now_ms - 60_000,)
     ).fetchone()[0]
-    return GatewayStatus(now_ms, devices, totals, total, last_minute,
-                         store.storage_bytes(db_path) if db_path else 0, chain)
+    used = store.storage_bytes(db_path) if db_path else 0
+    free = room = None
+    if db_path:
+        try:
+            free = store.free_bytes(db_path)
+        except OSError:
+            pass
+        else:
+            per_reading = used / total if total >= 1000 else store.READING_BYTES
+            room = int(free / max(per_reading, 1))
+    return GatewayStatus(now_ms, devices, totals, total, last_minute, used, chain, free, room)
 
 
 @dataclass

@@ -11,6 +11,7 @@ been applied. Append to :data:`MIGRATIONS`, never edit an applied entry.
 """
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 
@@ -261,6 +262,22 @@ def open_store(path):
     conn = connect(path)
     migrate(conn)
     return conn
+
+
+# Below this much free space on the database's volume the writer checkpoints the WAL
+# after every COMMIT and truncates it. SQLite checkpoints by itself only once the WAL
+# holds 1,000 pages (4 MB): on a small volume that WAL alone filled the disk (a 4 MB
+# volume stopped at 186 readings).
+LOW_SPACE_BYTES = 64 << 20
+# What one stored reading takes on disk, about (row, COSE bytes, three indices): for the
+# readings-left estimate of `gateway status` when the database holds too few to measure.
+READING_BYTES = 400
+
+
+def free_bytes(path):
+    """Bytes free for this process on the volume of ``path`` (the database file)."""
+    stat = os.statvfs(Path(path).parent)
+    return stat.f_bavail * stat.f_frsize
 
 
 def storage_bytes(path):

@@ -131,6 +131,10 @@ class GroupStore:
         self.conn = conn
         self._tails = {}
         self._data_version = None  # PRAGMA data_version when the cache was last right
+        self._db_path = conn.execute("PRAGMA database_list").fetchone()[2]
+        self._space_checked = None  # monotonic time of the last look at the free space
+        self._space_short = False
+        self.checkpoints = 0  # WAL checkpoints made because space was short
 
     def commit(self, group):
         """Store ``group`` in one transaction, COMMIT included."""
@@ -172,12 +176,30 @@ class GroupStore:
 
     def finish(self):
         """COMMIT what :meth:`stage` stored (on disk when it returns); rolls back and
-        raises if the COMMIT fails."""
+        raises if the COMMIT fails. When the volume is short of space, the WAL is then
+        checkpointed into the database and truncated (see ``store.LOW_SPACE_BYTES``)."""
         try:
             self.conn.execute("COMMIT")
         except BaseException:
             self._abort()
             raise
+        if self._short_of_space():
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.checkpoints += 1
+            except sqlite3.OperationalError:
+                pass  # busy (a reader), or the disk is full: the next COMMIT tries again
+
+    def _short_of_space(self):
+        # statvfs at most once a second; while short, every COMMIT checkpoints.
+        now = time.monotonic()
+        if self._space_checked is None or now - self._space_checked >= 1.0:
+            self._space_checked = now
+            try:
+                self._space_short = store.free_bytes(self._db_path) < store.LOW_SPACE_BYTES
+            except OSError:
+                self._space_short = False
+        return self._space_short
 
     def _abort(self):
         if self.conn.in_transaction:
