@@ -3,7 +3,7 @@
 ::
 
     python -m tools.fuzz --seconds 600            # every target, 600 s in all; out/bench/fuzz.json
-    python -m tools.fuzz --runs 2000 cbor cose    # a bounded pass (what make test runs)
+    python -m tools.fuzz --runs 2000 cbor cose    # a bounded pass of two targets
     python -m tools.fuzz --replay FILE TARGET     # run one input, e.g. a crash artifact
 
 Each target runs in its own process (libFuzzer owns the process it runs in), starting
@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 from tools.fuzz.targets import INSTRUMENTED, TARGETS, scratch_root, seed_folder
+
+# make fuzz: SECONDS in all (default 600), every target, figures to out/bench/fuzz.json
 
 # libFuzzer's status lines: "#1234  NEW  cov: 56 ft: 78 corp: 9/10b ..."
 _STATUS = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/", re.M)
@@ -125,9 +127,8 @@ def main(argv=None):
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("targets", nargs="*", metavar="TARGET",
                    help=f"targets (default: all): {', '.join(TARGETS)}")
-    limit = p.add_mutually_exclusive_group()
-    limit.add_argument("--seconds", type=float, help="fuzzing time in all, shared evenly")
-    limit.add_argument("--runs", type=int, help="inputs per target")
+    p.add_argument("--seconds", type=float, help="fuzzing time in all, shared evenly")
+    p.add_argument("--runs", type=int, help="inputs per target, at most")
     p.add_argument("--jobs", type=int, default=2, help="targets fuzzed at once")
     p.add_argument("--json", type=Path, help="write the figures here (e.g. out/bench/fuzz.json)")
     p.add_argument("--replay", type=Path, metavar="FILE", help="run one input of one target")

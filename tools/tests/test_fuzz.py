@@ -3,6 +3,7 @@
 once crashed a target replays clean. `make fuzz` runs the same targets for longer."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tools.fuzz import targets
-from tools.fuzz.__main__ import fuzz_all, fuzz_target
+from tools.fuzz.__main__ import fuzz_target
 
 ROOT = Path(__file__).resolve().parents[2]
 REGRESSIONS = ROOT / "tools" / "fuzz" / "regressions"
@@ -20,11 +21,22 @@ RUNS_EACH = 200_000  # the time bound ends the fast targets first
 
 @pytest.mark.slow
 def test_every_target_survives_a_bounded_fuzz_pass(tmp_path):
-    results = fuzz_all(list(targets.TARGETS), SECONDS_EACH, RUNS_EACH, jobs=2, out=tmp_path)
+    # `make fuzz SECONDS=N` runs this command; here N is small.
+    report_path = tmp_path / "fuzz.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.fuzz", "--seconds", str(SECONDS_EACH * len(targets.TARGETS)),
+         "--runs", str(RUNS_EACH), "--jobs", "2", "--json", str(report_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env=dict(os.environ, WATTSHARE_FUZZ_OUT=str(tmp_path / "out")))
+    report = json.loads(report_path.read_text())
+    results = report["targets"]
     crashed = {name: r for name, r in results.items() if r["crashes"]}
-    details = {name: (r.get("error") or (tmp_path / f"{name}.log").read_text()[-3000:])
+    details = {name: (r.get("error") or (tmp_path / "out" / f"{name}.log").read_text()[-3000:])
                for name, r in crashed.items()}
-    assert not crashed, json.dumps(details, indent=1)
+    assert not crashed and proc.returncode == 0, json.dumps(details, indent=1) + proc.stdout
+    assert set(results) == set(targets.TARGETS)
+    assert report["total_seconds"] == pytest.approx(sum(r["seconds"] for r in results.values()),
+                                                    abs=0.5)
     for name, r in results.items():
         seeds = len(list(targets.seed_folder(name).iterdir()))
         assert seeds >= 1, f"{name}: no seed corpus"
