@@ -65,9 +65,10 @@ DEDUP_ENTRY_BYTES = 350
 # uncounted until the next second (a flood from many spoofed addresses is what the
 # cheap checks after this one are for).
 SOURCES_MAX = 4096
-# A datagram that is dropped as not CoAP or answered with a client error (4.xx: unknown
-# device, malformed, ...) counts this many against its source's rate: a source sending
-# garbage or unknown ids is limited after a few a second, an honest meter keeps its rate.
+# Under pressure, a datagram that is dropped as not CoAP or answered with a client error
+# (4.xx: unknown device, malformed, ...) counts this many against its source's rate: a
+# source sending garbage or unknown ids is limited after a few a second, an honest meter
+# keeps its rate.
 REJECT_WEIGHT = 20
 READ_BATCH = 64  # datagrams read per wakeup of the event loop, at most
 _RECV_SIZE = MAX_DATAGRAM + 1
@@ -130,6 +131,9 @@ class LeanCoapServer(asyncio.DatagramProtocol):
         self._on_limit = on_limit or (lambda: None)
         self._sources = {}  # source address -> datagrams in the current second
         self._sources_second = None
+        # True while the socket holds more than one wakeup reads (READ_BATCH): a flood,
+        # or a burst; then rejects weigh more against their source's rate.
+        self.under_pressure = False
         self._given_sock = sock  # a bound socket to serve instead of binding one
         self._bind = (bind, port)
         self._rcvbuf = receive_buffer_bytes
@@ -210,6 +214,7 @@ class LeanCoapServer(asyncio.DatagramProtocol):
             try:
                 data, addr = recvfrom(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
+                self.under_pressure = False  # the socket was drained
                 return
             except OSError as e:
                 self._log_once("receive", "receive failed", e)
@@ -219,6 +224,7 @@ class LeanCoapServer(asyncio.DatagramProtocol):
             except Exception as e:  # noqa: BLE001 - supervisor: one datagram must not stop the others
                 self._on_drop()
                 self._log_once("datagram", "datagram handling failed", e, trace=True)
+        self.under_pressure = True  # more were waiting than one wakeup reads
 
     def _send_datagram(self, data, addr):
         try:
@@ -388,7 +394,10 @@ class LeanCoapServer(asyncio.DatagramProtocol):
                 "peer": request.peer, "suppressed": suppressed}})
 
     def _strike(self, source):
-        # A dropped or refused datagram weighs REJECT_WEIGHT against its source's rate.
+        # Under pressure, a dropped or refused datagram weighs REJECT_WEIGHT against its
+        # source's rate (a client trying many bad requests on a quiet gateway is answered).
+        if not self.under_pressure:
+            return
         count = self._sources.get(source)
         if count is not None:
             self._sources[source] = count + REJECT_WEIGHT - 1

@@ -11,6 +11,7 @@ measures those)."""
 
 import asyncio
 import os
+import socket
 import time
 import tracemalloc
 
@@ -145,32 +146,47 @@ def test_the_per_source_limit_drops_the_excess_of_one_source_only():
     asyncio.run(scenario())
 
 
-def test_a_source_of_rejects_is_limited_sooner_than_an_honest_one():
-    # Junk or a 4.xx answer weighs REJECT_WEIGHT against the source's rate: a flood from
-    # many addresses, each under the plain limit, is cut to a few a second per address.
-    async def scenario():
+def test_under_pressure_a_source_of_rejects_is_limited_sooner_than_an_honest_one():
+    # When more datagrams wait than one wakeup reads, junk or a 4.xx answer weighs
+    # REJECT_WEIGHT against its source's rate: a flood from many addresses, each under the
+    # plain limit, is cut to a few a second per address. On a quiet gateway a client
+    # trying many bad requests is answered each time.
+    async def scenario(burst):
         async def handle(request):
             code = exchange.FORBIDDEN if request.path == ("r",) else exchange.CONTENT
             return CoapResponse(code, b"")
 
         limited = []
-        server = LeanCoapServer(handle, "127.0.0.1", 0, clock=_Clock(), max_per_source=LIMIT,
-                                on_limit=lambda: limited.append(1))
-        server.connection_made(_Transport())
+        server = LeanCoapServer(handle, "127.0.0.1", 0, max_per_source=LIMIT,
+                                on_limit=lambda: limited.append(1),
+                                clock=_Clock())  # one second throughout
+        await server.start()
+        bad, good = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+        bad.bind(("127.0.0.2", 0))
+        good.bind(("127.0.0.3", 0))
         refused = coap.encode(coap.CON, coap.POST, 0, b"", [(coap.OPT_URI_PATH, b"r")])
-        for mid in range(100):
-            server.datagram_received(refused[:2] + mid.to_bytes(2, "big") + refused[4:],
-                                     ("192.0.2.1", 5683))
-            await asyncio.sleep(0)
-            server.datagram_received(b"\x00junk", ("192.0.2.2", 5683))
-            server.datagram_received(_get_time(mid), ("192.0.2.3", 5683))
-            await asyncio.sleep(0)
-        allowed = -(-LIMIT // coap_lean.REJECT_WEIGHT)  # ceil(200 / 20)
-        assert len(limited) == 2 * (100 - allowed)  # the refused and the junk source
-        assert server._sources["192.0.2.3"] == 100  # the honest one: never limited
-        await server.close()
+        try:
+            for mid in range(60):
+                bad.sendto(refused[:2] + mid.to_bytes(2, "big") + refused[4:],
+                           ("127.0.0.1", server.port))
+                bad.sendto(b"\x00junk", ("127.0.0.1", server.port))
+                good.sendto(_get_time(mid), ("127.0.0.1", server.port))
+                if not burst:
+                    await asyncio.sleep(0.002)  # one at a time: no pressure
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+            return len(limited), server._sources.get("127.0.0.3")
+        finally:
+            bad.close()
+            good.close()
+            await server.close()
 
-    asyncio.run(scenario())
+    limited, honest = asyncio.run(scenario(burst=True))
+    # the first wakeup (READ_BATCH datagrams) is read before the pressure shows
+    assert limited >= 120 - coap_lean.READ_BATCH - LIMIT // coap_lean.REJECT_WEIGHT
+    assert honest == 60  # the honest source: never limited
+    limited, honest = asyncio.run(scenario(burst=False))
+    assert limited == 0 and honest == 60
 
 
 def test_an_unknown_device_is_answered_at_once_without_a_signature_check_or_a_task():
