@@ -408,6 +408,7 @@ def cmd_verify(args):
             raise BundleError(f"{args.bundle}: cannot read the bundle: {e}") from None
         if not args.rpc:
             raise ConfigError("--bundle needs --rpc URL (a node of the bundle's chain)")
+        bundle.check_fields(data)  # a malformed bundle is refused before any node is asked
         cfg = None
     else:
         cfg = gwconfig.load(args.config)

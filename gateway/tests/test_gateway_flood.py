@@ -25,7 +25,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.verify import Credential, Policy
 from tools import flood
 
-FLOOD_S = 3.0
+FLOOD_S = 2.0
 LIMIT = 200  # the default [coap] max_datagrams_per_source
 
 
