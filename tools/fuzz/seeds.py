@@ -84,6 +84,40 @@ def protocol_seeds():
         _write("modbus", bytes([count - 1, 0]) + body + bytes([crc & 0xFF, crc >> 8]))
 
 
+def enrolment_seeds():
+    """Requests bound to the targets' fixed code, and records, signed with real keys."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+    from wattcore import enrolment, exchange
+
+    from gateway import registry
+    from tools.fuzz.targets import _ENROL_NOW, ENROL_CODE_RANDOM
+
+    def signer(key):
+        def sign(tbs):
+            r, s = utils.decode_dss_signature(key.sign(tbs, ec.ECDSA(hashes.SHA256())))
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return sign
+
+    code = enrolment.code_from_random(lambda n: ENROL_CODE_RANDOM[:n])
+    k = enrolment.code_key(code)
+    fresh = ec.generate_private_key(ec.SECP256R1())
+    pub = registry.uncompressed(fresh.public_key())
+    dev = b"WS" + bytes(range(6))
+    _write("enrol", enrolment.sign_request(k, dev, pub, _ENROL_NOW, 1, signer(fresh)))
+    _write("enrol", enrolment.sign_request(k, dev, pub, _ENROL_NOW, 3, signer(fresh), sn=77))
+    _write("enrol", enrolment.sign_request(enrolment.code_key("0" * 12), dev, pub, _ENROL_NOW,
+                                           2, signer(fresh)))
+    _write("enrol", exchange.encode_response(_ENROL_NOW, reason="code-used"))
+    _write("enrol", enrolment.format_code(code).encode())
+    v = _vectors()
+    vkey = ec.derive_private_key(int(v["private_key"], 16), ec.SECP256R1())
+    vdev, vpub = bytes.fromhex(v["device_id"]), bytes.fromhex(v["public_key"])
+    record = '{"installer": "A. Fitter", "checks": {"ct_direction": {"ok": true}}}'
+    _write("commissioning", enrolment.sign_record(vdev, vpub, _ENROL_NOW, record, signer(vkey)))
+    _write("commissioning", enrolment.sign_record(vdev, vpub, _ENROL_NOW, "{}", signer(vkey)))
+
+
 def config_seeds():
     from gateway import config as gwconfig
 
@@ -158,6 +192,7 @@ def main(argv=None):
     p.add_argument("--bundle", action="store_true", help="also record the bundle seeds")
     args = p.parse_args(argv)
     protocol_seeds()
+    enrolment_seeds()
     config_seeds()
     if args.bundle:
         bundle_seeds()

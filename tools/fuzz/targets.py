@@ -17,6 +17,9 @@ and turns everything else into a crash: any other exception, and any broken prop
 - ``verify``: the gateway's fast decoder against wattcore's strict ones (meters);
 - ``signed_batch``: ``gateway.verify.check_batch`` on readings signed with the
   registered key, so the checks after the signature are reached (a registered meter);
+- ``enrol``, ``commissioning``: the gateway's ``POST /e`` and ``POST /c`` on a fresh copy
+  of a database with an open invite and a registered device (anyone on the LAN), and
+  the device's reading of the answer and of a typed code;
 - ``modbus``: Modbus RTU reply framing and register decoding (the meter on the bus);
 - ``board_toml``, ``meter_toml``: ``tools.board_config`` (a board or meter file);
 - ``gateway_toml``: ``gateway.config`` (the operator's gateway.toml);
@@ -335,6 +338,99 @@ def signed_batch():
     return one
 
 
+# -- enrolment and commissioning (POST /e, POST /c) --------------------------------------
+
+# A fixed one-time code, so that seeds signed for it reach every check after the binding.
+ENROL_CODE_RANDOM = bytes(range(1, 8))
+_ENROL_NOW = 1_785_319_300
+
+
+def _enrol_template():
+    # An in-memory gateway database with one open invite and the vectors' device
+    # registered (for commissioning records); each input gets a fresh copy of it.
+    import sqlite3
+
+    from gateway import enrolment, registry, store
+
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    store.migrate(conn)
+    enrolment.create_invite(conn, "fuzz", "0x" + "ab" * 20, 3600, now=_ENROL_NOW,
+                            random_bytes=lambda n: ENROL_CODE_RANDOM[:n])
+    v = _vectors()
+    registry.add_device(conn, bytes.fromhex(v["device_id"]), bytes.fromhex(v["public_key"]),
+                        "SDM120CT", "0x" + "ab" * 20, "vectors", now=_ENROL_NOW)
+    return conn
+
+
+def _fresh(template):
+    import sqlite3
+
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    template.backup(conn)
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def enrol():
+    # The gateway's POST /e on the request, and the device's reading of an answer.
+    from wattcore import enrolment as core
+    from wattcore import exchange as wexchange
+    from wattcore.errors import CodeError, DecodeError
+
+    from gateway import enrolment, registry
+
+    template = _enrol_template()
+
+    def one(data):
+        conn = _fresh(template)
+        try:
+            outcome = enrolment.enrol(conn, data, _ENROL_NOW)
+            if outcome.reason is not None and outcome.reason not in enrolment.REASONS:
+                _fail(f"unknown reason {outcome.reason!r}")
+            if outcome.reason is None and not outcome.repeat:
+                sign1, r = core.open_signed(data, core.decode_request)
+                if enrolment.signature_ok(r["pub"], sign1.signature,
+                                          sign1.to_be_signed(core.AAD_ENROL)) is not True:
+                    _fail("a device was enrolled without a valid signature")
+                device = registry.get_device(conn, r["dev"])
+                if device.pubkey != r["pub"]:
+                    _fail("the enrolled key is not the request's")
+        finally:
+            conn.close()
+        try:  # the same bytes as the answer a device reads
+            answer = wexchange.decode_response(data)
+        except DecodeError:
+            answer = {}
+        core.outcome(data[0] if data else 0, answer, b"\x00" * 16)
+        try:
+            core.parse_code(data.decode("utf-8", "replace"))
+        except CodeError:
+            pass
+
+    return one
+
+
+def commissioning():
+    # The gateway's POST /c on a record, against a registry holding the vectors' device.
+    from gateway import commissioning as gcommissioning
+
+    template = _enrol_template()
+
+    def one(data):
+        conn = _fresh(template)
+        try:
+            outcome = gcommissioning.store_record(conn, data, _ENROL_NOW * 1000)
+            if outcome.reason is not None and outcome.reason not in gcommissioning.REASONS:
+                _fail(f"unknown reason {outcome.reason!r}")
+            stored = conn.execute("SELECT count(*) FROM commissioning").fetchone()[0]
+            if stored != (outcome.reason is None):
+                _fail(f"{stored} records stored for outcome {outcome!r}")
+        finally:
+            conn.close()
+
+    return one
+
+
 # -- Modbus RTU ------------------------------------------------------------------------
 
 
@@ -496,6 +592,8 @@ TARGETS = {
     "exchange": exchange,
     "verify": verify,
     "signed_batch": signed_batch,
+    "enrol": enrol,
+    "commissioning": commissioning,
     "modbus": modbus,
     "board_toml": board_toml,
     "meter_toml": meter_toml,
