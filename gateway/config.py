@@ -132,6 +132,28 @@ class _EvmAddressOrEmpty(_Text):
         return value
 
 
+class _TimeZone(_Text):
+    def check(self, value):
+        from gateway import units
+
+        if not isinstance(value, str):
+            raise ValueError('must be an IANA time zone such as "Europe/Paris", or "" '
+                             "(this machine's local time)")
+        try:
+            units.zone(value)
+        except ConfigError:
+            raise ValueError('unknown time zone: an IANA name such as "Europe/Paris" or '
+                             "\"UTC\", or \"\" (this machine's local time)") from None
+        return value
+
+
+class _Currency(_Text):
+    def check(self, value):
+        if not (isinstance(value, str) and 1 <= len(value) <= 8 and value.strip() == value):
+            raise ValueError('must be a short currency name such as "EUR" (1-8 characters)')
+        return value
+
+
 _HEX = set("0123456789abcdefABCDEF")
 FRONT_ENDS = ("lean", "aiocoap")  # gateway.coap_lean, gateway.coap_server
 _DAY = 86400
@@ -198,6 +220,19 @@ SCHEMA = {
         "state_interval_s": (_Int(30, 1, 86400),
                              "embedded anvil: write its state to the data folder this often"),
     },
+    "community": {
+        "name": (_Text("Wattshare community"), "shown on the community page"),
+        "timezone": (_TimeZone(""),
+                     'local time of pages and reports: "" = this machine\'s, or e.g. '
+                     '"Europe/Paris"'),
+        "currency": (_Currency("EUR"), "of the tariffs below"),
+        "retail_per_kwh": (_Number(0.25, 0.0, 100.0),
+                           "what the supplier charges per kWh imported from the grid"),
+        "feed_in_per_kwh": (_Number(0.08, 0.0, 100.0),
+                            "what the grid pays per kWh exported to it"),
+        "p2p_per_kwh": (_Number(0.15, 0.0, 100.0),
+                        "the community's price per kWh shared, between feed-in and retail"),
+    },
 }
 
 
@@ -258,6 +293,26 @@ class ChainConfig:
 
 
 @dataclass(frozen=True)
+class CommunityConfig:
+    """What the community states about itself: its name, its local time and its
+    tariffs (the bill on the community page is compared with grid-only at these)."""
+
+    name: str = "Wattshare community"
+    timezone: str = ""
+    currency: str = "EUR"
+    retail_per_kwh: float = 0.25
+    feed_in_per_kwh: float = 0.08
+    p2p_per_kwh: float = 0.15
+
+    @property
+    def tz(self):
+        """The zone for :mod:`gateway.units` (None = the machine's local time)."""
+        from gateway import units
+
+        return units.zone(self.timezone)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole validated configuration. ``path`` is the file it came from."""
 
@@ -268,6 +323,7 @@ class GatewayConfig:
     http: HttpConfig
     log: LogConfig
     chain: ChainConfig
+    community: CommunityConfig = CommunityConfig()
 
     @property
     def db_path(self):
@@ -308,6 +364,7 @@ def parse(text, path):
     path = Path(path)
     doc = toml_schema.parse_text(text, str(path), ConfigError)
     v = _values(path, doc)
+    _check_tariffs(path, v["community"])
     data_dir = Path(v["gateway"]["data_dir"])
     if not data_dir.is_absolute():
         data_dir = (path.parent / data_dir).resolve()
@@ -319,7 +376,18 @@ def parse(text, path):
         http=HttpConfig(**v["http"]),
         log=LogConfig(**v["log"]),
         chain=ChainConfig(**v["chain"]),
+        community=CommunityConfig(**v["community"]),
     )
+
+
+def _check_tariffs(path, c):
+    # The P2P price sits between what the grid pays and what the supplier charges: then
+    # sharing pays both sides (docs/gateway.md, [community]).
+    if not c["feed_in_per_kwh"] <= c["p2p_per_kwh"] <= c["retail_per_kwh"]:
+        raise ConfigError(
+            f"{path}: community.p2p_per_kwh = {c['p2p_per_kwh']:g}: must lie between "
+            f"community.feed_in_per_kwh ({c['feed_in_per_kwh']:g}) and "
+            f"community.retail_per_kwh ({c['retail_per_kwh']:g})")
 
 
 def load(path=None):

@@ -57,7 +57,17 @@ def test_overrides_and_absolute_data_dir(tmp_path):
     ('[chain]\nrpc_url = "ftp://x"\n', ['chain.rpc_url = "ftp://x"', '"anvil"']),
     ('[chain]\ncontract = "0x12"\n', ['chain.contract = "0x12"', "20-byte address"]),
     ("[ingest]\nmax_age = 5\n", [": ingest.max_age: unknown key; allowed keys:", "max_age_s"]),
-    ("[database]\n", [": database: unknown key; allowed keys: chain, coap, gateway, http"]),
+    ("[database]\n", [": database: unknown key; allowed keys: chain, coap, community, gateway,"]),
+    ('[community]\ntimezone = "Mars/Olympus"\n', [': community.timezone = "Mars/Olympus": '
+                                                  "unknown time zone"]),
+    ("[community]\nretail_per_kwh = -1\n", [": community.retail_per_kwh = -1: must be a number"
+                                            " 0..100"]),
+    ("[community]\np2p_per_kwh = 0.3\n", [": community.p2p_per_kwh = 0.3: must lie between",
+                                           "community.feed_in_per_kwh (0.08)",
+                                           "community.retail_per_kwh (0.25)"]),
+    ("[community]\nfeed_in_per_kwh = 0.2\n", [": community.p2p_per_kwh = 0.15: must lie between",
+                                               "community.feed_in_per_kwh (0.2)"]),
+    ('[community]\ncurrency = ""\n', [': community.currency = "": must be a short currency']),
     ("[coap\n", ["not valid TOML"]),
     ("coap = 1\n", [": coap = 1: must be a table"]),
 ])
@@ -83,3 +93,15 @@ def test_default_path_follows_the_environment(monkeypatch, tmp_path):
     assert config.default_config_path() == tmp_path / "gateway.toml"
     monkeypatch.setenv(config.ENV_CONFIG, "/etc/x.toml")
     assert str(config.default_config_path()) == "/etc/x.toml"
+
+
+def test_community_tariffs_and_time_zone(tmp_path):
+    cfg = config.parse('[community]\nname = "Rue du Four"\ntimezone = "Europe/Paris"\n'
+                       'retail_per_kwh = 0.30\nfeed_in_per_kwh = 0.05\np2p_per_kwh = 0.12\n',
+                       tmp_path / "g.toml")
+    c = cfg.community
+    assert (c.name, c.currency, c.retail_per_kwh, c.feed_in_per_kwh, c.p2p_per_kwh) == (
+        "Rue du Four", "EUR", 0.30, 0.05, 0.12)
+    assert str(c.tz) == "Europe/Paris"
+    assert config.parse("", tmp_path / "g.toml").community.tz is None  # the machine's zone
+    assert "p2p_per_kwh = 0.15" in config.render()  # `gateway init` writes them out
