@@ -36,6 +36,20 @@ from gateway.chain import contracts, intervals, merkle
 log = logging.getLogger("wattshare.chain")
 
 GAP_OVERFLOW = "overflow"  # more than 2**32-1 Wh in one interval: not representable
+NOT_ON_CHAIN = "not_on_chain"  # readings, but the device has no on-chain meter index
+
+
+def gap_reason(quality, max_gap_s=None):
+    """Why a meter was left out of an interval, for people (``chain run``, the status
+    and community pages)."""
+    near = f"within {max_gap_s // 60} min " if max_gap_s else ""
+    return {
+        intervals.GAP: f"no reading {near}of the interval's start or end "
+                       "(meter offline, or its readings not received yet)",
+        intervals.COUNTER_DECREASE: "its energy counter went down (meter replaced or reset)",
+        GAP_OVERFLOW: f"more than {contracts.MAX_WH} Wh in one interval (not representable)",
+        NOT_ON_CHAIN: "not registered on chain (wattshare community add-meter)",
+    }.get(quality, quality)
 
 
 @dataclass(frozen=True)

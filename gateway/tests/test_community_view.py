@@ -1,0 +1,145 @@
+"""The community's day as the page shows it, read back from a real anvil: names from the
+gateway's labels, energy and tokens from the contract's events, gaps with their reason,
+the member report over dates."""
+
+import time
+
+import pytest
+from chain_community import Community, L
+
+from gateway import community, units
+from gateway import config as gwconfig
+from gateway.chain import batcher, deploy
+from gateway.chain.outbox import Outbox
+from gateway.errors import ConfigError
+
+UTC = units.zone("UTC")
+
+
+@pytest.fixture(scope="module")
+def settled(tmp_path_factory):
+    """Three members, the producer gives 40 % to the school; two intervals settled, the
+    household silent in the second (a gap), a third interval built but not sent."""
+    tmp = tmp_path_factory.mktemp("community")
+    c = Community(tmp)
+    producer, school, home = c.member("producer"), c.member("school"), c.member("household")
+    deploy.set_producer_key(c.port, producer.owner_key, c.settlement, producer.index,
+                            "static", [school.index], [4000])
+    first = c.first
+    c.store_readings(first * L, (first + 1) * L, [producer, school, home])
+    c.store_readings((first + 1) * L + 10, (first + 3) * L, [producer, school])
+    b = batcher.Batcher(c.conn, c.settlement, length=L, grace_s=60)
+    b.build_due(since=first)
+    outbox = Outbox(c.conn, c.port, c.gateway_key, c.settlement)
+    for _ in range(60):
+        outbox.step()
+        states = dict(c.conn.execute("SELECT interval, state FROM chain_outbox").fetchall())
+        if states.get(first) == states.get(first + 1) == "confirmed":
+            break
+        time.sleep(0.05)
+    cfg = gwconfig.parse(
+        f'[chain]\ncontract = "{c.settlement}"\n[community]\nname = "Rue du Four"\n'
+        'timezone = "UTC"\nretail_per_kwh = 0.30\nfeed_in_per_kwh = 0.06\n'
+        "p2p_per_kwh = 0.15\n", tmp / "gateway.toml")
+    chain = community.ChainView(c.port, c.settlement, c.deployment.block_number)
+    yield c, cfg, chain, first
+    c.close()
+
+
+def _logs(c, event):
+    return c.logs(event)
+
+
+def test_the_day_by_name_from_the_chain(settled):
+    c, cfg, chain, first = settled
+    day = units.local_day(first * L, UTC)
+    view = community.day_view(c.conn, cfg, chain, day)
+    assert view["day"] == day and view["community"]["name"] == "Rue du Four"
+    assert view["token"] == {"symbol": "SUN", "decimals": 18,
+                             "address": c.deployment.token}
+    members = {m["name"]: m for m in view["members"]}
+    assert set(members) == {"producer", "school", "household"}
+    # every figure is the contract's: its Settled events and its allocations
+    settled_events = [e for e in _logs(c, "Settled")
+                      if units.local_day(e["interval"] * L, UTC) == day]
+    assert view["totals"]["intervals_settled"] == len(settled_events) >= 2
+    assert sum(m["consumed_wh"] for m in members.values()) == sum(
+        e["import_wh"] for e in settled_events)
+    assert sum(m["produced_wh"] for m in members.values()) == sum(
+        e["export_wh"] for e in settled_events)
+    p2p = [e for e in _logs(c, "P2PAllocation") if e["interval"] in
+           {s["interval"] for s in settled_events}]
+    school, producer = members["school"], members["producer"]
+    assert school["direct_received_wh"] == sum(e["wh"] for e in p2p)
+    assert school["received_from"][0]["name"] == "producer"
+    assert producer["sent_to"][0] == {"name": "school", "wh": school["direct_received_wh"]}
+    for m in members.values():  # the contract's identities, per member
+        assert m["p2p_received_wh"] + m["grid_import_wh"] == m["consumed_wh"]
+        assert m["p2p_sent_wh"] + m["grid_export_wh"] == m["produced_wh"]
+    assert sum(m["tokens_paid"] for m in members.values()) == sum(
+        m["tokens_earned"] for m in members.values()) == sum(e["tokens"] for e in settled_events)
+    assert producer["key"].startswith("40 % to school (static)")
+    # the bill at the stated tariffs: grid only minus what sharing changed
+    b = producer["bill"]
+    assert b["grid_only"] == pytest.approx(
+        producer["consumed_wh"] * 0.30 / 1000 - producer["produced_wh"] * 0.06 / 1000, abs=1e-4)
+    assert b["saving"] == pytest.approx(producer["p2p_sent_wh"] * (0.15 - 0.06) / 1000, abs=1e-4)
+    assert producer["text"]["tokens_earned"].endswith(" SUN")
+    assert producer["account"]["balance"] == producer["tokens_earned"]  # started at 0
+    # flows between parties for the Sankey chart
+    flows = {(f["from"], f["to"]): f for f in view["flows"]}
+    assert flows[("producer", "school")]["wh"] == school["direct_received_wh"]
+    assert ("producer", community.POOL_NAME) in flows
+    assert (community.GRID_NAME, "school") in flows or school["grid_import_wh"] == 0
+
+
+def test_intervals_carry_their_transaction_and_gaps_say_why(settled):
+    c, cfg, chain, first = settled
+    view = community.day_view(c.conn, cfg, chain, units.local_day(first * L, UTC))
+    rows = {r["interval"]: r for r in view["intervals"]}
+    submitted = {e["interval"] for e in _logs(c, "Settled")}
+    for k in (first, first + 1):
+        assert rows[k]["state"] == "settled" and k in submitted
+        tx = c.port.request("eth_getTransactionByHash", [rows[k]["tx"]])
+        assert tx["to"].lower() == c.settlement.lower()
+    assert rows[first]["gaps"] == []
+    gap = rows[first + 1]["gaps"]
+    assert [g["name"] for g in gap] == ["household"]
+    assert "no reading within 30 min" in gap[0]["why"]
+    readings = community.interval_readings(c.conn, c.settlement, first)
+    assert {r["name"] for r in readings} == {"producer", "school", "household"}
+    assert all(first * L <= r["t"] < (first + 1) * L for r in readings)
+
+
+def test_report_json_has_exactly_the_listed_keys(settled):
+    c, cfg, chain, first = settled
+    view = community.day_view(c.conn, cfg, chain, units.local_day(first * L, UTC))
+    report = community.report_json(view, {"verified": 1, "total": 1})
+    assert set(report) == {"members", "flows", "intervals", "proofs", "chain"}
+    assert all(set(m) == set(community.REPORT_MEMBER_KEYS) for m in report["members"])
+    assert all(set(f) == {"from", "to", "wh", "tokens"} for f in report["flows"])
+    assert all(set(r) == {"interval", "tx"} for r in report["intervals"])
+    assert set(report["chain"]) == {"rpc", "contracts"}
+
+
+def test_member_report_over_dates(settled):
+    c, cfg, chain, first = settled
+    day = units.local_day(first * L, UTC)
+    r = community.member_report(c.conn, cfg, chain, "school", day, day)
+    view = community.day_view(c.conn, cfg, chain, day)
+    school = next(m for m in view["members"] if m["name"] == "school")
+    assert r["p2p_received_wh"] == school["p2p_received_wh"] > 0
+    assert r["tokens_paid"] == school["tokens_paid"]
+    with pytest.raises(ConfigError, match="no member named 'nobody'"):
+        community.member_report(c.conn, cfg, chain, "nobody", day, day)
+    with pytest.raises(ConfigError, match="after"):
+        community.member_report(c.conn, cfg, chain, "school", "2030-01-02", "2030-01-01")
+
+
+def test_without_a_node_the_gateway_side_still_shows(settled):
+    c, cfg, _chain, first = settled
+    view = community.day_view(c.conn, cfg, None, units.local_day(first * L, UTC),
+                              rpc_note="node not reachable")
+    assert view["chain"]["reachable"] is False and view["chain"]["note"] == "node not reachable"
+    rows = {r["interval"]: r for r in view["intervals"]}
+    assert rows[first]["state"] == "confirmed" and rows[first]["tx"].startswith("0x")
