@@ -307,7 +307,7 @@ class Gateway:
         self._registry_conn = store.connect(cfg.db_path, readonly=True)
         if self._http_enabled:
             http = StatusHttp(cfg.db_path, _MetricsView(self), self.live, cfg.http.bind,
-                              cfg.http.port)
+                              cfg.http.port, config=cfg)
             try:
                 await http.start()
             except OSError as e:

@@ -8,17 +8,26 @@
   laptop): :func:`gateway.status.device_report` (``registered``, ``enrolled``,
   ``last_reading`` with its signature checked again, ``commissioning``); an unknown id
   answers ``{"registered": false, ...}``, a malformed one 400 with ``error``
+- ``/community``   the community page: the day's flows, members, settlement and proofs
+  (``?date=YYYY-MM-DD``; :mod:`gateway.community_page`), ``/community.json`` its data,
+  ``/community/interval/N`` an interval's readings, ``/community/proof/ID.json`` a
+  reading's proof bundle, ``/assets/NAME`` the page's script, style and ECharts
 """
 
 import asyncio
 import html
 import json
+import logging
+import threading
 import time
 
 from aiohttp import web
 
-from gateway import registry, simclock, status, store
-from gateway.errors import InvalidDevice
+from gateway import community_page, registry, simclock, status, store
+from gateway.errors import GatewayError, InvalidDevice
+
+log = logging.getLogger("wattshare.gateway")
+_VIEW_TTL_S = 2.0  # the community page's data is rebuilt at most this often per day
 
 
 def _when(ms, now_ms):
@@ -111,16 +120,22 @@ def render_page(snapshot, live):
 
 
 class StatusHttp:
-    """The aiohttp site. ``live()`` returns in-memory figures (queue depths, start time)."""
+    """The aiohttp site. ``live()`` returns in-memory figures (queue depths, start time).
+    ``config``: the gateway's configuration (the community page and the chain link need
+    it; without it they answer 404)."""
 
-    def __init__(self, db_path, metrics, live, bind, port):
+    def __init__(self, db_path, metrics, live, bind, port, config=None):
         self._db_path = db_path
         self._metrics = metrics
         self._live = live
         self._bind = bind
         self._port = port
+        self._config = config
         self._runner = None
         self.port = None
+        self._chain_lock = threading.Lock()  # one chain reader at a time (to_thread)
+        self._chain_view = None
+        self._views = {}  # day -> (monotonic time, view)
 
     def _snapshot(self):
         conn = store.connect(self._db_path, readonly=True)
@@ -161,6 +176,148 @@ class StatusHttp:
     async def _health(self, request):
         return web.Response(text="ok\n")
 
+    # ---- the community page
+
+    def _chain(self):
+        """(ChainView or None, why not). Connected once, again after a node error."""
+        from gateway import community
+        from gateway.chain import node
+        from gateway.chain.errors import ChainError
+
+        cfg = self._config
+        if not cfg.chain.contract:
+            return None, "no settlement contract yet (wattshare chain deploy)"
+        if self._chain_view is None:
+            try:
+                port = node.live_port(cfg)
+            except ChainError as e:
+                return None, str(e)
+            if port is None:
+                return None, "the embedded chain node is not running (wattshare chain run)"
+            try:
+                self._chain_view = community.ChainView(
+                    port, cfg.chain.contract, community.deployment_block(cfg.data_dir))
+            except ChainError as e:
+                return None, str(e)
+        return self._chain_view, None
+
+    def _community_view(self, day):
+        from gateway import community
+        from gateway.chain.errors import ChainError
+
+        with self._chain_lock:
+            cached = self._views.get(day)
+            if cached and time.monotonic() - cached[0] < _VIEW_TTL_S:
+                return cached[1]
+            conn = store.connect(self._db_path, readonly=True)
+            try:
+                chain, note = self._chain()
+                try:
+                    view = community.day_view(conn, self._config, chain, day, rpc_note=note)
+                except ChainError as e:  # the node went away: show the gateway's side
+                    self._chain_view = None
+                    view = community.day_view(conn, self._config, None, day, rpc_note=str(e))
+            finally:
+                conn.close()
+            if len(self._views) > 32:
+                self._views.clear()
+            self._views[day] = (time.monotonic(), view)
+            return view
+
+    async def _view_or_error(self, request):
+        if self._config is None:
+            raise web.HTTPNotFound(text="the community page needs the gateway's config\n")
+        day = request.query.get("date") or None
+        try:
+            return await asyncio.to_thread(self._community_view, day)
+        except GatewayError as e:
+            raise web.HTTPBadRequest(text=f"{e}\n") from None
+
+    async def _community(self, request):
+        view = await self._view_or_error(request)
+        try:
+            page = community_page.render(view, "served")
+        except community_page.AssetMissing as e:
+            raise web.HTTPServiceUnavailable(text=f"{e}\n") from None
+        return web.Response(text=page, content_type="text/html")
+
+    async def _community_json(self, request):
+        view = await self._view_or_error(request)
+        return web.Response(text=json.dumps(view), content_type="application/json")
+
+    def _readings(self, interval):
+        from gateway import community
+
+        cfg = self._config
+        conn = store.connect(self._db_path, readonly=True)
+        try:
+            return community.interval_readings(conn, cfg.chain.contract, interval)
+        finally:
+            conn.close()
+
+    async def _interval(self, request):
+        from gateway import units
+
+        if self._config is None or not self._config.chain.contract:
+            raise web.HTTPNotFound(text="no settlement contract yet\n")
+        try:
+            interval = int(request.match_info["interval"])
+        except ValueError:
+            raise web.HTTPBadRequest(text="interval: a whole number\n") from None
+        cfg = self._config
+        readings = await asyncio.to_thread(self._readings, interval)
+        chain, _ = await asyncio.to_thread(self._chain)
+        rpc = chain.port.url if chain is not None else "URL-OF-A-NODE"
+        label = units.interval_span(interval, cfg.chain.interval_s, cfg.community.tz)
+        return web.Response(text=community_page.render_readings(
+            label, readings, cfg.community.tz,
+            f"wattshare verify --bundle reading-ID.json --rpc {rpc}"), content_type="text/html")
+
+    def _bundle(self, reading_id):
+        from gateway import community
+        from gateway.chain import bundle
+
+        cfg = self._config
+        registry = None
+        try:
+            registry = json.loads((cfg.data_dir / community.DEPLOYMENT_NAME).read_text()
+                                  )["registry"]
+        except (OSError, ValueError, KeyError):
+            pass
+        conn = store.connect(self._db_path, readonly=True)
+        try:
+            return bundle.export_bundle(conn, reading_id, cfg.chain.chain_id, registry)
+        finally:
+            conn.close()
+
+    async def _proof(self, request):
+        if self._config is None:
+            raise web.HTTPNotFound(text="no configuration\n")
+        try:
+            reading_id = int(request.match_info["reading"])
+        except ValueError:
+            raise web.HTTPBadRequest(text="reading: a whole number\n") from None
+        try:
+            data = await asyncio.to_thread(self._bundle, reading_id)
+        except GatewayError as e:
+            raise web.HTTPNotFound(text=f"{e}\n") from None
+        return web.Response(
+            text=json.dumps(data, indent=1) + "\n", content_type="application/json",
+            headers={"Content-Disposition": f'attachment; filename="reading-{reading_id}.json"'})
+
+    async def _asset(self, request):
+        name = request.match_info["name"]
+        if name not in community_page.ASSETS:
+            raise web.HTTPNotFound()
+        try:
+            body = await asyncio.to_thread(community_page.asset, name)
+        except community_page.AssetMissing as e:
+            log.error("page asset missing", extra={"fields": {"error": str(e)}})
+            raise web.HTTPNotFound(text=f"{e}\n") from None
+        kind = "text/css" if name.endswith(".css") else "text/javascript"
+        return web.Response(body=body, headers={"Content-Type": f"{kind}; charset=utf-8",
+                                                "Cache-Control": "max-age=3600"})
+
     async def start(self):
         app = web.Application()
         app.router.add_get("/", self._page)
@@ -168,6 +325,11 @@ class StatusHttp:
         app.router.add_get("/metrics", self._metrics_text)
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/api/devices/{id}", self._device_json)
+        app.router.add_get("/community", self._community)
+        app.router.add_get("/community.json", self._community_json)
+        app.router.add_get("/community/interval/{interval}", self._interval)
+        app.router.add_get("/community/proof/{reading}.json", self._proof)
+        app.router.add_get("/assets/{name}", self._asset)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._bind, self._port)

@@ -325,6 +325,21 @@ class Supervisor:
             self._borrowed_durable = anvil.checkpoint(self._borrowed, self.data_dir)
 
 
+def live_port(cfg, request_timeout=5.0):
+    """A connected port to the configured node if it answers now, else None; never starts
+    a node (for readers such as the community page: with the embedded anvil, the node
+    runs while ``wattshare chain run`` does). :class:`ChainError` if a configured
+    remote node fails."""
+    chain = cfg.chain
+    if chain.rpc_url == "anvil":
+        url = _live_url(cfg.data_dir, chain.chain_id)
+        if url is None:
+            return None
+    else:
+        url = chain.rpc_url
+    return rpc.Web3Chain.connect(url, chain.chain_id, request_timeout)
+
+
 def anvil_dev_key(index=0):
     """Private key of anvil's deterministic development account ``index`` (public!)."""
     return Anvil(".").account_keys()[index] if index < 10 else None

@@ -2,15 +2,11 @@
 gateway's labels, energy and tokens from the contract's events, gaps with their reason,
 the member report over dates."""
 
-import time
-
+import community_day
 import pytest
-from chain_community import Community, L
+from chain_community import L
 
 from gateway import community, units
-from gateway import config as gwconfig
-from gateway.chain import batcher, deploy
-from gateway.chain.outbox import Outbox
 from gateway.errors import ConfigError
 
 UTC = units.zone("UTC")
@@ -18,30 +14,7 @@ UTC = units.zone("UTC")
 
 @pytest.fixture(scope="module")
 def settled(tmp_path_factory):
-    """Three members, the producer gives 40 % to the school; two intervals settled, the
-    household silent in the second (a gap), a third interval built but not sent."""
-    tmp = tmp_path_factory.mktemp("community")
-    c = Community(tmp)
-    producer, school, home = c.member("producer"), c.member("school"), c.member("household")
-    deploy.set_producer_key(c.port, producer.owner_key, c.settlement, producer.index,
-                            "static", [school.index], [4000])
-    first = c.first
-    c.store_readings(first * L, (first + 1) * L, [producer, school, home])
-    c.store_readings((first + 1) * L + 10, (first + 3) * L, [producer, school])
-    b = batcher.Batcher(c.conn, c.settlement, length=L, grace_s=60)
-    b.build_due(since=first)
-    outbox = Outbox(c.conn, c.port, c.gateway_key, c.settlement)
-    for _ in range(60):
-        outbox.step()
-        states = dict(c.conn.execute("SELECT interval, state FROM chain_outbox").fetchall())
-        if states.get(first) == states.get(first + 1) == "confirmed":
-            break
-        time.sleep(0.05)
-    cfg = gwconfig.parse(
-        f'[chain]\ncontract = "{c.settlement}"\n[community]\nname = "Rue du Four"\n'
-        'timezone = "UTC"\nretail_per_kwh = 0.30\nfeed_in_per_kwh = 0.06\n'
-        "p2p_per_kwh = 0.15\n", tmp / "gateway.toml")
-    chain = community.ChainView(c.port, c.settlement, c.deployment.block_number)
+    c, cfg, chain, first = community_day.build(tmp_path_factory.mktemp("community"))
     yield c, cfg, chain, first
     c.close()
 
