@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from gateway import config as gwconfig
-from gateway import keystore, logs, registry, simclock, status, store
+from gateway import keystore, logs, registry, simclock, status, store, units
 from gateway.errors import ConfigError, GatewayError, InvalidDevice
 
 
@@ -293,10 +293,7 @@ def _service_reachable(cfg):
 def _ago(ms, now_ms):
     if ms is None:
         return "never"
-    s = max(0, (now_ms - ms) // 1000)
-    if s < 120:
-        return f"{s}s ago"
-    return f"{s // 60}min ago" if s < 7200 else f"{s // 3600}h ago"
+    return units.ago((now_ms - ms) // 1000)
 
 
 def _counts(by_reason):
@@ -307,7 +304,7 @@ def cmd_status(args):
     cfg = gwconfig.load(args.config)
     conn = _open_db(cfg)
     try:
-        snap = status.collect(conn, cfg.db_path, simclock.now_ms())
+        snap = status.collect(conn, cfg.db_path, simclock.now_ms(), cfg)
     finally:
         conn.close()
     running, url = _service_reachable(cfg) if cfg.http.port else (False, "-")
@@ -315,6 +312,8 @@ def cmd_status(args):
         print(json.dumps(dict(snap.as_json(), service_running=running, status_page=url),
                          indent=2))
         return 0
+    tz = cfg.community.tz
+    chain = snap.chain
     service = f"running, status page {url}" if running else f"not reachable at {url} (not running?)"
     print(f"gateway:   {service}")
     print(f"database:  {cfg.db_path} ({snap.storage_bytes / 1e6:.1f} MB)")
@@ -325,15 +324,33 @@ def cmd_status(args):
               f"{snap.readings_room:,} readings more{short}")
     print(f"readings:  {snap.readings_total} stored, "
           f"{snap.readings_per_s:.2f}/s over the last minute")
-    print(f"chain:     {snap.chain}")
+    print(f"chain:     {chain.summary}")
+    if chain.last_confirmed_interval is not None:
+        print(f"           interval {chain.last_confirmed_interval} is "
+              f"{units.interval_span(chain.last_confirmed_interval, chain.interval_s, tz)},"
+              f" tx {chain.last_confirmed_tx}")
+    for f in chain.failed:
+        print(f"           FAILED interval {f['interval']}: {f['error']} "
+              f"(wattshare chain retry --interval {f['interval']})")
+    if chain.gaps:
+        from gateway.chain.batcher import gap_reason
+
+        g = chain.gaps[0]
+        print(f"           {len(chain.gaps)} gaps in the last {status.RECENT_INTERVALS} "
+              f"intervals; latest: {g['label']} in "
+              f"{units.interval_span(g['interval'], chain.interval_s, tz)}: "
+              f"{gap_reason(g['reason'], 2 * chain.interval_s)}")
     rejects = _counts(snap.rejects) or "none"
     print(f"rejects:   {rejects}")
     print(f"devices:   {len(snap.devices)}")
     for d in snap.devices:
-        rejects = ", rejects " + _counts(d.rejects) if d.rejects else ""
+        rejects = ", REJECTS " + _counts(d.rejects) if d.rejects else ""
+        seen = ("STALE, " if d.stale else "") + _ago(d.last_seen_ms, snap.now_ms)
+        on_chain = "" if not chain.contract else (
+            f", meter {d.meter_index} settled to {d.last_settled_interval}"
+            if d.meter_index is not None else ", not on chain")
         print(f"  {d.id}  {d.label[:20]:20} {d.model:11} {d.status:7} last seen "
-              f"{_ago(d.last_seen_ms, snap.now_ms):10} readings {d.readings}, "
-              f"faults {d.faults}{rejects}")
+              f"{seen:14} readings {d.readings}, faults {d.faults}{on_chain}{rejects}")
     return 0
 
 
@@ -421,7 +438,7 @@ def cmd_device_show(args):
     conn = _open_db(cfg)
     try:
         d = registry.get_device(conn, device_id)
-        snap = status.collect(conn, cfg.db_path, simclock.now_ms())
+        snap = status.collect(conn, cfg.db_path, simclock.now_ms(), cfg)
         report = status.device_report(conn, device_id, snap.now_ms)
     finally:
         conn.close()
@@ -438,7 +455,11 @@ def cmd_device_show(args):
     print("status:      {}{}".format(d.status, " since {}".format(time.strftime(
         "%Y-%m-%d %H:%M:%S UTC", time.gmtime(d.revoked_at))) if d.revoked_at else ""))
     print("added:       {}".format(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(d.added_at))))
-    print(f"last seen:   {_ago(s.last_seen_ms, snap.now_ms)}")
+    print(f"last seen:   {'STALE, ' if s.stale else ''}{_ago(s.last_seen_ms, snap.now_ms)}")
+    if snap.chain.contract:
+        print("on chain:    " + (f"meter {s.meter_index}, last settled interval "
+                                 f"{s.last_settled_interval}" if s.meter_index is not None
+                                 else "not registered (wattshare community add-meter)"))
     print(f"readings:    {s.readings} (last seq {s.last_seq}, t {s.last_t}, p {s.last_p} W, "
           f"import {s.last_ei} Wh, export {s.last_ee} Wh)")
     flags = f" (last: {', '.join(s.last_fault_flags)})" if s.last_fault_flags else ""

@@ -23,31 +23,22 @@ import time
 
 from aiohttp import web
 
-from gateway import community_page, registry, simclock, status, store
+from gateway import community_page, registry, simclock, status, store, units
 from gateway.errors import GatewayError, InvalidDevice
 
 log = logging.getLogger("wattshare.gateway")
 _VIEW_TTL_S = 2.0  # the community page's data is rebuilt at most this often per day
 
 
-def _when(ms, now_ms):
+def _when(ms, now_ms, tz=None):
     if ms is None:
         return "never"
-    age = max(0, (now_ms - ms) // 1000)
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
-    if age < 120:
-        return f"{stamp} ({age} s ago)"
-    if age < 7200:
-        return f"{stamp} ({age // 60} min ago)"
-    return f"{stamp} ({age // 3600} h ago)"
+    return f"{units.local_time(ms / 1000, tz, seconds=True)} " \
+           f"({units.ago((now_ms - ms) // 1000)})"
 
 
 def _n(value, unit=""):
     return "-" if value is None else f"{value}{unit}"
-
-
-def _kwh(wh):
-    return "-" if wh is None else "%.3f kWh" % (wh / 1000)
 
 
 _STYLE = """
@@ -56,6 +47,8 @@ table{border-collapse:collapse;margin-bottom:1.5em}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;font-size:.9em}
 th{background:#f3f3f3}
 tr.revoked{color:#999}
+tr.stale td{background:#fff3cd}
+.alert{color:#b3261e;font-weight:bold}
 h1{font-size:1.4em}
 """
 
@@ -65,37 +58,56 @@ _PAGE = """<!doctype html>
 <title>Wattshare gateway</title>
 <style>{style}</style></head><body>
 <h1>Wattshare gateway</h1>
+<p><a href="/community">Community page</a> (the day's energy and tokens, for members)</p>
 <table id="summary">{summary}</table>
 <h2>Devices</h2>
 <table id="devices"><tr><th>Label</th><th>Id</th><th>Model</th><th>Status</th>
 <th>Last seen</th><th>Readings</th><th>Last seq</th><th>Power</th><th>Import</th>
-<th>Export</th><th>Faults</th><th>Rejects</th></tr>
+<th>Export</th><th>Faults</th><th>Rejects</th><th>On-chain meter</th><th>Last settled</th></tr>
 {devices}</table>
+<h2>Chain</h2>
+<table id="chain">{chain}</table>
+<h3>Recent gaps (meters left out of an interval, and why)</h3>
+<table id="gaps"><tr><th>Interval</th><th>Device</th><th>Why</th></tr>{gaps}</table>
 <h2>Rejected requests by reason</h2>
 <table id="rejects"><tr><th>Reason</th><th>Count</th></tr>{rejects}</table>
 </body></html>
 """
 
 
-def render_page(snapshot, live):
-    """HTML status page from a :class:`gateway.status.GatewayStatus` and live figures."""
+def render_page(snapshot, live, tz=None):
+    """HTML status page from a :class:`gateway.status.GatewayStatus` and live figures;
+    times in ``tz`` (the community's zone; None = this machine's)."""
     e = html.escape
     now = snapshot.now_ms
+    chain = snapshot.chain
+    length = chain.interval_s
     rows = []
     for d in snapshot.devices:
         faults = ", ".join(d.last_fault_flags) if d.last_fault_flags else ""
         fault_cell = (
-            f"{d.faults} (last: {e(faults)}, {_when(d.last_fault_t * 1000, now)})"
+            f"{d.faults} (last: {e(faults)}, {_when(d.last_fault_t * 1000, now, tz)})"
             if d.faults else "0"
         )
-        rejects = ", ".join(f"{e(r)}: {n}" for r, n in sorted(d.rejects.items())) or "0"
+        rejects = ", ".join(f"{e(r)}: {n}" for r, n in sorted(d.rejects.items()))
+        reject_cell = f"<span class='alert'>{rejects}</span>" if rejects else "0"
+        seen = _when(d.last_seen_ms, now, tz)
+        if d.stale:
+            seen = f"<span class='alert'>STALE</span> {seen}"
+        settled = ("-" if d.last_settled_interval is None else
+                   f"{d.last_settled_interval} "
+                   f"({units.interval_span(d.last_settled_interval, length, tz)})")
         cells = (e(d.label), f"<code>{e(d.id)}</code>", e(d.model), e(d.status),
-                 _when(d.last_seen_ms, now), d.readings, _n(d.last_seq), _n(d.last_p, " W"),
-                 _kwh(d.last_ei), _kwh(d.last_ee), fault_cell, rejects)
-        rows.append(f"<tr class='device {e(d.status)}' data-device='{e(d.id)}'>"
+                 seen, d.readings, _n(d.last_seq), _n(d.last_p, " W"),
+                 units.kwh(d.last_ei), units.kwh(d.last_ee), fault_cell, reject_cell,
+                 _n(d.meter_index) if d.meter_index is not None else
+                 ("not on chain" if chain.contract else "-"), e(settled))
+        classes = f"device {e(d.status)}" + (" stale" if d.stale else "") + (
+            " rejecting" if d.rejects else "")
+        rows.append(f"<tr class='{classes}' data-device='{e(d.id)}'>"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     reject_rows = "".join(
-        f"<tr class='reject'><td>{e(reason)}</td><td>{n}</td></tr>"
+        f"<tr class='reject'><td>{e(reason)}</td><td class='alert'>{n}</td></tr>"
         for reason, n in sorted(snapshot.rejects.items())
     ) or "<tr><td colspan='2'>none</td></tr>"
     summary = [
@@ -105,16 +117,37 @@ def render_page(snapshot, live):
         ("Room left", "unknown" if snapshot.storage_free_bytes is None else
          f"{snapshot.storage_free_bytes / 1e6:.1f} MB, about {snapshot.readings_room:,} "
          "readings"),
-        ("Chain", snapshot.chain),
+        ("Chain", chain.summary),
         ("Store queue", f"{live['store_queue']} readings"),
         ("Ingest processes", str(live["ingest_processes"] or "none (in the gateway process)")),
-        ("Up since", _when(live["started_ms"], now)),
+        ("Up since", _when(live["started_ms"], now, tz)),
     ]
     summary_rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary)
+    last = chain.last_confirmed_interval
+    chain_rows = [
+        ("Settlement contract", chain.contract or "not deployed (wattshare chain deploy)"),
+        ("Node", chain.rpc_url or "-"),
+        ("Meters on chain", str(chain.mapped_meters)),
+        ("Last confirmed interval", "-" if last is None else
+         f"{last} ({units.interval_span(last, length, tz)}), tx {chain.last_confirmed_tx}"),
+        ("Outbox", ", ".join(f"{k} {v}" for k, v in sorted(chain.outbox.items())) or "empty"),
+    ]
+    chain_html = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in chain_rows)
+    chain_html += "".join(
+        f"<tr class='failed'><th class='alert'>FAILED interval {f['interval']}</th>"
+        f"<td>{e(f['error'] or '')} (wattshare chain retry --interval {f['interval']})</td>"
+        "</tr>" for f in chain.failed)
+    from gateway.chain.batcher import gap_reason  # eth_abi, not web3: imported when used
+
+    gap_rows = "".join(
+        f"<tr class='gap'><td>{g['interval']} ({e(units.interval_span(g['interval'], length, tz))})"
+        f"</td><td>{e(g['label'])}</td><td>{e(gap_reason(g['reason'], 2 * length))}</td></tr>"
+        for g in chain.gaps[:50]) or "<tr><td colspan='3'>none</td></tr>"
     return _PAGE.format(
         style=_STYLE,
         summary=summary_rows,
-        devices="\n".join(rows) or "<tr><td colspan='12'>no devices</td></tr>",
+        devices="\n".join(rows) or "<tr><td colspan='14'>no devices</td></tr>",
+        chain=chain_html, gaps=gap_rows,
         rejects=reject_rows,
     )
 
@@ -140,13 +173,15 @@ class StatusHttp:
     def _snapshot(self):
         conn = store.connect(self._db_path, readonly=True)
         try:
-            return status.collect(conn, self._db_path, simclock.now_ms())
+            return status.collect(conn, self._db_path, simclock.now_ms(), self._config)
         finally:
             conn.close()
 
     async def _page(self, request):
         snapshot = await asyncio.to_thread(self._snapshot)
-        return web.Response(text=render_page(snapshot, self._live()), content_type="text/html")
+        tz = self._config.community.tz if self._config is not None else None
+        return web.Response(text=render_page(snapshot, self._live(), tz),
+                            content_type="text/html")
 
     async def _json(self, request):
         snapshot = await asyncio.to_thread(self._snapshot)

@@ -2,8 +2,13 @@
 
 Shared by ``wattshare gateway status`` (works whether or not the gateway runs) and the
 status page / ``/status.json`` of the running gateway, so both show the same numbers.
+The chain link's side comes from the same database (the outbox that ``wattshare chain
+run`` keeps): the contract, the last confirmed interval, recent gaps and why, failed
+submissions, and per device its on-chain meter index and last settled interval. No
+chain node is asked, so the status works when the node is down.
 """
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -11,6 +16,9 @@ from wattcore import cose, reading
 
 from gateway import commissioning, enrolment, registry, store
 from gateway.verify import signature_valid
+
+STALE_AFTER_S = 600  # a device not heard from for this long stands out
+RECENT_INTERVALS = 96  # gaps and last-settled lookups go back this many outbox rows
 
 
 @dataclass
@@ -35,6 +43,35 @@ class DeviceStatus:
     last_fault_t: int | None = None
     last_fault_flags: list = field(default_factory=list)
     rejects: dict = field(default_factory=dict)
+    meter_index: int | None = None  # on-chain MeterRegistry index (community add-meter)
+    last_settled_interval: int | None = None  # latest confirmed interval it was part of
+    stale: bool = False  # active, and not heard from for STALE_AFTER_S (or never)
+
+
+@dataclass
+class ChainStatus:
+    """The chain link as the outbox has it. ``contract`` None: not deployed."""
+
+    contract: str | None = None
+    rpc_url: str | None = None
+    interval_s: int = 900
+    outbox: dict = field(default_factory=dict)  # state -> rows
+    last_confirmed_interval: int | None = None
+    last_confirmed_tx: str | None = None
+    failed: list = field(default_factory=list)  # [{interval, error}]
+    gaps: list = field(default_factory=list)  # recent: [{interval, device, label, reason}]
+    mapped_meters: int = 0
+
+    @property
+    def summary(self):
+        if self.contract is None:
+            return "not configured (wattshare chain deploy)"
+        done = self.last_confirmed_interval
+        text = f"contract {self.contract}, " + (
+            f"last confirmed interval {done}" if done is not None else "nothing confirmed yet")
+        if self.failed:
+            text += f", {len(self.failed)} FAILED"
+        return text
 
 
 @dataclass
@@ -45,7 +82,7 @@ class GatewayStatus:
     readings_total: int
     readings_last_minute: int
     storage_bytes: int
-    chain: str
+    chain: ChainStatus
     storage_free_bytes: int | None = None  # free on the database's volume
     readings_room: int | None = None  # readings that still fit, about
 
@@ -56,11 +93,59 @@ class GatewayStatus:
     def as_json(self):
         out = asdict(self)
         out["readings_per_s"] = round(self.readings_per_s, 3)
+        out["chain"]["summary"] = self.chain.summary
         return out
 
 
-def collect(conn, db_path, now_ms, chain="not configured"):
-    """Build a :class:`GatewayStatus` from a connection to the gateway database."""
+def _chain_status(conn, config, devices):
+    """The chain side (:class:`ChainStatus`); fills each device's index and last
+    settled interval."""
+    from gateway.chain import contracts
+
+    chain = ChainStatus()
+    if config is not None:
+        chain.rpc_url = config.chain.rpc_url
+        chain.interval_s = config.chain.interval_s
+        chain.contract = config.chain.contract or None
+    index = {bytes(d).hex(): i for d, i in conn.execute(
+        "SELECT device, meter_index FROM chain_meters")}
+    chain.mapped_meters = len(index)
+    for d in devices:
+        d.meter_index = index.get(d.id)
+    if chain.contract is None:
+        return chain
+    chain.outbox = dict(conn.execute(
+        "SELECT state, count(*) FROM chain_outbox WHERE contract = ? GROUP BY state",
+        (chain.contract,)).fetchall())
+    row = conn.execute("SELECT interval, tx_hash FROM chain_outbox WHERE contract = ? AND "
+                       "state = 'confirmed' ORDER BY interval DESC LIMIT 1",
+                       (chain.contract,)).fetchone()
+    if row:
+        chain.last_confirmed_interval = row[0]
+        chain.last_confirmed_tx = "0x" + bytes(row[1]).hex() if row[1] else None
+    chain.failed = [{"interval": k, "error": e} for k, e in conn.execute(
+        "SELECT interval, error FROM chain_outbox WHERE contract = ? AND state = 'failed' "
+        "ORDER BY interval", (chain.contract,))]
+    labels = {d.id: d.label for d in devices}
+    by_index = {i: d for d in devices if (i := d.meter_index) is not None}
+    waiting = set(by_index)
+    for k, packed, gaps in conn.execute(
+            "SELECT interval, packed, gaps FROM chain_outbox WHERE contract = ? AND state = "
+            "'confirmed' ORDER BY interval DESC LIMIT ?", (chain.contract, RECENT_INTERVALS)):
+        for dev, quality in sorted(json.loads(gaps or "{}").items()):
+            chain.gaps.append({"interval": k, "device": dev, "label": labels.get(dev, dev),
+                               "reason": quality})
+        if waiting:
+            for m, _imp, _exp in contracts.unpack_totals(int(w, 16) for w in json.loads(packed)):
+                if m in waiting:
+                    by_index[m].last_settled_interval = k
+                    waiting.discard(m)
+    return chain
+
+
+def collect(conn, db_path, now_ms, config=None):
+    """Build a :class:`GatewayStatus` from a connection to the gateway database;
+    ``config`` (the gateway's) adds the chain link's side."""
     states = {
         bytes(row[0]): row[1:]
         for row in conn.execute(
@@ -83,11 +168,14 @@ def collect(conn, db_path, now_ms, chain="not configured"):
             (s.readings, s.last_seq, s.last_t, s.last_st, s.last_p, s.last_ei, s.last_ee,
              s.last_seen_ms, s.faults, s.last_fault_t, fault_st) = state
             s.last_fault_flags = reading.flag_names(fault_st) if fault_st else []
+        s.stale = s.status == "active" and (
+            s.last_seen_ms is None or now_ms - s.last_seen_ms > STALE_AFTER_S * 1000)
         devices.append(s)
     total = conn.execute("SELECT coalesce(sum(readings), 0) FROM device_state").fetchone()[0]
     last_minute = conn.execute(
         "SELECT count(*) FROM readings WHERE received_ms > ?", (now_ms - 60_000,)
     ).fetchone()[0]
+    chain = _chain_status(conn, config, devices)
     used = store.storage_bytes(db_path) if db_path else 0
     free = room = None
     if db_path:

@@ -200,7 +200,9 @@ def test_status_offline_and_while_running(gateway_dir, capsys):
     device = status["devices"][0]
     assert device["label"] == "Shed" and device["last_seq"] == 8
     assert abs(device["last_seen_ms"] / 1000 - time.time()) < 60
-    assert status["chain"] == "not configured" and status["storage_bytes"] > 0
+    assert status["chain"]["contract"] is None and status["storage_bytes"] > 0
+    assert status["chain"]["summary"].startswith("not configured")
+    assert device["stale"] is False and device["meter_index"] is None
 
 
 def test_device_readings_lists_what_was_stored_in_ingest_order(gateway_dir, capsys):
