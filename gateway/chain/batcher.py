@@ -42,9 +42,9 @@ NOT_ON_CHAIN = "not_on_chain"  # readings, but the device has no on-chain meter 
 def gap_reason(quality, max_gap_s=None):
     """Why a meter was left out of an interval, for people (``chain run``, the status
     and community pages)."""
-    near = f"within {max_gap_s // 60} min " if max_gap_s else ""
+    near = f"within {max_gap_s // 60} min of" if max_gap_s else "close enough to"
     return {
-        intervals.GAP: f"no reading {near}of the interval's start or end "
+        intervals.GAP: f"no reading {near} the interval's start or end "
                        "(meter offline, or its readings not received yet)",
         intervals.COUNTER_DECREASE: "its energy counter went down (meter replaced or reset)",
         GAP_OVERFLOW: f"more than {contracts.MAX_WH} Wh in one interval (not representable)",

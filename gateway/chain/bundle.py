@@ -21,7 +21,15 @@
    root of step 2;
 5. with ``registry`` and ``meter_index``: ``MeterRegistry.meters[index]`` at that block,
    proven the same way, holds the reading's device id and ``sha256(pubkey)``: the key was
-   the registered one.
+   the registered one (without them: a warning, the key was not checked on chain);
+6. with ``tx_hash``: the submission transaction, in the proven block, carried the meter's
+   import and export for the interval; a meter left out of it (a gap: its energy was not
+   settled on chain; ``gap`` says why, as the gateway recorded it) is a warning. The
+   transaction's contents come from the node (not proven against the block's
+   transactions root).
+
+A check is ok, failed, or a warning: a warning does not make the proof invalid (the
+reading is signed and anchored), but says what the proof does not show.
 
 Storage slots come from the compiler's layout (:mod:`gateway.chain.contracts`). The
 bundle's addresses, chain id and block hash are what the holder trusts: a verifier should
@@ -29,6 +37,7 @@ compare them with the community's published deployment.
 """
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 
 from eth_utils import to_checksum_address
@@ -52,7 +61,7 @@ def export_bundle(conn, reading_id, chain_id, registry=None):
     device, cose_bytes, pubkey = bytes(row[0]), bytes(row[1]), bytes(row[2])
     leaf = conn.execute(
         "SELECT l.contract, l.interval, l.leaf_index, l.salt, o.state, o.root, o.length, "
-        "o.sender, o.block_number, o.block_hash, o.tx_hash FROM chain_leaves l "
+        "o.sender, o.block_number, o.block_hash, o.tx_hash, o.gaps FROM chain_leaves l "
         "JOIN chain_outbox o ON o.contract = l.contract AND o.interval = l.interval "
         "WHERE l.reading_id = ? ORDER BY o.state = 'confirmed' DESC, l.interval DESC "
         "LIMIT 1", (reading_id,)).fetchone()
@@ -60,7 +69,7 @@ def export_bundle(conn, reading_id, chain_id, registry=None):
         raise BundleError(f"reading {reading_id} is in no submitted interval (not built yet,"
                           " or it arrived after its interval was submitted)")
     (contract, interval, leaf_index, salt, state, root, length, sender, block_number,
-     block_hash, tx_hash) = leaf
+     block_hash, tx_hash, gaps) = leaf
     if state not in ("mined", "confirmed") or block_hash is None:
         raise BundleError(f"reading {reading_id}: interval {interval} is {state}, not on chain"
                           " yet (run `wattshare chain run`)")
@@ -85,6 +94,7 @@ def export_bundle(conn, reading_id, chain_id, registry=None):
         "registry": to_checksum_address(registry) if registry else None,
         "chain_id": chain_id, "block_number": block_number, "block_hash": bytes(block_hash).hex(),
         "tx_hash": bytes(tx_hash).hex() if tx_hash else None,
+        "gap": json.loads(gaps or "{}").get(device.hex()),
     }
 
 
@@ -93,19 +103,25 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warn: bool = False  # ok, but says what the proof does not show
 
 
 @dataclass
 class Report:
     fields: dict = field(default_factory=dict)  # the decoded reading
     checks: list = field(default_factory=list)
+    bundle: dict = field(default_factory=dict)
 
     @property
     def ok(self):
         return bool(self.checks) and all(c.ok for c in self.checks)
 
-    def add(self, name, ok, detail):
-        self.checks.append(Check(name, ok, detail))
+    @property
+    def warnings(self):
+        return [c for c in self.checks if c.ok and c.warn]
+
+    def add(self, name, ok, detail, warn=False):
+        self.checks.append(Check(name, ok, detail, warn))
         return ok
 
 
@@ -161,7 +177,7 @@ def verify_bundle(bundle, port):
     ``port`` None: read the fields only (:func:`check_fields`)."""
     if not isinstance(bundle, dict) or bundle.get("version") != VERSION:
         raise BundleError(f"not a version {VERSION} proof bundle")
-    report = Report()
+    report = Report(bundle=bundle)
     cose_bytes = _hex(bundle, "cose")
     pubkey = _public_key(bundle)
     salt = _hex(bundle, "salt", merkle.SALT_SIZE)
@@ -239,21 +255,87 @@ def verify_bundle(bundle, port):
                    and key_word == hashlib.sha256(pubkey).digest(),
                    f"MeterRegistry {registry} meter {index}: device id and sha256(key)")
     else:
-        report.add("device key", True, "not checked on chain (no registry in the bundle)")
+        report.add("device key", True, "NOT checked on chain: the bundle names no registry"
+                   " or meter index, so nothing shows the key was the meter's registered one",
+                   warn=True)
+
+    # 6. the meter's energy in the submission (or a gap)
+    if report.ok and index and bundle.get("tx_hash"):
+        _check_submitted(report, port, bundle, interval, index, block_hash)
     return report
 
 
-def format_report(report):
+def _check_submitted(report, port, bundle, interval, index, block_hash):
+    tx_hash = "0x" + str(bundle["tx_hash"]).removeprefix("0x")
+    tx = port.request("eth_getTransactionByHash", [tx_hash])
+    if tx is None or bytes.fromhex(str(tx.get("blockHash", ""))[2:]) != block_hash:
+        report.add("settled", True, f"NOT checked: the node does not show transaction "
+                   f"{tx_hash} in block 0x{block_hash.hex()}", warn=True)
+        return
+    try:
+        k, _root, totals = contracts.decode_submit(bytes.fromhex(tx["input"][2:]))
+    except ValueError:
+        report.add("settled", True, f"NOT checked: transaction {tx_hash} is not a"
+                   " submission this verifier reads", warn=True)
+        return
+    mine = [t for t in totals if t[0] == index]
+    if k == interval and mine:
+        _, imp, exp = mine[0]
+        report.add("settled", True, f"meter {index}'s import {imp} Wh and export {exp} Wh"
+                   f" in interval {interval} were submitted in transaction {tx_hash}")
+    else:
+        why = bundle.get("gap")
+        report.add("settled", True,
+                   f"meter {index} was LEFT OUT of interval {interval}'s submission (a gap"
+                   + (f": {batcher_reason(why)}" if why else "")
+                   + "): the reading is anchored, but its energy was not settled on chain",
+                   warn=True)
+
+
+def batcher_reason(quality):
+    from gateway.chain.batcher import gap_reason
+
+    return gap_reason(quality)
+
+
+def format_report(report, tz=None):
+    """The report for people: the reading in human units (local times in ``tz``, None =
+    this machine's), each check ok / FAIL / warn, and the verdict."""
+    from gateway import units
+
     lines = []
     if report.fields:
-        f = dict(report.fields)
-        f["dev"] = f["dev"].hex()
+        f = report.fields
         flags = reading.flag_names(f.get("st", 0))
-        lines.append("reading: " + ", ".join(f"{k}={v}" for k, v in f.items())
+        when = units.local_time(f["t"], tz, seconds=True)
+        lines.append(f"reading {report.bundle.get('reading_id', '?')}: meter "
+                     f"{f['dev'].hex()}, seq {f['seq']}, {when}"
                      + (f" ({', '.join(flags)})" if flags else ""))
+        measured = []
+        if f.get("p") is not None:
+            measured.append(f"power {f['p'] / 1000:.3f} kW" + (
+                " (exporting)" if f["p"] < 0 else ""))
+        if f.get("u") is not None:
+            measured.append(f"{f['u'] / 10:.1f} V")
+        if f.get("ei") is not None:
+            measured.append(f"import counter {units.kwh(f['ei'])}")
+        if f.get("ee") is not None:
+            measured.append(f"export counter {units.kwh(f['ee'])}")
+        if measured:
+            lines.append("  " + ", ".join(measured))
+        length, k = report.bundle.get("interval_length"), report.bundle.get("interval")
+        if isinstance(length, int) and isinstance(k, int) and length > 0:
+            lines.append(f"  settlement interval {k}: {units.interval_span(k, length, tz)}")
     for c in report.checks:
-        lines.append(f"  [{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
-    lines.append("VALID: the reading is signed by its meter and anchored on chain"
-                 if report.ok else "INVALID")
+        mark = "FAIL" if not c.ok else "warn" if c.warn else "ok"
+        lines.append(f"  [{mark}] {c.name}: {c.detail}")
+    if not report.ok:
+        lines.append("INVALID")
+    elif report.warnings:
+        n = len(report.warnings)
+        lines.append(f"VALID, WITH {n} WARNING{'S' if n > 1 else ''}: the reading is signed by"
+                     " its meter and anchored on chain; read the warning"
+                     f"{'s' if n > 1 else ''} above")
+    else:
+        lines.append("VALID: the reading is signed by its meter and anchored on chain")
     return "\n".join(lines)
-

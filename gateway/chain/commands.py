@@ -415,7 +415,7 @@ def cmd_verify(args):
         data = _bundle_from_store(cfg, args.reading)
     with _port_for(cfg, args) as port:
         report = bundle.verify_bundle(data, port)
-    print(bundle.format_report(report))
+    print(bundle.format_report(report, cfg.community.tz if cfg is not None else None))
     return 0 if report.ok else 1
 
 

@@ -59,9 +59,23 @@ def test_genuine_reading_verifies(submitted):
     report = bundle.verify_bundle(b, c.port)
     assert report.ok, bundle.format_report(report)
     assert [x.name for x in report.checks] == [
-        "reading", "signature", "interval", "merkle", "chain", "storage", "device key"]
+        "reading", "signature", "interval", "merkle", "chain", "storage", "device key",
+        "settled"]
+    assert report.warnings == []
     assert report.fields["dev"].hex() == b["device_id"]
-    assert "VALID" in bundle.format_report(report)
+    text = bundle.format_report(report)
+    assert "VALID: the reading is signed" in text and "[warn]" not in text
+    assert "import counter" in text and " kWh" in text  # human units
+
+
+def test_a_key_not_checked_on_chain_is_a_warning_not_ok(submitted):
+    c = submitted
+    b = dict(c.bundle, registry=None)
+    report = bundle.verify_bundle(b, c.port)
+    assert report.ok and [w.name for w in report.warnings] == ["device key"]
+    text = bundle.format_report(report)
+    assert "[warn] device key: NOT checked on chain" in text and "[ok] device key" not in text
+    assert "VALID, WITH 1 WARNING" in text
 
 
 def test_tampered_reading_is_rejected(submitted):

@@ -116,3 +116,29 @@ def test_without_a_node_the_gateway_side_still_shows(settled):
     assert view["chain"]["reachable"] is False and view["chain"]["note"] == "node not reachable"
     rows = {r["interval"]: r for r in view["intervals"]}
     assert rows[first]["state"] == "confirmed" and rows[first]["tx"].startswith("0x")
+
+
+def test_verify_warns_when_the_readings_meter_was_a_gap(settled):
+    from gateway.chain import bundle
+
+    c, cfg, chain, first = settled
+    home = c.member("household")
+    rid = c.conn.execute(
+        "SELECT l.reading_id FROM chain_leaves l JOIN readings r ON r.id = l.reading_id "
+        "WHERE l.interval = ? AND r.device = ?", (first + 1, home.meter.device_id)
+    ).fetchone()[0]
+    b = bundle.export_bundle(c.conn, rid, c.port.chain_id, c.deployment.registry)
+    assert b["gap"] == "gap"
+    report = bundle.verify_bundle(b, c.port)
+    assert report.ok and [w.name for w in report.warnings] == ["settled"]
+    text = bundle.format_report(report, units.zone("UTC"))
+    assert f"[warn] settled: meter {home.index} was LEFT OUT of interval {first + 1}" in text
+    assert "no reading" in text and "VALID, WITH 1 WARNING" in text
+    # the same meter in an interval it was part of: no warning
+    rid = c.conn.execute(
+        "SELECT l.reading_id FROM chain_leaves l JOIN readings r ON r.id = l.reading_id "
+        "WHERE l.interval = ? AND r.device = ?", (first, home.meter.device_id)).fetchone()[0]
+    report = bundle.verify_bundle(
+        bundle.export_bundle(c.conn, rid, c.port.chain_id, c.deployment.registry), c.port)
+    assert report.ok and report.warnings == []
+    assert "import" in report.checks[-1].detail and report.checks[-1].name == "settled"
