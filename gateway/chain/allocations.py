@@ -1,6 +1,10 @@
 """Allocations from the chain's events, as CSV rows (``wattshare export-allocations``).
 
-Columns: ``interval, kind, producer, consumer, wh, tokens``
+Columns (:data:`COLUMNS`; docs/chain.md lists the same): the exact integers as the
+contract has them, ``interval, kind, producer, consumer, wh, tokens``, and readable ones
+next to them: ``interval_start`` (local time, ISO 8601 with its offset), ``producer_name``
+and ``consumer_name`` (the labels the community gave its meters), ``kwh`` (exact, three
+decimals), ``tokens_whole`` (exact, in whole tokens) and ``token`` (its symbol).
 
 - ``p2p``: a producer's own key gave ``wh`` of its export to ``consumer``
   (``P2PAllocation``; tier 1);
@@ -17,7 +21,8 @@ import csv
 
 from gateway.chain import contracts
 
-COLUMNS = ("interval", "kind", "producer", "consumer", "wh", "tokens")
+COLUMNS = ("interval", "interval_start", "kind", "producer", "producer_name", "consumer",
+           "consumer_name", "wh", "kwh", "tokens", "tokens_whole", "token")
 _KINDS = {"P2PAllocation": "p2p", "PoolAllocation": "pool",
           "PoolContribution": "pool_contribution"}
 
@@ -37,6 +42,21 @@ def allocation_rows(port, settlement, first, last, from_block=0):
                      "producer": f.get("producer", "pool"),
                      "consumer": f.get("consumer", "pool"), "wh": f["wh"],
                      "tokens": f["tokens"]})
+    return rows
+
+
+def add_readable(rows, name, token, length, tz):
+    """Add the readable columns to ``rows`` (in place): ``name(index)`` names a meter
+    (or ``"pool"``); ``token``: :class:`gateway.units.Token`; ``tz``: the local zone."""
+    from gateway import units
+
+    for r in rows:
+        r["interval_start"] = units.localize(r["interval"] * length, tz).isoformat()
+        r["producer_name"] = name(r["producer"])
+        r["consumer_name"] = name(r["consumer"])
+        r["kwh"] = f"{r['wh'] / 1000:.3f}"
+        r["tokens_whole"] = units.token_amount(r["tokens"], token.decimals, token.decimals)
+        r["token"] = token.symbol
     return rows
 
 

@@ -122,6 +122,12 @@ class Batcher:
             k += 1
         return out
 
+    def next_due(self):
+        """(interval, unix time) of the next interval to close, and when it is due (its
+        end plus ``grace_s``)."""
+        k = (int(self._clock()) - self.grace_s) // self.length + 1
+        return k - 1, k * self.length + self.grace_s
+
     # ---- one interval
 
     def compute(self, interval):

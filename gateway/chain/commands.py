@@ -17,9 +17,9 @@ from pathlib import Path
 from eth_account import Account
 from eth_utils import is_address, to_checksum_address
 
+from gateway import community, keystore, logs, registry, simclock, units
 from gateway import config as gwconfig
-from gateway import keystore, logs, registry, simclock
-from gateway.chain import allocations, batcher, bundle, deploy, node, outbox, rpc
+from gateway.chain import allocations, batcher, bundle, deploy, ledger, node, outbox, rpc
 from gateway.chain.errors import BundleError, ChainError, RpcError
 from gateway.cli import _open_db
 from gateway.errors import ConfigError, GatewayError
@@ -216,10 +216,18 @@ def cmd_run(args):
                                 confirmations=cfg.chain.confirmations,
                                 rebroadcast_s=cfg.chain.rebroadcast_s, clock=simclock.now,
                                 durable=sup.durable)
+            tz, length = cfg.community.tz, cfg.chain.interval_s
+            labels = {d.id.hex(): d.label for d in registry.list_devices(conn)}
+            did_something = False
             while not stopping.is_set():
                 for built in b.build_due(since):
-                    print(f"built interval {built.interval}: {built.leaves} readings, "
-                          f"{len(built.totals)} meters, {len(built.gaps)} gaps", flush=True)
+                    print(f"built interval {built.interval} "
+                          f"({units.interval_span(built.interval, length, tz)}): "
+                          f"{built.leaves} readings, {len(built.totals)} meters, "
+                          f"{len(built.gaps)} gaps", flush=True)
+                    for dev, quality in sorted(built.gaps.items()):
+                        print(f"  gap: {labels.get(dev, dev)} left out: "
+                              f"{batcher.gap_reason(quality, b.max_gap)}", flush=True)
                 changed = {}
                 port = sup.port()
                 if port is None and args.once:
@@ -238,7 +246,17 @@ def cmd_run(args):
                         sup.ok()
                 for interval, state in sorted(changed.items()):
                     print(f"interval {interval}: {state}", flush=True)
+                did_something = did_something or bool(changed)
                 if args.once and not changed:
+                    if not did_something:
+                        k, due = b.next_due()
+                        waiting = sum(n for state, n in outbox.counts(conn, contract).items()
+                                      if state in outbox.OPEN)
+                        print((f"{waiting} submission(s) waiting for the chain; "
+                               if waiting else "") +
+                              f"nothing due until {units.local_time(due, tz)}: interval {k} "
+                              f"({units.interval_span(k, length, tz)}) is submitted "
+                              f"{cfg.chain.grace_s} s after it ends", flush=True)
                     break
                 if not args.once:
                     stopping.wait(sup.wait_s(cfg.chain.poll_s))
@@ -444,6 +462,16 @@ def cmd_export_allocations(args):
     with _port_for(cfg, args) as port:
         rows = allocations.allocation_rows(port, contract, first, last,
                                            d.block_number if d else 0)
+        symbol, decimals = ledger.token_info(
+            port, ledger.contract_addresses(port, contract)["token"])
+    conn = _open_db(cfg)
+    try:
+        members = community.Members(conn)
+    finally:
+        conn.close()
+    allocations.add_readable(
+        rows, members.name,
+        units.Token(symbol, decimals), cfg.chain.interval_s, cfg.community.tz)
     allocations.write_csv(rows, args.output)
     print(f"wrote {args.output}: {len(rows)} allocations, intervals {first}..{last}")
     return 0

@@ -5,6 +5,9 @@ verify (by reading id and by bundle + RPC URL), export-allocations."""
 import csv
 import json
 import time
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from chain_community import STEP
@@ -14,8 +17,8 @@ from wattcore import exchange
 
 from gateway import config as gwconfig
 from gateway import store
+from gateway.chain import allocations, node
 from gateway.chain import anvil as anvil_mod
-from gateway.chain import node
 from gateway.verify import Credential, Policy, check_batch
 from gateway.writer import GroupStore
 from tools.cli import main
@@ -88,6 +91,12 @@ def test_commission_deploy_submit_verify_export(tmp_path, monkeypatch, capsys):
         out = capsys.readouterr().out
         assert f"interval {first}: confirmed" in out and f"interval {first + 1}: confirmed" \
             in out
+        # the interval holding only the last boundary readings: both meters are gaps, and why
+        assert "gap: school left out: no reading within 30 min of the interval's start" in out
+        assert main(["chain", "run", "--config", cfgp, "--once"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("nothing due until ") and "is submitted 120 s after it ends" \
+            in out
         assert main(["chain", "status", "--config", cfgp, "--json"]) == 0
         status = json.loads(capsys.readouterr().out)
         assert status["outbox"]["confirmed"] == 3  # the last boundary reading's interval too
@@ -136,6 +145,14 @@ def test_commission_deploy_submit_verify_export(tmp_path, monkeypatch, capsys):
         # producer exports 3000 Wh per interval, 40 % to the school (750 Wh import)
         assert [(r["interval"], r["producer"], r["consumer"], r["wh"]) for r in p2p] == [
             (str(first), "1", "2", "750"), (str(first + 1), "1", "2", "750")]
+        # readable columns next to the exact ones: names, local time, kWh, whole tokens
+        r = p2p[0]
+        assert (r["producer_name"], r["consumer_name"], r["kwh"], r["token"]) == (
+            "pv-roof", "school", "0.750", "SUN")
+        assert Decimal(r["tokens_whole"]) * 10**18 == int(r["tokens"]) > 0
+        start = datetime.fromisoformat(r["interval_start"])
+        assert start.timestamp() == first * L and start.utcoffset() is not None
+        assert list(rows[0]) == list(allocations.COLUMNS)
         assert main(["export-allocations", "--config", cfgp, "-o", str(out_csv)]) == 2
 
 
@@ -143,3 +160,9 @@ def test_commission_deploy_submit_verify_export(tmp_path, monkeypatch, capsys):
 def test_missing_config_is_a_clear_error(tmp_path, capsys, argv):
     assert main(argv + ["--config", str(tmp_path / "none.toml")]) == 2
     assert "gateway init" in capsys.readouterr().err
+
+
+def test_docs_list_the_csv_columns_of_the_file():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "chain.md").read_text()
+    line = next(x for x in doc.splitlines() if x.startswith("CSV columns: `"))
+    assert tuple(c.strip() for c in line.split("`")[1].split(",")) == allocations.COLUMNS
