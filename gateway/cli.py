@@ -128,15 +128,20 @@ def add_device_commands(dev_sub):
     p.set_defaults(func=_guard(cmd_device_show))
 
     p = dev_sub.add_parser("readings", parents=[with_config],
-                           help="a meter's stored readings, newest last",
-                           description="The readings the gateway stored for one meter, in the "
-                                       "order they arrived (the first column is the reading id "
-                                       "`wattshare verify --reading` takes).")
-    p.add_argument("id", metavar="ID", help="device id (hex)")
+                           help="a meter's stored readings, newest last: pick one to prove",
+                           description="The readings the gateway stored for one meter (by "
+                                       "device id, label or on-chain meter index), in the "
+                                       "order they arrived, in local time and kWh, with the "
+                                       "settlement interval each is committed to. The first "
+                                       "column is the reading id `wattshare verify --reading` "
+                                       "and `wattshare export-proof --reading` take.")
+    p.add_argument("id", metavar="ID", help="device id (hex), label or meter index")
     p.add_argument("--limit", type=int, default=20, metavar="N",
                    help="the last N readings (default 20; 0 = all)")
     p.add_argument("--after-seq", type=int, metavar="SEQ",
                    help="only readings with a sequence number above SEQ")
+    p.add_argument("--date", metavar="YYYY-MM-DD",
+                   help="only readings stamped on this local day ([community] timezone)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_guard(cmd_device_readings))
 
@@ -480,15 +485,29 @@ def _kwh(wh):
     return "-" if wh is None else f"{wh / 1000:.3f}"
 
 
+def _device_by_name(conn, text):
+    """A device id from a device id (hex), or a member's label or meter index."""
+    try:
+        device_id = registry.parse_device_id(text)
+    except GatewayError:
+        from gateway import community
+
+        return bytes.fromhex(community.Members(conn).find(text)["device"])
+    registry.get_device(conn, device_id)
+    return device_id
+
+
 def cmd_device_readings(args):
-    device_id = registry.parse_device_id(args.id)
     if args.limit < 0:
         raise ConfigError(f"--limit {args.limit}: must be 0 (all) or more")
     cfg = gwconfig.load(args.config)
+    tz = cfg.community.tz
+    span = units.day_bounds(args.date, tz) if args.date else None
     conn = _open_db(cfg)
     try:
-        registry.get_device(conn, device_id)
-        rows = status.device_readings(conn, device_id, args.limit, args.after_seq)
+        device_id = _device_by_name(conn, args.id)
+        label = registry.get_device(conn, device_id).label
+        rows = status.device_readings(conn, device_id, args.limit, args.after_seq, span)
     finally:
         conn.close()
     if args.json:
@@ -497,13 +516,18 @@ def cmd_device_readings(args):
     if not rows:
         print(f"no readings stored for {device_id.hex()}")
         return 0
-    print(f"{'ID':>9} {'SEQ':>7}  {'TIME (local)':19}  {'POWER W':>8} {'IMPORT kWh':>12} "
-          f"{'EXPORT kWh':>12}  FLAGS")
+    print(f"{label} ({device_id.hex()}), newest last:")
+    print(f"{'ID':>9} {'SEQ':>7}  {'TIME':23}  {'POWER W':>8} {'IMPORT kWh':>12} "
+          f"{'EXPORT kWh':>12}  {'ON CHAIN':22} FLAGS")
     for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.t))
         power = "-" if r.p is None else str(r.p)
-        print(f"{r.id:>9} {r.seq:>7}  {when:19}  {power:>8} {_kwh(r.ei):>12} "
-              f"{_kwh(r.ee):>12}  {' '.join(r.flags)}")
+        chain = f"{r.interval} {r.on_chain}" if r.interval is not None else "not yet"
+        print(f"{r.id:>9} {r.seq:>7}  {units.local_time(r.t, tz, True):23}  {power:>8} "
+              f"{_kwh(r.ei):>12} {_kwh(r.ee):>12}  {chain:22} {' '.join(r.flags)}")
+    rid = rows[-1].id
+    print(f"prove one: wattshare export-proof --reading {rid} -o reading-{rid}.json, then "
+          f"wattshare verify --bundle reading-{rid}.json --rpc URL (URL: wattshare chain "
+          "status)")
     return 0
 
 

@@ -203,22 +203,31 @@ class StoredReading:
     ei: int | None
     ee: int | None
     received_ms: int
+    interval: int | None = None  # the settlement interval whose root holds it
+    on_chain: str | None = None  # that interval's outbox state (confirmed, sent, ...)
 
 
-def device_readings(conn, device_id, limit=20, after_seq=None):
+def device_readings(conn, device_id, limit=20, after_seq=None, span=None):
     """The last ``limit`` readings of a device (0: all), in ingest order; with
-    ``after_seq``, only those with a higher sequence number."""
-    where, args = "device = ?", [device_id]
+    ``after_seq``, only those with a higher sequence number; with ``span`` (start, end),
+    only those stamped in it. Each with the interval it was committed to, if any."""
+    where, args = "r.device = ?", [device_id]
     if after_seq is not None:
-        where += " AND seq > ?"
+        where += " AND r.seq > ?"
         args.append(after_seq)
-    sql = f"SELECT id, seq, t, st, p, ei, ee, received_ms FROM readings WHERE {where} ORDER BY id"
+    if span is not None:
+        where += " AND r.t >= ? AND r.t < ?"
+        args += list(span)
+    sql = ("SELECT r.id, r.seq, r.t, r.st, r.p, r.ei, r.ee, r.received_ms, l.interval, "
+           "o.state FROM readings r LEFT JOIN chain_leaves l ON l.reading_id = r.id "
+           "LEFT JOIN chain_outbox o ON o.contract = l.contract AND o.interval = l.interval "
+           f"WHERE {where} ORDER BY r.id")
     if limit:
         sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY id"
         args.append(limit)
     return [StoredReading(rid, seq, t, st, reading.flag_names(st) if st else [], p, ei, ee,
-                          received)
-            for rid, seq, t, st, p, ei, ee, received in conn.execute(sql, args)]
+                          received, interval, state)
+            for rid, seq, t, st, p, ei, ee, received, interval, state in conn.execute(sql, args)]
 
 
 def device_json(d):

@@ -63,6 +63,15 @@ def register(subparsers):
                    help="build what is due, drive the outbox until nothing moves, exit")
     p.set_defaults(func=_handler("cmd_run"))
 
+    p = sub.add_parser("node", parents=[with_config],
+                       help="run the embedded chain node in the foreground; print its URL",
+                       description="With [chain] rpc_url = \"anvil\": print the embedded "
+                                   "node's JSON-RPC URL, starting it from the data folder if "
+                                   "`wattshare chain run` is not running (then it runs until "
+                                   "Ctrl-C). Give the URL to `wattshare verify --bundle FILE "
+                                   "--rpc URL`.")
+    p.set_defaults(func=_handler("cmd_node"))
+
     p = sub.add_parser("retry", parents=[with_config], help="retry a failed interval")
     p.add_argument("--interval", type=int, required=True, metavar="N")
     p.set_defaults(func=_handler("cmd_retry"))
@@ -105,6 +114,21 @@ def register(subparsers):
     p.add_argument("--anvil-account", type=int, metavar="N",
                    help="embedded anvil only: sign with development account N")
     p.set_defaults(func=_handler("cmd_producer_key"))
+    p = sub.add_parser("members", parents=[with_config],
+                       help="which on-chain meter index is whose: labels, devices, owners")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_handler("cmd_members"))
+    p = sub.add_parser("report", parents=[with_config],
+                       help="a member's energy and tokens over days, from the chain",
+                       description="One member (label, device id or meter index) over local "
+                                   "days: kWh to and from each party, the pool share, the "
+                                   "grid, tokens earned, paid and owed, and the bill at the "
+                                   "community's tariffs ([community] in gateway.toml).")
+    p.add_argument("--member", required=True, metavar="NAME")
+    p.add_argument("--from", dest="first", metavar="YYYY-MM-DD")
+    p.add_argument("--to", dest="last", metavar="YYYY-MM-DD")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_handler("cmd_report"))
     p = sub.add_parser("fund", parents=[with_config, admin],
                        help="treasury (admin) prepays a member's settlement balance")
     p.add_argument("--account", required=True, metavar="0x...")

@@ -137,7 +137,11 @@ def cmd_status(args):
         conn.close()
     try:
         with node.chain_port(cfg) as port:
-            out["node"] = {"reachable": True, "block": port.get_block_number()}
+            out["node"] = {"reachable": True, "block": port.get_block_number(),
+                           "url": port.url,
+                           "embedded_while": None if cfg.chain.rpc_url != "anvil" else (
+                               "this command" if getattr(port, "anvil", None) else
+                               "wattshare chain run (or chain node) runs")}
             out["gateway_balance_wei"] = int(port.request("eth_getBalance",
                                                           [gateway, "latest"]), 16)
             if cfg.chain.contract:
@@ -164,6 +168,12 @@ def cmd_status(args):
     print(f"node:      {cfg.chain.rpc_url} chain id {cfg.chain.chain_id}: "
           + (f"block {out['node']['block']}" if out["node"]["reachable"]
              else "UNREACHABLE " + out["node"]["error"]))
+    if out["node"]["reachable"]:
+        note = out["node"]["embedded_while"]
+        print(f"rpc:       {out['node']['url']}" + (
+            "" if note is None else " (the embedded anvil; it stopped with this command: "
+            "`wattshare chain node` keeps it running)" if note == "this command"
+            else f" (the embedded anvil, while {note})"))
     print(f"contract:  {out['contract'] or 'not deployed (wattshare chain deploy)'}")
     print(f"gateway:   {gateway}"
           + (f", balance {out['gateway_balance_wei'] / 1e18:.4f} ETH"
@@ -266,6 +276,30 @@ def cmd_run(args):
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         conn.close()
+    return 0
+
+
+def cmd_node(args):
+    """Run the embedded node in the foreground (for ``verify --bundle ... --rpc``)."""
+    import signal
+
+    cfg = gwconfig.load(args.config)
+    if cfg.chain.rpc_url != "anvil":
+        print(f"rpc: {cfg.chain.rpc_url} (the configured node; nothing to run here)")
+        return 0
+    live = node.live_port(cfg)
+    if live is not None:
+        print(f"rpc: {live.url} (the embedded anvil, already running)", flush=True)
+        return 0
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with node.chain_port(cfg, keep_url=True) as port:
+        print(f"rpc: {port.url} (the embedded anvil of {cfg.data_dir}; "
+              "Ctrl-C or SIGTERM stops it)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
@@ -382,6 +416,67 @@ def cmd_fund(args):
         deploy.fund(port, _admin_key(cfg, args), d.token, d.settlement, args.account,
                     args.amount)
     print(f"deposited {args.amount} token units for {to_checksum_address(args.account)}")
+    return 0
+
+
+def cmd_members(args):
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    try:
+        members = community.Members(conn)
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(members.devices, indent=2))
+        return 0
+    if not members.devices:
+        print("no members: register meters with `wattshare device add --label ...`")
+        return 0
+    print(f"{'METER':>5}  {'NAME':24} {'DEVICE':16}  {'STATUS':7} OWNER")
+    for d in members.devices:
+        index = str(d["index"]) if d["index"] is not None else "-"
+        print(f"{index:>5}  {d['name'][:24]:24} {d['device']:16}  {d['status']:7} {d['owner']}"
+              + ("" if d["index"] is not None else
+                 "  (not on chain: wattshare community add-meter)"))
+    return 0
+
+
+def cmd_report(args):
+    cfg = gwconfig.load(args.config)
+    _contract(cfg)
+    first_day = args.first or args.last
+    last_day = args.last or args.first
+    if first_day is None:
+        raise ConfigError("give --from DATE and/or --to DATE (YYYY-MM-DD)")
+    conn = _open_db(cfg)
+    try:
+        with node.chain_port(cfg) as port:
+            chain = community.ChainView(port, cfg.chain.contract,
+                                        community.deployment_block(cfg.data_dir))
+            r = community.member_report(conn, cfg, chain, args.member, first_day, last_day)
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    t, c = r["text"], cfg.community
+    span = first_day if first_day == last_day else f"{first_day} to {last_day}"
+    print(f"{r['name']} (meter {r['index']}), {span} ({c.timezone or 'local time'}): "
+          f"{r['intervals_settled']} intervals settled")
+    print(f"  used      {t['consumed_wh']}: from neighbours {t['direct_received_wh']}"
+          + (f" ({t['received_from']})" if r["received_from"] else "")
+          + f", from the community pool {t['pool_received_wh']}, from the grid "
+          f"{t['grid_import_wh']}")
+    print(f"  surplus   {t['produced_wh']}: to its beneficiaries {t['direct_sent_wh']}"
+          + (f" ({t['sent_to']})" if r["sent_to"] else "")
+          + f", to the community pool {t['pool_sent_wh']}, to the grid {t['grid_export_wh']}")
+    print(f"  tokens    earned {t['tokens_earned']}, paid {t['tokens_paid']}, owed (unpaid)"
+          f" {t['tokens_owed']}; now: balance {t['account_balance']}, debt "
+          f"{t['account_debt']}, receivable {t['account_receivable']}")
+    bill = r["bill"]
+    print(f"  bill      {units.money(bill['community'], c.currency)} at the community's "
+          f"tariffs, {units.money(bill['grid_only'], c.currency)} with the grid alone: saved "
+          f"{units.money(bill['saving'], c.currency)}")
     return 0
 
 

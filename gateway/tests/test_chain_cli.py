@@ -4,6 +4,9 @@ verify (by reading id and by bundle + RPC URL), export-allocations."""
 
 import csv
 import json
+import signal
+import subprocess
+import sys
 import time
 from datetime import datetime
 from decimal import Decimal
@@ -24,6 +27,7 @@ from gateway.writer import GroupStore
 from tools.cli import main
 
 L = 900
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _store(db, meter, seqs_times, counters):
@@ -131,6 +135,7 @@ def test_commission_deploy_submit_verify_export(tmp_path, monkeypatch, capsys):
         # a third party: the bundle and an RPC URL, no gateway config
         assert main(["verify", "--bundle", str(bundle_path), "--rpc", live.url]) == 0
         assert "VALID" in capsys.readouterr().out
+        genuine = json.loads(bundle_path.read_text())
         forged = json.loads(bundle_path.read_text())
         forged["salt"] = "00" * 32
         bundle_path.write_text(json.dumps(forged))
@@ -154,6 +159,25 @@ def test_commission_deploy_submit_verify_export(tmp_path, monkeypatch, capsys):
         assert start.timestamp() == first * L and start.utcoffset() is not None
         assert list(rows[0]) == list(allocations.COLUMNS)
         assert main(["export-allocations", "--config", cfgp, "-o", str(out_csv)]) == 2
+        capsys.readouterr()
+        assert main(["chain", "node", "--config", cfgp]) == 0  # already running: its URL
+        assert capsys.readouterr().out == f"rpc: {live.url} (the embedded anvil, already " \
+            "running)\n"
+
+    # no `chain run` any more: `chain node` runs the embedded node for a verifier
+    bundle_path.write_text(json.dumps(genuine))
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "chain", "node", "--config",
+                             cfgp], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("rpc: http://127.0.0.1:"), line
+        url = line.split()[1]
+        assert main(["verify", "--bundle", str(bundle_path), "--rpc", url]) == 0
+        assert "VALID" in capsys.readouterr().out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not (data / node.URL_FILE).exists()  # it said where it ran, and no longer
 
 
 @pytest.mark.parametrize("argv", [["chain", "status"], ["verify", "--reading", "1"]])

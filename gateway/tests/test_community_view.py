@@ -2,6 +2,8 @@
 gateway's labels, energy and tokens from the contract's events, gaps with their reason,
 the member report over dates."""
 
+import json
+
 import community_day
 import pytest
 from chain_community import L
@@ -142,3 +144,45 @@ def test_verify_warns_when_the_readings_meter_was_a_gap(settled):
         bundle.export_bundle(c.conn, rid, c.port.chain_id, c.deployment.registry), c.port)
     assert report.ok and report.warnings == []
     assert "import" in report.checks[-1].detail and report.checks[-1].name == "settled"
+
+
+def test_members_report_and_readings_from_the_cli(settled, capsys):
+    from tools.cli import main
+
+    c, cfg, chain, first = settled
+    conf = str(cfg.path)
+    assert main(["community", "members", "--config", conf]) == 0
+    out = capsys.readouterr().out
+    for m in c.members:
+        assert f"{m.index:>5}  {m.name:24} {m.meter.device_id.hex()}" in out
+    day = units.local_day(first * L, UTC)
+    assert main(["community", "report", "--config", conf, "--member", "school",
+                 "--from", day, "--to", day]) == 0
+    out = capsys.readouterr().out
+    view = community.day_view(c.conn, cfg, chain, day)
+    school = next(m for m in view["members"] if m["name"] == "school")
+    t = school["text"]
+    assert out.startswith(f"school (meter {c.member('school').index}), {day} (UTC):")
+    assert f"from neighbours {t['direct_received_wh']} (producer " in out
+    assert f"paid {t['tokens_paid']}" in out and " SUN" in out
+    assert "saved 0." in out and " EUR" in out
+    assert main(["community", "report", "--config", conf, "--member", "nobody",
+                 "--from", day]) == 2
+    assert "no member named 'nobody'" in capsys.readouterr().err
+
+    assert main(["device", "readings", "household", "--config", conf, "--date", day,
+                 "--limit", "5", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 5 and all(r["interval"] is not None for r in rows)
+    assert all(r["on_chain"] == "confirmed" for r in rows)
+    assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)  # newest last
+    assert all(units.local_day(r["t"], UTC) == day for r in rows)
+    home = c.member("household")
+    assert main(["device", "readings", str(home.index), "--config", conf, "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"household ({home.meter.device_id.hex()}), newest last:")
+    assert " UTC " in out and "confirmed" in out
+    latest = c.conn.execute("SELECT max(id) FROM readings WHERE device = ?",
+                            (home.meter.device_id,)).fetchone()[0]
+    assert f"wattshare export-proof --reading {latest} " in out
+    assert main(["device", "readings", "household", "--config", conf, "--limit", "-1"]) == 2
