@@ -109,6 +109,17 @@ def household_load_W(t: float, seed: int) -> float:
     return base + fridge + peaks + kettle
 
 
+def away_by_day_load_W(t: float, seed: int) -> float:
+    """A home whose residents are at work 08:00-17:30 on weekdays: only the base load and
+    the fridge then; otherwise a home like :func:`household_load_W`."""
+    h = hour_of_day(t)
+    if weekday(t) < 5 and 8.0 <= h < 17.5:
+        base = 140.0 + 40.0 * noise(seed, "base", t, 1800.0)
+        fridge = 90.0 if (t + 173.0 * (seed % 13)) % 2400.0 < 900.0 else 0.0
+        return base + fridge
+    return household_load_W(t, seed)
+
+
 def school_load_W(t: float, seed: int) -> float:
     """A school: base load always; lessons Monday to Friday 08:00-16:30 and the kitchen
     around noon."""
@@ -141,6 +152,28 @@ def _pv_household(t: float, seed: int) -> float:
     return household_load_W(t, seed) - pv_output_W(t, seed, 4500.0)
 
 
+def _pv_away_by_day(t: float, seed: int) -> float:
+    return away_by_day_load_W(t, seed) - pv_output_W(t, seed, 5000.0)
+
+
+_BATTERY_CHARGE_W = 3000.0
+_BATTERY_EVENING_EXPORT_W = 2000.0
+
+
+def _pv_battery(t: float, seed: int) -> float:
+    # The battery soaks up the surplus (up to 3 kW) from 09:00 until it is full at 13:30;
+    # from 17:00 to 21:00 it covers the home and feeds 2 kW into the street.
+    load = household_load_W(t, seed)
+    pv = pv_output_W(t, seed, 6000.0)
+    h = hour_of_day(t)
+    net = load - pv
+    if 9.0 <= h < 13.5 and net < 0.0:
+        net = min(0.0, net + _BATTERY_CHARGE_W)
+    elif 17.0 <= h < 21.0:
+        net = -pv - _BATTERY_EVENING_EXPORT_W
+    return net
+
+
 PROFILES = {
     p.name: p
     for p in (
@@ -153,5 +186,11 @@ PROFILES = {
                 "base load at night and at weekends", _school, exports=False),
         Profile("pv-household", "a home with 4.5 kWp PV: exports around noon, imports "
                 "mornings and evenings", _pv_household, exports=True),
+        Profile("pv-away-by-day", "a home with 5 kWp PV whose residents are at work "
+                "08:00-17:30 on weekdays: exports most of its PV by day, imports in the "
+                "evening", _pv_away_by_day, exports=True),
+        Profile("pv-battery", "a home with 6 kWp PV and a battery that charges from the "
+                "surplus until 13:30 and feeds 2 kW into the street from 17:00 to 21:00 "
+                "(an evening export)", _pv_battery, exports=True),
     )
 }

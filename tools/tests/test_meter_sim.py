@@ -361,6 +361,25 @@ def test_pv_household_imports_and_exports():
     assert min(day) < -1000 and max(day) > 500
 
 
+def test_pv_away_by_day_exports_while_its_residents_are_at_work():
+    monday = datetime(2025, 6, 23, tzinfo=UTC).timestamp()
+    midday = _powers("pv-away-by-day", monday, range(10, 15))
+    evening = _mean(_powers("pv-away-by-day", monday, range(19, 22)))
+    at_home = _mean(_powers("pv-household", monday, range(10, 15), seed=0))
+    assert max(midday) < 0 and _mean(midday) < at_home  # more surplus than a home in use
+    assert evening > 300  # imports once they are back
+
+
+def test_pv_battery_exports_in_the_evening():
+    monday = datetime(2025, 6, 23, tzinfo=UTC).timestamp()
+    charging = _mean(_powers("pv-battery", monday, range(10, 13)))
+    afternoon = _mean(_powers("pv-battery", monday, range(14, 16)))
+    evening = _powers("pv-battery", monday, range(17, 21))
+    night = _mean(_powers("pv-battery", monday, range(1, 4)))
+    assert afternoon < charging <= 0  # the battery holds back the midday surplus
+    assert max(evening) <= -2000 and night > 0
+
+
 def test_profiles_are_deterministic_for_a_seed():
     meter = get_meter("sdm120ct")
     for name in PROFILES:
