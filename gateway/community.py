@@ -179,8 +179,9 @@ def day_view(conn, cfg, chain, day=None, now=None, rpc_note=None):
     of the latest settled interval, else today). ``chain``: a :class:`ChainView`, or None
     when the node cannot be reached (then only the gateway's side is shown, and
     ``rpc_note`` says why)."""
-    import time
+    from gateway import simclock
 
+    now = simclock.now() if now is None else now
     tz = cfg.community.tz
     length = cfg.chain.interval_s
     contract = cfg.chain.contract
@@ -188,7 +189,7 @@ def day_view(conn, cfg, chain, day=None, now=None, rpc_note=None):
     if day is None:
         row = conn.execute("SELECT max(interval) FROM chain_outbox WHERE contract = ? AND "
                            "state = 'confirmed'", (contract,)).fetchone()
-        t = row[0] * length if row and row[0] is not None else (now or time.time())
+        t = row[0] * length if row and row[0] is not None else now
         day = units.local_day(t, tz)
     start, end = units.day_bounds(day, tz)
     first, last = start // length, (end - 1) // length
@@ -283,7 +284,7 @@ def day_view(conn, cfg, chain, day=None, now=None, rpc_note=None):
                                   "p2p_per_kwh": c.p2p_per_kwh}},
         "day": day, "previous_day": str(d0 - timedelta(days=1)),
         "next_day": str(d0 + timedelta(days=1)), "interval_s": length,
-        "generated": units.local_time(now or time.time(), tz),
+        "generated": units.local_time(now, tz),
         "chain": {"rpc": rpc_url, "chain_id": cfg.chain.chain_id,
                   "contracts": chain.addresses if chain is not None else (
                       {"settlement": contract} if contract else {}),

@@ -10,8 +10,9 @@
   answers ``{"registered": false, ...}``, a malformed one 400 with ``error``
 - ``/community``   the community page: the day's flows, members, settlement and proofs
   (``?date=YYYY-MM-DD``; :mod:`gateway.community_page`), ``/community.json`` its data,
-  ``/community/interval/N`` an interval's readings, ``/community/proof/ID.json`` a
-  reading's proof bundle, ``/assets/NAME`` the page's script, style and ECharts
+  ``/community/interval/N`` an interval's readings (``.json``: as JSON),
+  ``/community/proof/ID.json`` a reading's proof bundle, ``/assets/NAME`` the page's
+  script, style and ECharts
 """
 
 import asyncio
@@ -290,6 +291,12 @@ class StatusHttp:
         finally:
             conn.close()
 
+    async def _interval_json(self, request):
+        if self._config is None or not self._config.chain.contract:
+            raise web.HTTPNotFound(text="no settlement contract yet\n")
+        readings = await asyncio.to_thread(self._readings, int(request.match_info["interval"]))
+        return web.Response(text=json.dumps(readings), content_type="application/json")
+
     async def _interval(self, request):
         from gateway import units
 
@@ -362,7 +369,8 @@ class StatusHttp:
         app.router.add_get("/api/devices/{id}", self._device_json)
         app.router.add_get("/community", self._community)
         app.router.add_get("/community.json", self._community_json)
-        app.router.add_get("/community/interval/{interval}", self._interval)
+        app.router.add_get(r"/community/interval/{interval:\d+}.json", self._interval_json)
+        app.router.add_get(r"/community/interval/{interval:\d+}", self._interval)
         app.router.add_get("/community/proof/{reading}.json", self._proof)
         app.router.add_get("/assets/{name}", self._asset)
         self._runner = web.AppRunner(app, access_log=None)
