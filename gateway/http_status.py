@@ -242,11 +242,15 @@ class StatusHttp:
         from gateway.chain.errors import ChainError
 
         with self._chain_lock:
-            cached = self._views.get(day)
-            if cached and time.monotonic() - cached[0] < _VIEW_TTL_S:
-                return cached[1]
             conn = store.connect(self._db_path, readonly=True)
             try:
+                # what the chain link has done: a new confirmation makes a new view
+                version = conn.execute("SELECT count(*), max(updated_at) FROM chain_outbox "
+                                       "WHERE state = 'confirmed'").fetchone()
+                cached = self._views.get(day)
+                if cached and cached[2] == version and \
+                        time.monotonic() - cached[0] < _VIEW_TTL_S:
+                    return cached[1]
                 chain, note = self._chain()
                 try:
                     view = community.day_view(conn, self._config, chain, day, rpc_note=note)
@@ -257,7 +261,7 @@ class StatusHttp:
                 conn.close()
             if len(self._views) > 32:
                 self._views.clear()
-            self._views[day] = (time.monotonic(), view)
+            self._views[day] = (time.monotonic(), view, version)
             return view
 
     async def _view_or_error(self, request):

@@ -318,7 +318,7 @@ class Demo:
         doc["ingest"] = dict(doc.get("ingest", {}), processes=0)  # one process: 2 cores
         doc["log"] = {"level": "warning", "format": "kv"}
         # in simulated seconds: the outbox looks for work every 0.2 s of real time
-        doc["chain"] = dict(doc.get("chain", {}), poll_s=0.2, grace_s=60,
+        doc["chain"] = dict(doc.get("chain", {}), poll_s=0.2, grace_s=900,
                             rebroadcast_s=3600)
         text = gwconfig.render(doc)
         gwconfig.parse(text, path)
@@ -333,7 +333,7 @@ class Demo:
         day_start, _ = units.day_bounds(DAY, tz)
         self.first_s = day_start + self.args.start
         self.end_s = day_start + self.args.end
-        lead = 1800  # devices boot, sync their clocks and read before the first boundary
+        lead = 3600  # devices boot, sync their clocks and read before the first boundary
         clock = simclock.start(self.args.speed, epoch0=self.first_s - lead)
         self.env["WATTSHARE_SIM_CLOCK"] = clock.value()
         os.environ["WATTSHARE_SIM_CLOCK"] = clock.value()  # the meters in this process
