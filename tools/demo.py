@@ -275,16 +275,19 @@ class Demo:
         node = self.procs.start("chain-node", [PY, "-m", "tools.cli", "chain", "node"],
                                 env=self.env)
         self.rpc_url = self._wait_log("chain-node", r"rpc: (http://\S+)", node, 60).group(1)
-        for m in self.street:
-            out = self.wattshare("community", "add-meter", "--device", self.devices[m.label]["id"])
-            self.devices[m.label]["index"] = int(re.search(r"is meter (\d+)", out).group(1))
+        out = self.wattshare("community", "add-meter", "--device",
+                             *(self.devices[m.label]["id"] for m in self.street))
+        for device, index in re.findall(r"device ([0-9a-f]{16}) .* is meter (\d+)", out):
+            for d in self.devices.values():
+                if d["id"] == device:
+                    d["index"] = int(index)
         self.say(f"    {RESIDENT.label}: community producer-key --static "
                  f"\"{SCHOOL.label}=4000\" (40 % to the school, the rest to the pool)")
         self.wattshare("community", "producer-key", "--meter", RESIDENT.label, "--static",
                        f"{SCHOOL.label}=4000", "--anvil-account", str(ANVIL_RESIDENT))
-        for m in self.street:
-            self.wattshare("community", "fund", "--account", self.devices[m.label]["owner"],
-                           "--amount", str(1000 * 10**18))
+        self.wattshare("community", "fund", "--account",
+                       *(self.devices[m.label]["owner"] for m in self.street),
+                       "--amount", str(1000 * 10**18))
         self.say(f"    {len(self.street)} meters on chain, each member prepaid 1000 SUN; "
                  f"chain RPC {self.rpc_url}")
 

@@ -89,7 +89,8 @@ def register(subparsers):
                                    "in the MeterRegistry (device id, sha256 of its key, owner, "
                                    "this gateway) and store the meter index it gets. With "
                                    "--index, only link a meter registered before.")
-    p.add_argument("--device", required=True, metavar="HEX", help="device id")
+    p.add_argument("--device", required=True, nargs="+", metavar="HEX",
+                   help="device id (several: one after the other)")
     p.add_argument("--index", type=int, metavar="N", help="existing on-chain meter index")
     p.set_defaults(func=_handler("cmd_add_meter"))
     p = sub.add_parser("set-price", parents=[with_config, admin], help="P2P price")
@@ -131,7 +132,8 @@ def register(subparsers):
     p.set_defaults(func=_handler("cmd_report"))
     p = sub.add_parser("fund", parents=[with_config, admin],
                        help="treasury (admin) prepays a member's settlement balance")
-    p.add_argument("--account", required=True, metavar="0x...")
+    p.add_argument("--account", required=True, nargs="+", metavar="0x...",
+                   help="member account(s): each gets --amount")
     p.add_argument("--amount", required=True, type=int, metavar="UNITS")
     p.set_defaults(func=_handler("cmd_fund"))
 

@@ -333,26 +333,30 @@ def cmd_add_gateway(args):
 def cmd_add_meter(args):
     cfg = gwconfig.load(args.config)
     d = _deployment(cfg)
-    device_id = registry.parse_device_id(args.device)
+    device_ids = [registry.parse_device_id(text) for text in args.device]
+    if args.index is not None and len(device_ids) != 1:
+        raise ConfigError("--index links one device: give a single --device with it")
     gateway = keystore.address(cfg.keystore_path)
     conn = _open_db(cfg)
     try:
-        dev = registry.get_device(conn, device_id)
+        devices = [registry.get_device(conn, device_id) for device_id in device_ids]
         with node.chain_port(cfg) as port:
-            if args.index is not None:
-                on_chain = deploy.meter_index(port, d.registry, device_id)
-                if on_chain != args.index:
-                    raise ChainError(f"device {device_id.hex()} is meter {on_chain or 'none'} "
-                                     f"in the registry, not {args.index}")
-                index = args.index
-            else:
-                index = deploy.register_meter(port, _admin_key(cfg, args), d.registry,
-                                              device_id, dev.pubkey, dev.owner, gateway)
-        batcher.set_meter_index(conn, device_id, index)
+            for device_id, dev in zip(device_ids, devices, strict=True):
+                if args.index is not None:
+                    on_chain = deploy.meter_index(port, d.registry, device_id)
+                    if on_chain != args.index:
+                        raise ChainError(f"device {device_id.hex()} is meter "
+                                         f"{on_chain or 'none'} in the registry, not "
+                                         f"{args.index}")
+                    index = args.index
+                else:
+                    index = deploy.register_meter(port, _admin_key(cfg, args), d.registry,
+                                                  device_id, dev.pubkey, dev.owner, gateway)
+                batcher.set_meter_index(conn, device_id, index)
+                print(f"device {device_id.hex()} ({dev.label}) is meter {index}, owner "
+                      f"{dev.owner}, gateway {gateway}", flush=True)
     finally:
         conn.close()
-    print(f"device {device_id.hex()} ({dev.label}) is meter {index}, owner {dev.owner}, "
-          f"gateway {gateway}")
     return 0
 
 
@@ -412,10 +416,15 @@ def cmd_producer_key(args):
 def cmd_fund(args):
     cfg = gwconfig.load(args.config)
     d = _deployment(cfg)
+    for account in args.account:
+        if not is_address(account):
+            raise ConfigError(f"--account {account!r} is not an address")
     with node.chain_port(cfg) as port:
-        deploy.fund(port, _admin_key(cfg, args), d.token, d.settlement, args.account,
-                    args.amount)
-    print(f"deposited {args.amount} token units for {to_checksum_address(args.account)}")
+        for account in args.account:
+            deploy.fund(port, _admin_key(cfg, args), d.token, d.settlement, account,
+                        args.amount)
+            print(f"deposited {args.amount} token units for {to_checksum_address(account)}",
+                  flush=True)
     return 0
 
 

@@ -72,10 +72,10 @@ def test_commission_deploy_submit_verify_export(tmp_path, monkeypatch, capsys):
     # from here a node runs as under `wattshare chain run` (state from the data folder)
     with anvil_mod.Anvil(data) as live:
         (data / node.URL_FILE).write_text(live.url)
-        for m in (producer, school):
-            assert main(["community", "add-meter", "--config", cfgp,
-                         "--device", m.device_id.hex()]) == 0
-        assert "is meter 2" in capsys.readouterr().out
+        assert main(["community", "add-meter", "--config", cfgp, "--device",
+                     producer.device_id.hex(), school.device_id.hex()]) == 0
+        out = capsys.readouterr().out
+        assert "(pv-roof) is meter 1" in out and "(school) is meter 2" in out
         assert main(["community", "producer-key", "--config", cfgp, "--meter", "pv-roof",
                      "--static", "school=4000", "--anvil-account", "3"]) == 0
         school_owner = Account.from_key(keys[4]).address
