@@ -90,9 +90,9 @@ class DemoError(Exception):
 class Screen:
     """Progress on one rewritten line on a terminal; plain lines, no ANSI, otherwise."""
 
-    def __init__(self, stream=sys.stdout):
-        self.stream = stream
-        self.tty = stream.isatty() and os.environ.get("TERM") != "dumb"
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty() and os.environ.get("TERM") != "dumb"
         self._live = False
         self._last_plain = 0.0
 
@@ -622,7 +622,7 @@ def main(argv=None) -> int:
     def interrupted(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupted)
+    previous = signal.signal(signal.SIGTERM, interrupted)
     try:
         return Demo(args, screen).main()
     except KeyboardInterrupt:
@@ -634,6 +634,8 @@ def main(argv=None) -> int:
     except (OSError, urllib.error.URLError) as e:
         screen.say(f"FAILED: {e}")
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
