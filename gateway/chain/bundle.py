@@ -5,7 +5,8 @@
     version, reading_id, cose (hex, the exact signed bytes), device_id, pubkey (65-byte
     SEC1 hex), meter_index, salt, leaf_index, siblings [hex], root, interval,
     interval_length, gateway, contract (Settlement), registry (MeterRegistry), chain_id,
-    block_number, block_hash (the block that mined the submission), tx_hash
+    block_number, block_hash (the block that mined the submission), tx_hash, gap (why the
+    gateway left the meter out of the interval's submission, or null)
 
 ``verify_bundle(bundle, port)`` checks, with nothing but the bundle and any JSON-RPC node:
 
