@@ -6,9 +6,9 @@ feeds the street in the evening), each with a simulated CT meter (tools.meter_si
 profiles) read by the real firmware in a MicroPython VM (tools.emulated_device). The
 devices sign readings and send them over CoAP to a real gateway (`wattshare gateway
 run`); `wattshare chain run` settles every 15-minute interval on the embedded anvil
-chain. The simulated day (Tuesday 2025-06-17, a school day in June, 00:00-24:00 UTC)
-runs 600 times faster than real time: every process reads one shared simulated clock
-(WATTSHARE_SIM_CLOCK, gateway/simclock.py).
+chain. The simulated day (the next Tuesday from 15 June on, a school day with a high sun,
+00:00-24:00 UTC) runs 600 times faster than real time: every process reads one shared
+simulated clock (WATTSHARE_SIM_CLOCK, gateway/simclock.py).
 
 Everything is commissioned as a technician and the community would: `gateway init`,
 each device's key from its console (`--provision`), `device add`, `chain deploy`,
@@ -47,11 +47,11 @@ import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
-DAY = "2025-06-17"  # a Tuesday in June: the school is open and the sun is high
 MARKER = ".wattshare-demo"  # the work folder is wiped only if a demo made it
 INTERVAL_S = 900
 READING_S = 60  # each device reads its meter once a simulated minute
@@ -78,6 +78,16 @@ STREETS = {
 }
 COMMUNITY = {"name": "Rue des Lilas", "timezone": "UTC", "currency": "EUR",
              "retail_per_kwh": 0.25, "feed_in_per_kwh": 0.06, "p2p_per_kwh": 0.15}
+
+
+def demo_day(today=None) -> str:
+    """The simulated day: the first Tuesday from 15 June on that is still ahead. A school
+    day with a high sun; and ahead of the chain's clock, because the settlement contract
+    takes no interval from before the community was deployed (issue 12)."""
+    today = today or datetime.now(UTC).date()
+    year = today.year if today < date(today.year, 6, 14) else today.year + 1
+    d = date(year, 6, 15)
+    return str(d + timedelta(days=(1 - d.weekday()) % 7))
 
 
 class DemoError(Exception):
@@ -189,6 +199,7 @@ class Demo:
         self.work = args.work.resolve()
         self.data = self.work / "gateway"
         self.street = STREETS[args.street]
+        self.day = demo_day()
         self.env = dict(os.environ, WATTSHARE_KEY_PASSPHRASE=PASSPHRASE,
                         WATTSHARE_CONFIG=str(self.data / "gateway.toml"),
                         PYTHONUNBUFFERED="1")
@@ -333,14 +344,14 @@ class Demo:
         from gateway import simclock, units
 
         tz = units.zone("UTC")
-        day_start, _ = units.day_bounds(DAY, tz)
+        day_start, _ = units.day_bounds(self.day, tz)
         self.first_s = day_start + self.args.start
         self.end_s = day_start + self.args.end
         lead = 3600  # devices boot, sync their clocks and read before the first boundary
         clock = simclock.start(self.args.speed, epoch0=self.first_s - lead)
         self.env["WATTSHARE_SIM_CLOCK"] = clock.value()
         os.environ["WATTSHARE_SIM_CLOCK"] = clock.value()  # the meters in this process
-        self.say(f"4/6 the day: {DAY} {units.clock_time(self.first_s, tz)}-"
+        self.say(f"4/6 the day: {self.day} {units.clock_time(self.first_s, tz)}-"
                  f"{'24:00' if self.args.end == 86400 else units.clock_time(self.end_s, tz)}"
                  f" UTC at {self.args.speed:g} x (WATTSHARE_SIM_CLOCK={clock.value()})")
         t0 = time.monotonic()
@@ -352,7 +363,7 @@ class Demo:
             self.procs.start(f"device{i}", [PY, "-m", "tools.emulated_device",
                                             *self._device_args(m), "--meter-tcp",
                                             f"127.0.0.1:{meter_ports[m.label]}"], self.env)
-        page = f"http://127.0.0.1:{self.http_port}/community?date={DAY}"
+        page = f"http://127.0.0.1:{self.http_port}/community?date={self.day}"
         self.say(f"    community page: {self.screen.bold(page)} (technician: "
                  f"http://127.0.0.1:{self.http_port}/)")
         last = self.end_s // INTERVAL_S - 1
@@ -369,7 +380,7 @@ class Demo:
             settled = 0 if done is None else max(0, min(done, last)
                                                  - self.first_s // INTERVAL_S + 1)
             if time.monotonic() >= next_view:
-                view = self.http_json(f"/community.json?date={DAY}", timeout=30)
+                view = self.http_json(f"/community.json?date={self.day}", timeout=30)
                 shared = view["totals"]["text"]["p2p_sent_wh"]
                 tokens = view["totals"]["text"]["tokens_paid"]
                 next_view = time.monotonic() + 3.0
@@ -464,7 +475,7 @@ class Demo:
 
         self.say("5/6 anyone: prove sampled readings down to the chain (signature, Merkle "
                  "path, root in contract storage, device key in the registry)")
-        view = self.http_json(f"/community.json?date={DAY}", timeout=60)
+        view = self.http_json(f"/community.json?date={self.day}", timeout=60)
         settled = [r for r in view["intervals"] if r["state"] == "settled"]
         if not settled:
             raise DemoError("no interval was settled")
@@ -516,7 +527,7 @@ class Demo:
         gaps = view["totals"]["intervals_with_gaps"]
         lines = [
             "",
-            self.screen.bold(f"{view['community']['name']}, Tuesday {DAY} (UTC), "
+            self.screen.bold(f"{view['community']['name']}, Tuesday {self.day} (UTC), "
                              f"{len(members)} members"),
             f"  {view['totals']['intervals_settled']} intervals settled on chain"
             + (f", {gaps} with gaps" if gaps else ", no gaps")
@@ -548,7 +559,7 @@ class Demo:
         print("\n".join(lines), flush=True)
 
     def serve(self):
-        page = f"http://127.0.0.1:{self.http_port}/community?date={DAY}"
+        page = f"http://127.0.0.1:{self.http_port}/community?date={self.day}"
         self.say(f"6/6 serving the community page at {page} until Ctrl-C")
         while True:
             self._check_processes()

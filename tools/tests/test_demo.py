@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -230,9 +231,9 @@ def test_report_html_opens_offline_in_a_browser(run, report):
 def test_terminal_output_and_ctrl_c_cleanup(run, report):
     text = "".join(run.lines)
     assert "\x1b" not in text and "\r" not in text  # not a terminal: plain lines
-    assert re.search(r"community page: http://127\.0\.0\.1:\d+/community\?date=2025-06-17",
-                     text)
-    assert re.search(r"sim 2025-06-17 1\d:\d\d UTC \| readings [\d,]+ \| intervals settled "
+    day = demo.demo_day()
+    assert re.search(rf"community page: http://127\.0\.0\.1:\d+/community\?date={day}", text)
+    assert re.search(rf"sim {day} 1\d:\d\d UTC \| readings [\d,]+ \| intervals settled "
                      r"\d+/8", text)
     assert "6 of 6 sampled proofs verify" in text
     assert "the school received" in text and "Rue des Lilas" in text
@@ -246,6 +247,14 @@ def test_terminal_output_and_ctrl_c_cleanup(run, report):
         urllib.request.urlopen(run.url, timeout=2)
     with pytest.raises(RpcError):
         rpc.Web3Chain.connect(report["chain"]["rpc"], 31337, request_timeout=2)
+
+
+@pytest.mark.parametrize("today, day", [
+    ("2026-12-06", "2027-06-15"), ("2027-06-13", "2027-06-15"), ("2027-06-14", "2028-06-20"),
+    ("2028-01-01", "2028-06-20")])
+def test_the_simulated_day_is_a_june_tuesday_still_ahead(today, day):
+    assert demo.demo_day(date.fromisoformat(today)) == day
+    assert date.fromisoformat(day).weekday() == 1 and day > today
 
 
 def test_the_work_folder_is_wiped_only_if_a_demo_made_it(tmp_path, capsys):
