@@ -100,7 +100,7 @@ class DemoError(Exception):
 class Screen:
     """Progress on one rewritten line on a terminal; plain lines, no ANSI, otherwise."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty() and os.environ.get("TERM") != "dumb"
         self._live = False
@@ -204,7 +204,7 @@ class Demo:
                         WATTSHARE_CONFIG=str(self.data / "gateway.toml"),
                         PYTHONUNBUFFERED="1")
         self.env.pop("WATTSHARE_SIM_CLOCK", None)
-        self.procs: Procs | None = None
+        self.procs = Procs(self.work / "logs")
         self.devices: dict[str, dict] = {}  # label -> device id, key, storage, owner
         self.timings: dict[str, float] = {}
         self.restarts = 0
@@ -239,7 +239,6 @@ class Demo:
         shutil.rmtree(w, ignore_errors=True)
         (w / "logs").mkdir(parents=True)
         (w / MARKER).write_text("made by `python -m tools.demo`; wiped at its next run\n")
-        self.procs = Procs(w / "logs")
 
     def commission(self):
         """Set up as a technician and the community would, before the day starts."""
