@@ -346,7 +346,7 @@ class Demo:
         day_start, _ = units.day_bounds(self.day, tz)
         self.first_s = day_start + self.args.start
         self.end_s = day_start + self.args.end
-        lead = 3600  # devices boot, sync their clocks and read before the first boundary
+        lead = 5400  # devices boot, sync their clocks and read before the first boundary
         clock = simclock.start(self.args.speed, epoch0=self.first_s - lead)
         self.env["WATTSHARE_SIM_CLOCK"] = clock.value()
         os.environ["WATTSHARE_SIM_CLOCK"] = clock.value()  # the meters in this process
@@ -357,17 +357,19 @@ class Demo:
         meter_ports = self._start_meters()
         gw = self.procs.start("gateway", [PY, "-m", "tools.cli", "gateway", "run"], self.env)
         self.procs.start("chain-run", [PY, "-m", "tools.cli", "chain", "run"], self.env)
-        self._wait_http(gw)
+        # the devices boot meanwhile (they ask the gateway for the time until it answers)
         for i, m in enumerate(self.street):
             self.procs.start(f"device{i}", [PY, "-m", "tools.emulated_device",
                                             *self._device_args(m), "--meter-tcp",
                                             f"127.0.0.1:{meter_ports[m.label]}"], self.env)
+        self._wait_http(gw)
         page = f"http://127.0.0.1:{self.http_port}/community?date={self.day}"
         self.say(f"    community page: {self.screen.bold(page)} (technician: "
                  f"http://127.0.0.1:{self.http_port}/)")
         last = self.end_s // INTERVAL_S - 1
         wanted = last - self.first_s // INTERVAL_S + 1
         shared = tokens = None
+        gaps = 0
         next_view = 0.0
         settled = 0
         while True:
@@ -382,12 +384,13 @@ class Demo:
                 view = self.http_json(f"/community.json?date={self.day}", timeout=30)
                 shared = view["totals"]["text"]["p2p_sent_wh"]
                 tokens = view["totals"]["text"]["tokens_paid"]
+                gaps = view["totals"]["intervals_with_gaps"]
                 next_view = time.monotonic() + 3.0
-            gaps = sum(1 for g in chain["gaps"] if g["interval"] >= self.first_s // INTERVAL_S)
             self.screen.live(
                 f"  sim {units.local_time(now, tz)} | readings {st['readings_total']:,} | "
                 f"intervals settled {settled}/{wanted} | shared {shared or '-'} | "
-                f"tokens moved {tokens or '-'}" + (f" | gaps {gaps}" if gaps else ""))
+                f"tokens moved {tokens or '-'}"
+                + (f" | {gaps} with gaps (the page says why)" if gaps else ""))
             if done is not None and done >= last:
                 break
             if now > self.end_s + 3 * INTERVAL_S:
@@ -497,7 +500,8 @@ class Demo:
                             "ok": check.ok, "warnings": [w.name for w in check.warnings],
                             "base64": base64.b64encode(raw).decode()})
         verified = sum(1 for s in samples if s["ok"])
-        first = samples[0]
+        # shown: a reading whose meter was settled in its interval, if there is one
+        first = next((x for x in samples if x["ok"] and not x["warnings"]), samples[0])
         command = ["verify", "--bundle", str(first["path"]), "--rpc", view["chain"]["rpc"]]
         self.say(f"    $ wattshare verify --bundle {self._rel(first['path'])} --rpc "
                  f"{view['chain']['rpc']}")
