@@ -43,12 +43,14 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+
+from gateway.errors import GatewayError
+from tools.errors import ToolsError
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -324,9 +326,10 @@ class Demo:
         """What the community states (name, local time, tariffs) and settings for a
         fast run, written into gateway.toml as a technician would edit it."""
         from gateway import config as gwconfig
+        from tools import toml_schema
 
         path = self.data / "gateway.toml"
-        doc = tomllib.loads(path.read_text())
+        doc, _ = toml_schema.read(path)
         doc["community"] = dict(COMMUNITY)
         doc["ingest"] = dict(doc.get("ingest", {}), processes=0)  # one process: 2 cores
         doc["log"] = {"level": "warning", "format": "kv"}
@@ -645,7 +648,7 @@ def main(argv=None) -> int:
     except DemoError as e:
         screen.say(f"FAILED: {e}")
         return 1
-    except (OSError, urllib.error.URLError) as e:
+    except (OSError, urllib.error.URLError, ToolsError, GatewayError) as e:
         screen.say(f"FAILED: {e}")
         return 1
     finally:
