@@ -39,6 +39,11 @@ def site(tmp_path_factory):
     c.close()
 
 
+def _kwh2(wh):
+    # as the page's Sankey labels a node: whole Wh to kWh, two decimals, half up
+    return f"{(wh + 5) // 10 / 100:.2f} kWh"
+
+
 def _browse(loop, url, screenshot):
     async def run():
         proc = await asyncio.create_subprocess_exec(
@@ -80,11 +85,11 @@ def test_community_page_in_a_browser(site):
     for name, m in members.items():
         # each member, with its settled figures, in the Sankey's text
         if m["consumed_wh"]:
-            assert f"{name}  {m['consumed_wh'] / 1000:.2f} kWh" in page["sankeyText"]
+            assert f"{name}  {_kwh2(m['consumed_wh'])}" in page["sankeyText"]
         if m["produced_wh"]:
-            assert f"{name}  {m['produced_wh'] / 1000:.2f} kWh" in page["sankeyText"]
+            assert f"{name}  {_kwh2(m['produced_wh'])}" in page["sankeyText"]
         assert name in page["membersChartText"]
-    assert f"community pool  {members['producer']['pool_sent_wh'] / 1000:.2f} kWh" \
+    assert f"community pool  {_kwh2(members['producer']['pool_sent_wh'])}" \
         in page["sankeyText"]
     settled = [r for r in view["intervals"] if r["state"] == "settled"]
     assert all(s["points"] == len(settled) for s in page["series"]["timeline"])

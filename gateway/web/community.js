@@ -12,6 +12,11 @@
     return (Math.abs(v) < 10 ? v.toFixed(3) : v.toFixed(2)) + " kWh";
   }
 
+  // whole Wh to kWh with two decimals, rounded half up in integers (no float sums)
+  function kwh2(wh) {
+    return (Math.floor((wh + 5) / 10) / 100).toFixed(2) + " kWh";
+  }
+
   function init(id) {
     var el = document.getElementById(id);
     if (!el) return null;
@@ -47,6 +52,14 @@
       links.push({ source: src, target: dst, value: f.wh / 1000, wh: f.wh, kind: f.kind,
                    tokens: f.text.tokens });
     });
+    // a node's energy: what flows out of it, or into it for the right-hand column
+    links.forEach(function (l) {
+      nodes[l.source].out = (nodes[l.source].out || 0) + l.wh;
+      nodes[l.target].in = (nodes[l.target].in || 0) + l.wh;
+    });
+    Object.keys(nodes).forEach(function (k) {
+      nodes[k].wh = Math.max(nodes[k].out || 0, nodes[k].in || 0);
+    });
     chart.setOption({
       aria: { enabled: true },
       tooltip: {
@@ -57,7 +70,7 @@
             return from + " \u2192 " + to + ": " + kwh(d.wh) +
               (d.kind === "grid_import" || d.kind === "grid_export" ? "" : " (" + d.tokens + ")");
           }
-          return p.data.title + ": " + p.value.toFixed(3) + " kWh";
+          return p.data.title + ": " + kwh(p.data.wh);
         }
       },
       series: [{
@@ -68,7 +81,7 @@
         data: Object.keys(nodes).map(function (k) { return nodes[k]; }),
         links: links,
         lineStyle: { color: "gradient", opacity: 0.45, curveness: 0.5 },
-        label: { formatter: function (p) { return p.data.title + "  " + p.value.toFixed(2) + " kWh"; } }
+        label: { formatter: function (p) { return p.data.title + "  " + kwh2(p.data.wh); } }
       }]
     });
   }

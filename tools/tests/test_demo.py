@@ -186,6 +186,11 @@ def test_sampled_proofs_verify(run, report):
     assert out.returncode == 0 and "VALID" in out.stdout
 
 
+def _kwh2(wh):
+    # as the page's Sankey labels a node: whole Wh to kWh, two decimals, half up
+    return f"{(wh + 5) // 10 / 100:.2f} kWh"
+
+
 def _browse(url, screenshot):
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run `make setup` (it installs Debian's chromium)")
@@ -202,9 +207,9 @@ def _check_page(page, report):
     names = [m["name"] for m in report["members"]]
     for m in report["members"]:
         if m["consumed_wh"]:
-            assert f"{m['name']}  {m['consumed_wh'] / 1000:.2f} kWh" in page["sankeyText"]
+            assert f"{m['name']}  {_kwh2(m['consumed_wh'])}" in page["sankeyText"]
         if m["produced_wh"]:
-            assert f"{m['name']}  {m['produced_wh'] / 1000:.2f} kWh" in page["sankeyText"]
+            assert f"{m['name']}  {_kwh2(m['produced_wh'])}" in page["sankeyText"]
     assert [r[0].split("\n")[0] for r in page["members"]] == names
     assert all(n in page["membersChartText"] for n in names)
     timeline = page["series"]["timeline"]
