@@ -281,8 +281,6 @@ def cmd_run(args):
 
 def cmd_node(args):
     """Run the embedded node in the foreground (for ``verify --bundle ... --rpc``)."""
-    import signal
-
     cfg = gwconfig.load(args.config)
     if cfg.chain.rpc_url != "anvil":
         print(f"rpc: {cfg.chain.rpc_url} (the configured node; nothing to run here)")
@@ -291,15 +289,27 @@ def cmd_node(args):
     if live is not None:
         print(f"rpc: {live.url} (the embedded anvil, already running)", flush=True)
         return 0
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with node.chain_port(cfg, keep_url=True) as port:
-        print(f"rpc: {port.url} (the embedded anvil of {cfg.data_dir}; "
-              "Ctrl-C or SIGTERM stops it)", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    stopping = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    try:
+        # the same supervision as `chain run`: published in anvil.url, restarted if it
+        # dies, its state written when it stops
+        with node.Supervisor(cfg, publish_url=True) as sup:
+            port = sup.port()
+            if port is None:
+                raise sup.last_error
+            print(f"rpc: {port.url} (the embedded anvil of {cfg.data_dir}; Ctrl-C or "
+                  "SIGTERM stops it)", flush=True)
+            while not stopping.is_set():
+                sup.port()
+                stopping.wait(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

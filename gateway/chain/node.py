@@ -332,7 +332,7 @@ def live_port(cfg, request_timeout=5.0):
     remote node fails."""
     chain = cfg.chain
     if chain.rpc_url == "anvil":
-        url = _live_url(cfg.data_dir, chain.chain_id)
+        url, _ = _live_url(cfg.data_dir, chain.chain_id)
         if url is None:
             return None
     else:
