@@ -46,7 +46,7 @@ from wattcore import cose, reading
 from wattcore.errors import DecodeError
 
 from gateway.chain import contracts, merkle, proof
-from gateway.chain.errors import BundleError, ProofError
+from gateway.chain.errors import BundleError, ProofError, RpcError
 from gateway.verify import public_key, signature_valid
 
 VERSION = 1
@@ -261,23 +261,27 @@ def verify_bundle(bundle, port):
                    warn=True)
 
     # 6. the meter's energy in the submission (or a gap)
-    if report.ok and index and bundle.get("tx_hash"):
+    if report.ok and index and bundle.get("tx_hash") is not None:
         _check_submitted(report, port, bundle, interval, index, block_hash)
     return report
 
 
 def _check_submitted(report, port, bundle, interval, index, block_hash):
-    tx_hash = "0x" + str(bundle["tx_hash"]).removeprefix("0x")
-    tx = port.request("eth_getTransactionByHash", [tx_hash])
-    if tx is None or bytes.fromhex(str(tx.get("blockHash", ""))[2:]) != block_hash:
-        report.add("settled", True, f"NOT checked: the node does not show transaction "
-                   f"{tx_hash} in block 0x{block_hash.hex()}", warn=True)
+    tx_hash = "0x" + _hex(bundle, "tx_hash", 32).hex()
+    why = bundle.get("gap") if isinstance(bundle.get("gap"), str) else None
+    try:
+        tx = port.get_transaction(tx_hash)
+    except RpcError as e:
+        report.add("settled", True, f"NOT checked: the node gives no transaction {tx_hash}"
+                   f" ({e})", warn=True)
         return
     try:
-        k, _root, totals = contracts.decode_submit(bytes.fromhex(tx["input"][2:]))
-    except ValueError:
-        report.add("settled", True, f"NOT checked: transaction {tx_hash} is not a"
-                   " submission this verifier reads", warn=True)
+        if not isinstance(tx, dict) or _node_hex(tx.get("blockHash")) != block_hash:
+            raise ValueError(f"the node does not show transaction {tx_hash} in block"
+                             f" 0x{block_hash.hex()}")
+        k, _root, totals = contracts.decode_submit(_node_hex(tx.get("input")))
+    except ValueError as e:
+        report.add("settled", True, f"NOT checked: {e}", warn=True)
         return
     mine = [t for t in totals if t[0] == index]
     if k == interval and mine:
@@ -285,12 +289,18 @@ def _check_submitted(report, port, bundle, interval, index, block_hash):
         report.add("settled", True, f"meter {index}'s import {imp} Wh and export {exp} Wh"
                    f" in interval {interval} were submitted in transaction {tx_hash}")
     else:
-        why = bundle.get("gap")
         report.add("settled", True,
                    f"meter {index} was LEFT OUT of interval {interval}'s submission (a gap"
                    + (f": {batcher_reason(why)}" if why else "")
                    + "): the reading is anchored, but its energy was not settled on chain",
                    warn=True)
+
+
+def _node_hex(value):
+    # a 0x-hex string from the node (which may lie): bytes, or ValueError
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise ValueError(f"the node's answer {value!r} is not 0x-hex")
+    return bytes.fromhex(value[2:])
 
 
 def batcher_reason(quality):

@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 
 import eth_abi
+from eth_abi.exceptions import DecodingError
 from eth_utils import keccak, to_checksum_address
 
 from gateway.chain import proof
@@ -87,9 +88,12 @@ def decode_submit(data):
     export_wh)]): what a gateway submitted (``verify`` reads it from the transaction)."""
     data = bytes(data)
     if data[:4] != keccak(text=SUBMIT)[:4]:
-        raise ValueError("not a submit call")
-    interval, root, words = eth_abi.decode(SUBMIT[SUBMIT.index("(") + 1:-1].split(","),
-                                           data[4:])
+        raise ValueError("the transaction is not a submission (another function)")
+    try:
+        interval, root, words = eth_abi.decode(SUBMIT[SUBMIT.index("(") + 1:-1].split(","),
+                                               data[4:])
+    except DecodingError as e:
+        raise ValueError(f"the submission's call data does not decode: {e}") from None
     return interval, root, unpack_totals(words)
 
 

@@ -117,6 +117,10 @@ class ChainPort:
     def get_block_header(self, block="latest"):
         raise NotImplementedError
 
+    def get_transaction(self, tx_hash):
+        """The JSON-RPC transaction object (hex strings, as the node sent it), or None."""
+        raise NotImplementedError
+
     def get_proof(self, address, slots, block):
         raise NotImplementedError
 
@@ -246,6 +250,9 @@ class Web3Chain(ChainPort):
         if header is None:
             raise RpcError(f"{self.url}: no block {block}")
         return header
+
+    def get_transaction(self, tx_hash):
+        return self.request("eth_getTransactionByHash", [tx_hash])
 
     def get_proof(self, address, slots, block):
         """``eth_getProof`` result as the node sent it (hex strings)."""

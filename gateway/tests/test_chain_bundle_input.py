@@ -30,6 +30,11 @@ class RecordedNode:
             raise RpcError("no more recorded answers")
         return self.proofs.pop(0)
 
+    def get_transaction(self, tx_hash):
+        if tx_hash not in self.script.get("transactions", {}):
+            raise RpcError(f"no recorded transaction {tx_hash}")
+        return self.script["transactions"][tx_hash]
+
 
 @pytest.fixture
 def recorded():
@@ -40,7 +45,11 @@ def recorded():
 def test_the_recorded_bundle_verifies(recorded):
     report = bundle.verify_bundle(recorded["bundle"], RecordedNode(recorded))
     assert report.ok and [c.name for c in report.checks] == [
-        "reading", "signature", "interval", "merkle", "chain", "storage", "device key"]
+        "reading", "signature", "interval", "merkle", "chain", "storage", "device key",
+        "settled"]
+    # the submission's transaction: checked if it was recorded, else a warning, not [ok]
+    settled = report.checks[-1]
+    assert settled.warn == (not recorded.get("transactions"))
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -159,7 +159,8 @@ def bundle_seeds():
             recorder = _Recorder(c.port)
             assert bundle.verify_bundle(data, recorder).ok
             script = {"bundle": data, "chain_id": recorder.chain_id,
-                      "headers": recorder.headers, "proofs": recorder.proofs}
+                      "headers": recorder.headers, "proofs": recorder.proofs,
+                      "transactions": recorder.transactions}
             _write("bundle", json.dumps(script, separators=(",", ":")).encode())
             without_registry = dict(data, registry=None, meter_index=None)
             script = dict(script, bundle=without_registry, proofs=recorder.proofs[:1])
@@ -171,6 +172,7 @@ def bundle_seeds():
 class _Recorder:
     def __init__(self, port):
         self.port, self.headers, self.proofs, self.chain_id = port, {}, [], None
+        self.transactions = {}
 
     def get_chain_id(self):
         self.chain_id = self.port.get_chain_id()
@@ -184,6 +186,11 @@ class _Recorder:
     def get_proof(self, address, slots, block):
         answer = self.port.get_proof(address, slots, block)
         self.proofs.append(answer)
+        return answer
+
+    def get_transaction(self, tx_hash):
+        answer = self.port.get_transaction(tx_hash)
+        self.transactions[tx_hash] = answer
         return answer
 
 

@@ -536,7 +536,8 @@ def gateway_toml():
 
 def bundle():
     # The input is a JSON object {"bundle": ..., "chain_id": ..., "headers": {block:
-    # header}, "proofs": [answer, ...]}: a bundle and what a (lying) node answers.
+    # header}, "proofs": [answer, ...], "transactions": {hash: tx}}: a bundle and what a
+    # (lying) node answers.
     from gateway.chain import bundle as gbundle
     from gateway.chain.errors import ChainError
 
@@ -559,6 +560,12 @@ def bundle():
             if not self.proofs or not isinstance(self.proofs[0], dict):
                 raise _NodeSaysNo("no proof")
             return self.proofs.pop(0)
+
+        def get_transaction(self, tx_hash):
+            txs = self.script.get("transactions")
+            if not isinstance(txs, dict) or tx_hash not in txs:
+                raise _NodeSaysNo(f"no transaction {tx_hash}")
+            return txs[tx_hash]
 
     from gateway.chain.errors import RpcError
 
