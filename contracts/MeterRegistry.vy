@@ -7,15 +7,21 @@
         deployer at first) changes the registry; every change is an event.
 
         A meter is identified by its 8-byte device id (the COSE `kid` the
-        firmware signs with: "WS" + a 6-byte hardware id) and carries the
-        SHA-256 of its P-256 public key (65-byte uncompressed SEC1 point), its
-        owner account (pays and is paid), the gateway that reads it, and an
-        active flag. The registry gives each meter a compact index (uint16,
-        1..65535, handed out in order, never reused; 0 means "no meter") that
+        firmware signs with: "WS" + a 6-byte hardware id) and carries its
+        P-256 public key (x, y: settlement verifies the meter's signed
+        readings against it), its owner account (pays and is paid), the
+        gateway that reads it, when it was registered, and an active flag.
+        The registry gives each meter a compact index (uint16, 1..65535,
+        handed out in order, never reused; 0 means "no meter") that
         settlement data uses instead of the device id.
 
+        Binding: a meter is read by one gateway at a time. When the admin
+        moves it, the previous gateway keeps the intervals that start before
+        the move and the new one takes those that start at or after it
+        (`binding`), so a backlog the old gateway submits late still counts.
+
         Limits: at most MAX_METERS active meters and MAX_GATEWAYS authorised
-        gateways at a time; at most 65535 meters ever registered.
+        gateways at a time; at most 65535 meters and 8191 gateways ever.
 """
 
 from snekmate.auth import ownable
@@ -27,18 +33,41 @@ exports: (ownable.owner, ownable.transfer_ownership)
 MAX_METERS: public(constant(uint256)) = 256
 MAX_GATEWAYS: public(constant(uint256)) = 8
 MAX_INDEX: public(constant(uint256)) = 65535
+MAX_GATEWAY_ID: public(constant(uint256)) = 8191
 
+# P-256 (secp256r1): y^2 = x^3 - 3x + b over the prime field p
+_P256_P: constant(uint256) = 115792089210356248762697446949407573530086143415290314195533631308867097853951
+_P256_B: constant(uint256) = 41058363725152142129326129780047268409114441015993725554835256314039467401291
+
+# route word: owner | active << 160 | gateway id << 161 | since << 174
+#             | previous gateway id << 214
 _ADDRESS_MASK: constant(uint256) = (1 << 160) - 1
 _ACTIVE_BIT: constant(uint256) = 1 << 160
-_GATEWAY_ID_SHIFT: constant(uint256) = 161
+_GID_SHIFT: constant(uint256) = 161
+_GID_MASK: constant(uint256) = 8191
+_SINCE_SHIFT: constant(uint256) = 174
+_SINCE_MASK: constant(uint256) = (1 << 40) - 1
+_PREV_SHIFT: constant(uint256) = 214
 
 
 struct Meter:
     device_id: bytes8
-    key_hash: bytes32
+    key_x: uint256
+    key_y: uint256
     owner: address
     gateway: address
     active: bool
+    registered_at: uint256
+
+
+# What settlement reads to check a signed reading of a meter (one call for
+# all the readings of a submission).
+struct MeterKey:
+    key_x: uint256
+    key_y: uint256
+    device_id: bytes8
+    registered_at: uint256
+    route: uint256
 
 
 # index -> meter (index 0 is never used)
@@ -54,13 +83,18 @@ gateways: public(DynArray[address, MAX_GATEWAYS])
 gateway_count: public(uint256)
 # gateway -> small id, assigned when first added and kept if re-added
 gateway_id: public(HashMap[address, uint256])
+# gateway -> when it was (last) authorised
+gateway_added_at: public(HashMap[address, uint256])
 _gateway_ids_issued: uint256
 # gateway -> active meters it reads
 gateway_meter_count: public(HashMap[address, uint256])
 
-# index -> owner | active << 160 | gateway id << 161: one slot read per meter
-# when settlement checks a submission
+# index -> route word (see above): one slot read per meter when settlement
+# checks a submission
 _route: HashMap[uint16, uint256]
+# index -> device id << 192 | registration time: with the key, what a signed
+# reading is checked against
+_ident: HashMap[uint16, uint256]
 
 
 event GatewayAdded:
@@ -113,9 +147,11 @@ def add_gateway(gateway: address):
     gid: uint256 = self.gateway_id[gateway]
     if gid == 0:
         gid = self._gateway_ids_issued + 1
+        assert gid <= MAX_GATEWAY_ID, "registry: gateway ids exhausted"
         self._gateway_ids_issued = gid
         self.gateway_id[gateway] = gid
     self.is_gateway[gateway] = True
+    self.gateway_added_at[gateway] = block.timestamp
     self.gateways.append(gateway)
     self.gateway_count += 1
     log GatewayAdded(gateway=gateway, gateway_id=gid)
@@ -145,33 +181,43 @@ def remove_gateway(gateway: address):
 
 
 @external
-def register_meter(device_id: bytes8, key_hash: bytes32, owner: address, gateway: address) -> uint16:
+def register_meter(device_id: bytes8, public_key: Bytes[65], owner: address, gateway: address) -> uint16:
     """
     @notice Registers an active meter and returns its compact index.
     @param device_id 8-byte device id (COSE kid), never registered before.
-    @param key_hash sha256 of the meter's 65-byte uncompressed P-256 public key.
+    @param public_key The meter's P-256 public key, 65-byte uncompressed SEC1
+           (0x04 || x || y), a point on the curve.
     @param owner Account that pays for imports and is paid for exports.
     @param gateway Authorised gateway that reads and submits this meter.
     """
     ownable._check_owner()
     assert device_id != empty(bytes8), "registry: zero device id"
-    assert key_hash != empty(bytes32), "registry: zero key hash"
     assert owner != empty(address), "registry: zero owner"
     assert self.is_gateway[gateway], "registry: not a gateway"
     assert self.index_of[device_id] == 0, "registry: device already registered"
     assert self.active_meter_count < MAX_METERS, "registry: too many active meters"
     assert convert(self.meter_count, uint256) < MAX_INDEX, "registry: meter indices exhausted"
+    x: uint256 = 0
+    y: uint256 = 0
+    x, y = self._point(public_key)
     index: uint16 = self.meter_count + 1
     self.meter_count = index
     self.index_of[device_id] = index
     self.meters[index] = Meter(
-        device_id=device_id, key_hash=key_hash, owner=owner, gateway=gateway, active=True
+        device_id=device_id,
+        key_x=x,
+        key_y=y,
+        owner=owner,
+        gateway=gateway,
+        active=True,
+        registered_at=block.timestamp,
     )
-    self._route[index] = self._route_word(owner, gateway, True)
+    self._route[index] = self._route_word(owner, self.gateway_id[gateway], True, block.timestamp, 0)
+    self._ident[index] = (convert(convert(device_id, bytes32), uint256)) | block.timestamp
     self.active_meter_count += 1
     self.gateway_meter_count[gateway] += 1
     log MeterRegistered(
-        index=index, device_id=device_id, key_hash=key_hash, owner=owner, gateway=gateway
+        index=index, device_id=device_id, key_hash=sha256(public_key), owner=owner, gateway=gateway
     )
     return index
 
@@ -179,13 +225,13 @@ def register_meter(device_id: bytes8, key_hash: bytes32, owner: address, gateway
 @external
 def revoke_meter(index: uint16):
     """
-    @notice Revoked meters are rejected in new submissions; their index and
-            device id are never reused. Revocation is final.
+    @notice Revoked meters get no new signed window; their index and device
+            id are never reused. Revocation is final.
     """
     ownable._check_owner()
     m: Meter = self._active_meter(index)
     self.meters[index].active = False
-    self._route[index] = self._route_word(m.owner, m.gateway, False)
+    self._route[index] = self._route[index] & ~_ACTIVE_BIT
     self.active_meter_count -= 1
     self.gateway_meter_count[m.gateway] -= 1
     log MeterRevoked(index=index, device_id=m.device_id)
@@ -197,32 +243,42 @@ def set_meter_owner(index: uint16, owner: address):
     assert owner != empty(address), "registry: zero owner"
     m: Meter = self._active_meter(index)
     self.meters[index].owner = owner
-    self._route[index] = self._route_word(owner, m.gateway, True)
+    self._route[index] = (self._route[index] & ~_ADDRESS_MASK) | convert(owner, uint256)
     log MeterOwnerChanged(index=index, previous_owner=m.owner, new_owner=owner)
 
 
 @external
 def set_meter_gateway(index: uint16, gateway: address):
+    """
+    @notice Moves a meter to another gateway from now on: intervals that
+            start before this block stay with the previous gateway.
+    """
     ownable._check_owner()
     assert self.is_gateway[gateway], "registry: not a gateway"
     m: Meter = self._active_meter(index)
+    assert gateway != m.gateway, "registry: meter already on this gateway"
     self.meters[index].gateway = gateway
-    self._route[index] = self._route_word(m.owner, gateway, True)
+    previous: uint256 = (self._route[index] >> _GID_SHIFT) & _GID_MASK
+    self._route[index] = self._route_word(m.owner, self.gateway_id[gateway], True, block.timestamp, previous)
     self.gateway_meter_count[m.gateway] -= 1
     self.gateway_meter_count[gateway] += 1
     log MeterGatewayChanged(index=index, previous_gateway=m.gateway, new_gateway=gateway)
 
 
 @external
-def set_meter_key(index: uint16, key_hash: bytes32):
+def set_meter_key(index: uint16, public_key: Bytes[65]):
     """
-    @notice Key rotation (device re-provisioned with a new key pair).
+    @notice Key rotation (device re-provisioned with a new key pair; its
+            sequence numbers and the meter's counters carry on).
     """
     ownable._check_owner()
-    assert key_hash != empty(bytes32), "registry: zero key hash"
     self._active_meter(index)
-    self.meters[index].key_hash = key_hash
-    log MeterKeyChanged(index=index, key_hash=key_hash)
+    x: uint256 = 0
+    y: uint256 = 0
+    x, y = self._point(public_key)
+    self.meters[index].key_x = x
+    self.meters[index].key_y = y
+    log MeterKeyChanged(index=index, key_hash=sha256(public_key))
 
 
 # ------------------------------------------------------- settlement lookups
@@ -241,23 +297,6 @@ def owner_of(index: uint16) -> address:
 
 @external
 @view
-def route(indices: DynArray[uint16, MAX_METERS], gateway: address) -> DynArray[address, MAX_METERS]:
-    """
-    @notice Checks a submission: `gateway` is authorised and every meter is
-            active and bound to it. Returns the owner of each meter.
-    """
-    assert self.is_gateway[gateway], "registry: not a gateway"
-    expected: uint256 = _ACTIVE_BIT | (self.gateway_id[gateway] << _GATEWAY_ID_SHIFT)
-    owners: DynArray[address, MAX_METERS] = []
-    for index: uint16 in indices:
-        word: uint256 = self._route[index]
-        assert word & ~_ADDRESS_MASK == expected, "registry: meter not active on this gateway"
-        owners.append(convert(convert(word & _ADDRESS_MASK, uint160), address))
-    return owners
-
-
-@external
-@view
 def owners_of(indices: DynArray[uint16, MAX_METERS]) -> DynArray[address, MAX_METERS]:
     """
     @notice Owner of each registered (active or revoked) meter.
@@ -268,6 +307,68 @@ def owners_of(indices: DynArray[uint16, MAX_METERS]) -> DynArray[address, MAX_ME
         assert word != 0, "registry: unknown meter"
         owners.append(convert(convert(word & _ADDRESS_MASK, uint160), address))
     return owners
+
+
+@external
+@view
+def sender_gateway_id(gateway: address) -> uint256:
+    """
+    @notice The id of an authorised gateway; reverts for anyone else.
+    """
+    assert self.is_gateway[gateway], "registry: not a gateway"
+    return self.gateway_id[gateway]
+
+
+@external
+@view
+def gateway_list() -> DynArray[uint256, MAX_GATEWAYS]:
+    """
+    @notice The authorised gateways: address | authorised-at time << 160.
+    """
+    out: DynArray[uint256, MAX_GATEWAYS] = []
+    for gateway: address in self.gateways:
+        out.append(convert(gateway, uint256) | (self.gateway_added_at[gateway] << 160))
+    return out
+
+
+@external
+@view
+def meter_keys(indices: DynArray[uint16, MAX_METERS]) -> DynArray[MeterKey, MAX_METERS]:
+    """
+    @notice What a meter's signed readings are checked against: its public
+            key, device id, registration time and route word (owner, active
+            flag, gateway binding: see `binding`).
+    """
+    out: DynArray[MeterKey, MAX_METERS] = []
+    for index: uint16 in indices:
+        route: uint256 = self._route[index]
+        assert route != 0, "registry: unknown meter"
+        ident: uint256 = self._ident[index]
+        out.append(MeterKey(
+            key_x=self.meters[index].key_x,
+            key_y=self.meters[index].key_y,
+            device_id=convert(convert(ident >> 192, uint64), bytes8),
+            registered_at=ident & ((1 << 192) - 1),
+            route=route,
+        ))
+    return out
+
+
+@external
+@view
+def binding(index: uint16) -> (uint256, uint256, uint256, bool):
+    """
+    @notice (gateway id, since, previous gateway id, active) of a meter: the
+            gateway with id `gateway id` reads intervals starting at or after
+            `since`, the previous one those that start before.
+    """
+    route: uint256 = self._route[index]
+    return (
+        (route >> _GID_SHIFT) & _GID_MASK,
+        (route >> _SINCE_SHIFT) & _SINCE_MASK,
+        (route >> _PREV_SHIFT) & _GID_MASK,
+        route & _ACTIVE_BIT != 0,
+    )
 
 
 # ---------------------------------------------------------------- internal
@@ -282,9 +383,25 @@ def _active_meter(index: uint16) -> Meter:
 
 
 @internal
-@view
-def _route_word(owner: address, gateway: address, active: bool) -> uint256:
-    word: uint256 = convert(owner, uint256) | (self.gateway_id[gateway] << _GATEWAY_ID_SHIFT)
+@pure
+def _route_word(owner: address, gid: uint256, active: bool, since: uint256, previous: uint256) -> uint256:
+    word: uint256 = convert(owner, uint256) | (gid << _GID_SHIFT) | (since << _SINCE_SHIFT) | (previous << _PREV_SHIFT)
     if active:
         word |= _ACTIVE_BIT
     return word
+
+
+@internal
+@pure
+def _point(public_key: Bytes[65]) -> (uint256, uint256):
+    # (x, y) of an uncompressed SEC1 P-256 point; reverts if it is not one
+    assert len(public_key) == 65 and slice(public_key, 0, 1) == b"\x04", "registry: public key must be 65 bytes 04||x||y"
+    x: uint256 = extract32(public_key, 1, output_type=uint256)
+    y: uint256 = extract32(public_key, 33, output_type=uint256)
+    assert x < _P256_P and y < _P256_P, "registry: public key not on P-256"
+    x3: uint256 = uint256_mulmod(uint256_mulmod(x, x, _P256_P), x, _P256_P)
+    rhs: uint256 = uint256_addmod(
+        uint256_addmod(x3, _P256_P - uint256_mulmod(3, x, _P256_P), _P256_P), _P256_B, _P256_P
+    )
+    assert uint256_mulmod(y, y, _P256_P) == rhs and x != 0, "registry: public key not on P-256"
+    return x, y

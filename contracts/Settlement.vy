@@ -1,18 +1,43 @@
 # pragma version 0.4.3
+# pragma optimize codesize
 """
 @title Wattshare settlement
 @license MIT
-@notice Per settlement interval, every authorised gateway submits once: the
-        salted Merkle root of the signed readings it accepted and, per meter it
-        reads, the interval's import and export in Wh. When all authorised
-        gateways have submitted (or, failing that, once anyone calls `settle`
-        after the deadline) the interval is settled exactly once:
+@notice Settles the energy the meters signed, per interval, once.
 
+        Energy from device signatures. A gateway's submission carries its
+        meters' signed readings at interval boundaries (anchors) and the
+        per-meter import and export of consecutive intervals. The anchors go
+        to the MeterAnchors contract (`anchor_book`), which checks each
+        meter's signature and counters on chain and opens a window per meter
+        between two anchors; each interval entry takes its share of that
+        window there, so what this contract settles for a meter over a window
+        is exactly the difference of two counters the meter signed
+        (MeterAnchors.vy says how).
+
+        Each interval once and in order. Each gateway has a cursor: it submits
+        consecutive intervals from it, moving it forward; nothing before the
+        community started (`start_interval`, the first interval after the
+        deployment); a meter's window is settled by the gateway that opened it,
+        which must be the gateway the registry binds the meter to then.
+
+        When an interval settles. When every authorised gateway expected for it
+        has moved its cursor past it (a one-gateway community: in the
+        submission). Until then submissions are staged; anyone may `settle`
+        an interval with staged data once `deadline(interval)` has passed:
+        settle_delay after the later of the interval's end and its first
+        submission (so a backlog submitted after an outage gives the other
+        gateways the full delay). A gateway that submits an interval already
+        settled without it settles its own meters among themselves.
+
+        The allocation (per interval):
         1. tier 1: each producer's own key splits its export among the
            beneficiaries it chose;
-        2. tier 2: the community key splits what is left of all producers'
+        2. self-supply: what a meter still exports and imports in the same
+           interval is its own (self-consumption): neither shared nor paid;
+        3. tier 2: the community key splits what is left of all producers'
            export (the pool) among the consumers' remaining imports;
-        3. what is left of each export is grid export, what is left of each
+        4. what is left of each export is grid export, what is left of each
            import is grid import.
 
         No consumer is ever allocated more than its measured import. Integer
@@ -25,10 +50,10 @@
         docs/chain.md). Settlement moves balances inside this contract only:
         it never creates or destroys tokens.
 
-        Packed submission format (3 meters per 256-bit word):
+        Packed interval format (3 meters per 256-bit word):
             entry  = meter_index << 64 | import_wh << 32 | export_wh   (80 bits)
             word   = entry0 | entry1 << 80 | entry2 << 160            (top 16 bits 0)
-        meter indices strictly increase through the whole array; unused
+        meter indices strictly increase through one interval's array; unused
         entries of the last word are 0; a word is never 0.
 """
 
@@ -37,12 +62,32 @@ from ethereum.ercs import IERC20
 
 interface MeterRegistry:
     def owner() -> address: view
-    def gateway_count() -> uint256: view
     def owner_of(index: uint16) -> address: view
-    def route(
-        indices: DynArray[uint16, MAX_METERS], gateway: address
-    ) -> DynArray[address, MAX_METERS]: view
     def owners_of(indices: DynArray[uint16, MAX_METERS]) -> DynArray[address, MAX_METERS]: view
+    def sender_gateway_id(gateway: address) -> uint256: view
+    def gateway_list() -> DynArray[uint256, MAX_GATEWAYS]: view
+
+
+interface MeterAnchors:
+    def check(
+        registry: MeterRegistry,
+        interval_length: uint256,
+        start_interval: uint256,
+        gid: uint256,
+        anchors: DynArray[Anchor, MAX_ANCHORS],
+    ): nonpayable
+    def consume(interval: uint256, entries: DynArray[uint256, MAX_METERS], gid: uint256): nonpayable
+    def reset(meter: uint16): nonpayable
+
+
+# A meter's signed reading at an interval boundary (MeterAnchors.vy): the
+# COSE_Sign1 payload, exactly the bytes the meter signed, and r, s.
+struct Anchor:
+    meter: uint16
+    restart: bool
+    payload: Bytes[MAX_PAYLOAD]
+    r: bytes32
+    s: bytes32
 
 
 # ------------------------------------------------------------------ limits
@@ -58,10 +103,16 @@ MAX_GATEWAYS: public(constant(uint256)) = 8
 REDISTRIBUTION_ROUNDS: public(constant(uint256)) = 8
 # Intervals that can wait for their last gateway at the same time; the
 # settlement delay is at most STAGING_RING interval lengths.
-STAGING_RING: public(constant(uint256)) = 16
+STAGING_RING: public(constant(uint256)) = 96
 # Highest P2P price (token units per Wh): keeps every product in 256 bits.
 MAX_PRICE: public(constant(uint256)) = (1 << 64) - 1
 MAX_WORDS: public(constant(uint256)) = 86  # ceil(MAX_METERS / 3)
+# Consecutive intervals in one submission.
+MAX_SUBMISSION_INTERVALS: public(constant(uint256)) = 8
+# Signed readings in one submission.
+MAX_ANCHORS: public(constant(uint256)) = 256
+# Longest reading payload (as in MeterAnchors.vy).
+MAX_PAYLOAD: public(constant(uint256)) = 128
 
 # ---------------------------------------------------------------- key kinds
 KEY_NONE: public(constant(uint8)) = 0
@@ -79,19 +130,31 @@ _WH_MASK: constant(uint256) = (1 << 32) - 1
 _WEIGHT_MASK: constant(uint256) = (1 << 32) - 1
 _CLAIM_MASK: constant(uint256) = (1 << 128) - 1
 _KEY_ENTRY_MASK: constant(uint256) = (1 << 48) - 1
-_SETTLED: constant(uint256) = 1
+_ADDRESS_MASK: constant(uint256) = (1 << 160) - 1
 _STAGE_STRIDE: constant(uint256) = 128
 
+# interval state: settled | staged submissions << 8 | meters staged << 16
+#                 | first submission time << 32
+_SETTLED: constant(uint256) = 1
 
 token: public(immutable(IERC20))
 registry: public(immutable(MeterRegistry))
+anchor_book: public(immutable(MeterAnchors))
 interval_length: public(immutable(uint256))
 settle_delay: public(immutable(uint256))
+# the first interval this contract settles: the first to start at or after
+# the deployment
+start_interval: public(immutable(uint256))
 
-# interval -> gateway -> salted Merkle root of the readings it accepted.
-# Kept in storage for light-client proofs (eth_getProof on this slot).
-roots: public(HashMap[uint256, HashMap[address, bytes32]])
-# interval -> settled (bit 0) | submissions << 8 | meters submitted << 16
+# root -> gateway | first interval << 160 | intervals << 200: the salted
+# Merkle root of the signed readings a gateway committed with a submission.
+# Kept in storage for light-client proofs (eth_getProof on this slot); a
+# root is accepted once.
+root_of: public(HashMap[bytes32, uint256])
+# gateway -> next interval it may submit (0: start_interval)
+_cursor: HashMap[address, uint256]
+# interval -> state (see above); written only when an interval waits for
+# another gateway or was settled by the deadline
 _state: HashMap[uint256, uint256]
 
 p2p_price: public(uint256)
@@ -121,8 +184,11 @@ _stage_gateways: HashMap[uint256, DynArray[address, MAX_GATEWAYS]]
 _stage_words: HashMap[address, HashMap[uint256, uint256]]  # slot * 128 + j
 _stage_nwords: HashMap[address, HashMap[uint256, uint256]]
 
-# meter -> (interval + 1) << 16 | position, valid during one settlement
+# meter -> settlement tag << 16 | position, valid during one settlement (a
+# transaction may settle several intervals, or one interval twice: its deadline
+# part, then a late gateway's part)
 _position: transient(HashMap[uint16, uint256])
+_settle_tag: transient(uint256)
 # position -> tokens unpaid by / owed to that meter in the settlement under way
 _unpaid_at: transient(HashMap[uint256, uint256])
 _owed_at: transient(HashMap[uint256, uint256])
@@ -132,10 +198,10 @@ _seen_tag: transient(uint256)
 
 
 event Submitted:
-    interval: indexed(uint256)
     gateway: indexed(address)
+    first_interval: indexed(uint256)
+    intervals: uint256
     root: bytes32
-    meters: uint256
 
 event Settled:
     interval: indexed(uint256)
@@ -152,6 +218,11 @@ event P2PAllocation:
     consumer: indexed(uint16)
     wh: uint256
     tokens: uint256
+
+event SelfSupply:
+    interval: indexed(uint256)
+    meter: indexed(uint16)
+    wh: uint256
 
 event PoolContribution:
     interval: indexed(uint256)
@@ -186,10 +257,6 @@ event ReceivableRecorded:
     producer: indexed(uint16)
     creditor: indexed(address)
     tokens: uint256
-
-event DuplicateMeterDropped:
-    interval: indexed(uint256)
-    meter: indexed(uint16)
 
 event Deposited:
     account: indexed(address)
@@ -231,6 +298,7 @@ event CommunityKeySet:
 def __init__(
     token_: IERC20,
     registry_: MeterRegistry,
+    anchor_book_: MeterAnchors,
     interval_length_: uint256,
     settle_delay_: uint256,
     p2p_price_: uint256,
@@ -238,19 +306,23 @@ def __init__(
     """
     @param token_ The community token (payments).
     @param registry_ The community's meter registry (admin, gateways, meters).
+    @param anchor_book_ The MeterAnchors contract that checks the meters'
+           signed readings (one deployment serves any number of communities).
     @param interval_length_ Settlement interval in seconds: 900 or 1800.
-    @param settle_delay_ Seconds after an interval's end after which anyone
-           may settle it without waiting for missing gateways
-           (1 .. STAGING_RING * interval_length_).
+    @param settle_delay_ Seconds after an interval's end (or its first
+           submission, if later) after which anyone may settle it without
+           waiting for missing gateways (1 .. STAGING_RING * interval_length_ / 2).
     @param p2p_price_ Token units paid per Wh shared (<= MAX_PRICE).
     """
     assert interval_length_ == 900 or interval_length_ == 1800, "settlement: interval must be 900 or 1800 s"
-    assert settle_delay_ > 0 and settle_delay_ <= STAGING_RING * interval_length_, "settlement: bad settle delay"
+    assert settle_delay_ > 0 and 2 * settle_delay_ <= STAGING_RING * interval_length_, "settlement: bad settle delay"
     assert p2p_price_ <= MAX_PRICE, "settlement: price too high"
     token = token_
     registry = registry_
+    anchor_book = anchor_book_
     interval_length = interval_length_
     settle_delay = settle_delay_
+    start_interval = (block.timestamp + interval_length_ - 1) // interval_length_
     self.p2p_price = p2p_price_
     self.community_key_kind = KEY_PRORATA
     log PriceSet(price=p2p_price_)
@@ -260,101 +332,110 @@ def __init__(
 
 
 @external
-def submit(interval: uint256, root: bytes32, packed: DynArray[uint256, MAX_WORDS]):
+def submit(
+    first: uint256,
+    root: bytes32,
+    anchors: DynArray[Anchor, MAX_ANCHORS],
+    intervals: DynArray[DynArray[uint256, MAX_WORDS], MAX_SUBMISSION_INTERVALS],
+):
     """
-    @notice Called once per interval by each authorised gateway, after the
-            interval has ended. The last expected submission settles the
-            interval in the same transaction.
-    @param interval Interval id: interval start (unix seconds) // interval_length.
-    @param root Salted Merkle root of the signed readings the gateway accepted.
-    @param packed Per-meter import/export Wh, packed as described above.
+    @notice A gateway's submission: signed anchors (checked first, in order),
+            then the consecutive intervals `first`, `first` + 1, ... of its
+            meters. Either part may be empty, not both. An interval settles
+            in this transaction when every other gateway expected for it has
+            passed it.
+    @param first The first interval: interval start (unix seconds) // interval_length.
+    @param root Salted Merkle root of the signed readings the gateway commits
+           with these intervals (non-zero, never used before; ignored when
+           there are no intervals).
+    @param anchors Meters' signed readings at interval boundaries.
+    @param intervals Per interval, its meters' import/export Wh, packed.
     """
+    n: uint256 = len(intervals)
+    assert len(anchors) > 0 or n > 0, "settlement: empty submission"
+    # reverts unless msg.sender is an authorised gateway
+    gid: uint256 = staticcall registry.sender_gateway_id(msg.sender)
+    if len(anchors) > 0:
+        extcall anchor_book.check(registry, interval_length, start_interval, gid, anchors)
+    if n == 0:
+        return
     assert root != empty(bytes32), "settlement: zero root"
-    assert interval < (1 << 40), "settlement: bad interval"
-    assert block.timestamp >= (interval + 1) * interval_length, "settlement: interval not over"
-    state: uint256 = self._state[interval]
-    assert state & _SETTLED == 0, "settlement: interval already settled"
-    assert self.roots[interval][msg.sender] == empty(bytes32), "settlement: gateway already submitted"
-
-    entries: DynArray[uint256, MAX_METERS] = self._unpack(packed)
-    indices: DynArray[uint16, MAX_METERS] = self._indices(entries)
-    # reverts unless msg.sender is an authorised gateway and reads every meter
-    owners: DynArray[address, MAX_METERS] = staticcall registry.route(indices, msg.sender)
-
-    submissions: uint256 = ((state >> 8) & 255) + 1
-    metered: uint256 = (state >> 16) + len(entries)
-    assert metered <= MAX_METERS, "settlement: too many meters in this interval"
-    self.roots[interval][msg.sender] = root
-    log Submitted(interval=interval, gateway=msg.sender, root=root, meters=len(entries))
-
-    # Settle this interval now if every authorised gateway has submitted;
-    # otherwise stage the data, first settling (deadline passed) whatever
-    # older interval still holds the staging slot.
-    target: uint256 = interval
-    by_deadline: bool = False
-    final: bool = submissions >= staticcall registry.gateway_count()
-    if final:
-        self._state[interval] = _SETTLED | (submissions << 8) | (metered << 16)
-    else:
-        assert submissions <= MAX_GATEWAYS, "settlement: too many submissions"
-        self._state[interval] = (submissions << 8) | (metered << 16)
-        target = self._stage_slot_blocker(interval)
-        by_deadline = True
-        if target != max_value(uint256):
-            self._state[target] |= _SETTLED
-            entries = []
-            owners = []
-    if target != max_value(uint256):
-        if self._stage_interval[target % STAGING_RING] == target + 1:
-            entries, owners = self._gather(target, entries)
-        self._settle(target, entries, owners, by_deadline)
-    if not final:
-        self._stage(interval, packed)
+    assert self.root_of[root] == 0, "settlement: root already used"
+    assert first >= start_interval, "settlement: interval before the community started"
+    assert first >= self._cursor[msg.sender], "settlement: interval already submitted by this gateway"
+    assert (first + n) * interval_length <= block.timestamp, "settlement: interval not over"
+    self._cursor[msg.sender] = first + n
+    self.root_of[root] = convert(msg.sender, uint256) | (first << 160) | (n << 200)
+    log Submitted(gateway=msg.sender, first_interval=first, intervals=n, root=root)
+    gateways: DynArray[uint256, MAX_GATEWAYS] = staticcall registry.gateway_list()
+    for j: uint256 in range(n, bound=MAX_SUBMISSION_INTERVALS):
+        self._submit_interval(first + j, intervals[j], gid, gateways)
 
 
 @external
 def settle(interval: uint256):
     """
-    @notice Anyone may settle an interval that has at least one submission
-            once `deadline(interval)` has passed. Gateways that have not
-            submitted by then are left out of it for good.
+    @notice Anyone may settle an interval with staged submissions once
+            `deadline(interval)` has passed, or as soon as every authorised
+            gateway has moved past it. Gateways that have not submitted by
+            then settle their meters for it on their own later.
     """
     state: uint256 = self._state[interval]
     assert state & _SETTLED == 0, "settlement: interval already settled"
-    assert state >> 8 != 0, "settlement: nothing submitted"
-    assert block.timestamp >= self._deadline(interval), "settlement: deadline not reached"
+    assert (state >> 8) & 255 != 0, "settlement: nothing submitted"
+    passed: bool = self._all_passed(interval, staticcall registry.gateway_list())
+    assert passed or block.timestamp >= self._deadline(interval, state), "settlement: deadline not reached"
     self._state[interval] = state | _SETTLED
-    entries: DynArray[uint256, MAX_METERS] = []
-    owners: DynArray[address, MAX_METERS] = []
-    entries, owners = self._gather(interval, [])
-    self._settle(interval, entries, owners, True)
+    self._settle(interval, self._gather(interval, []), not passed)
+
+
+@external
+def reset_anchor(meter: uint16):
+    """
+    @notice Admin: the meter's next anchor starts a new window whatever its
+            counters (a replaced meter whose counters restarted); what is
+            left of its window is not settled.
+    """
+    self._check_admin()
+    extcall anchor_book.reset(meter)
+
+
+@external
+@view
+def cursor(gateway: address) -> uint256:
+    """
+    @notice The next interval `gateway` may submit.
+    """
+    return max(self._cursor[gateway], start_interval)
 
 
 @external
 @view
 def settled(interval: uint256) -> bool:
-    return self._state[interval] & _SETTLED != 0
+    """
+    @notice True once nothing more waits for the interval: settled (by its
+            last gateway or the deadline), or passed by every gateway with
+            nothing staged.
+    """
+    state: uint256 = self._state[interval]
+    if state & _SETTLED != 0:
+        return True
+    return (state >> 8) & 255 == 0 and self._all_passed(interval, staticcall registry.gateway_list())
 
 
 @external
 @view
 def submission_count(interval: uint256) -> uint256:
+    """
+    @notice Submissions staged for the interval (waiting for other gateways).
+    """
     return (self._state[interval] >> 8) & 255
 
 
 @external
 @view
 def deadline(interval: uint256) -> uint256:
-    return self._deadline(interval)
-
-
-@external
-@view
-def interval_of(timestamp: uint256) -> uint256:
-    return timestamp // interval_length
-
-
-# ================================================================== keys
+    return self._deadline(interval, self._state[interval])
 
 
 @external
@@ -542,6 +623,7 @@ def receivable_of(account: address) -> uint256:
     return self._claims[account] >> 128
 
 
+
 # ============================================================== internal
 
 
@@ -553,8 +635,23 @@ def _check_admin():
 
 @internal
 @view
-def _deadline(interval: uint256) -> uint256:
-    return (interval + 1) * interval_length + settle_delay
+def _deadline(interval: uint256, state: uint256) -> uint256:
+    return max((interval + 1) * interval_length, state >> 32) + settle_delay
+
+
+@internal
+@view
+def _all_passed(interval: uint256, gateways: DynArray[uint256, MAX_GATEWAYS]) -> bool:
+    # every authorised gateway that was authorised before the interval ended
+    # has moved its cursor past it
+    end: uint256 = (interval + 1) * interval_length
+    for word: uint256 in gateways:
+        if word >> 160 >= end:
+            continue
+        gateway: address = convert(convert(word & _ADDRESS_MASK, uint160), address)
+        if max(self._cursor[gateway], start_interval) <= interval:
+            return False
+    return True
 
 
 @internal
@@ -568,6 +665,60 @@ def _deposit(account: address, amount: uint256):
         self.recovered += repaid
     self.balance_of[account] += amount - repaid
     log Deposited(account=account, payer=msg.sender, amount=amount, debt_repaid=repaid)
+
+
+# ---------------------------------------------------------------- intervals
+
+
+@internal
+def _submit_interval(
+    interval: uint256,
+    packed: DynArray[uint256, MAX_WORDS],
+    gid: uint256,
+    gateways: DynArray[uint256, MAX_GATEWAYS],
+):
+    entries: DynArray[uint256, MAX_METERS] = self._unpack(packed)
+    extcall anchor_book.consume(interval, entries, gid)
+    state: uint256 = self._state[interval]
+    # settled by the deadline without this gateway: its meters settle among
+    # themselves; else settle now if every other gateway passed the interval
+    by_deadline: bool = state & _SETTLED != 0
+    if not by_deadline:
+        if not self._all_passed(interval, gateways):
+            self._wait(interval, packed, len(entries), state, gateways)
+            return
+        if (state >> 8) & 255 != 0:
+            self._state[interval] = state | _SETTLED
+            entries = self._gather(interval, entries)
+    if len(entries) > 0:
+        self._settle(interval, entries, by_deadline)
+
+
+@internal
+def _wait(
+    interval: uint256,
+    packed: DynArray[uint256, MAX_WORDS],
+    meters: uint256,
+    state: uint256,
+    gateways: DynArray[uint256, MAX_GATEWAYS],
+):
+    # Stage a submission while other gateways are awaited; an older interval
+    # still holding the ring slot is settled first (by its deadline).
+    if meters == 0:
+        return
+    submissions: uint256 = ((state >> 8) & 255) + 1
+    metered: uint256 = ((state >> 16) & 65535) + meters
+    assert submissions <= MAX_GATEWAYS, "settlement: too many submissions"
+    assert metered <= MAX_METERS, "settlement: too many meters in this interval"
+    since: uint256 = state >> 32
+    if since == 0:
+        since = block.timestamp
+    blocker: uint256 = self._stage_slot_blocker(interval, gateways)
+    if blocker != max_value(uint256):
+        self._state[blocker] |= _SETTLED
+        self._settle(blocker, self._gather(blocker, []), True)
+    self._state[interval] = (submissions << 8) | (metered << 16) | (since << 32)
+    self._stage(interval, packed)
 
 
 @internal
@@ -686,18 +837,20 @@ def _indices(entries: DynArray[uint256, MAX_METERS]) -> DynArray[uint16, MAX_MET
     return out
 
 
+
 @internal
-@view
-def _stage_slot_blocker(interval: uint256) -> uint256:
+def _stage_slot_blocker(interval: uint256, gateways: DynArray[uint256, MAX_GATEWAYS]) -> uint256:
     # An older interval whose staged data still holds the ring slot that
-    # `interval` needs: it must be settled (by deadline) first. max_value if none.
+    # `interval` needs: it must be settled first, which it may be once its
+    # deadline has passed or every gateway passed it. max_value if none.
     held: uint256 = self._stage_interval[interval % STAGING_RING]
     if held == 0 or held == interval + 1:
         return max_value(uint256)
     older: uint256 = held - 1
-    if self._state[older] & _SETTLED != 0:
+    state: uint256 = self._state[older]
+    if state & _SETTLED != 0:
         return max_value(uint256)
-    assert block.timestamp >= self._deadline(older), "settlement: staging slot busy"
+    assert block.timestamp >= self._deadline(older, state) or self._all_passed(older, gateways), "settlement: staging slot busy"
     return older
 
 
@@ -715,13 +868,11 @@ def _stage(interval: uint256, packed: DynArray[uint256, MAX_WORDS]):
 
 
 @internal
-def _gather(
-    interval: uint256, submitted: DynArray[uint256, MAX_METERS]
-) -> (DynArray[uint256, MAX_METERS], DynArray[address, MAX_METERS]):
+def _gather(interval: uint256, submitted: DynArray[uint256, MAX_METERS]) -> DynArray[uint256, MAX_METERS]:
     # All entries of the interval, sorted by meter: a k-way merge of the staged
     # submissions (read from storage, in staging order) and `submitted` (last).
-    # A meter in two submissions (moved to another gateway during the
-    # interval) keeps its first one. Returns the entries and their owners.
+    # A meter is in one submission only: its window's interval is consumed by
+    # the first.
     slot: uint256 = interval % STAGING_RING
     sources: DynArray[address, MAX_GATEWAYS] = []
     if self._stage_interval[slot] == interval + 1:
@@ -747,21 +898,9 @@ def _gather(
                 head = (head >> (_ENTRY_BITS * (cursor[g] % 3))) & _ENTRY_MASK
             if head == 0:
                 continue
-            drop: bool = False
             if best == MAX_GATEWAYS + 1 or head >> 64 < best_entry >> 64:
                 best = g
                 best_entry = head
-            elif head >> 64 == best_entry >> 64:
-                drop = True
-                log DuplicateMeterDropped(interval=interval, meter=convert(head >> 64, uint16))
-            if drop:
-                cursor[g] += 1
-                if g == k:
-                    word[g] = 0
-                    if cursor[g] < len(submitted):
-                        word[g] = submitted[cursor[g]]
-                else:
-                    word[g] = self._staged_word(sources[g], slot, cursor[g], nwords[g], word[g])
         if best == MAX_GATEWAYS + 1:
             break
         merged.append(best_entry)
@@ -772,7 +911,7 @@ def _gather(
                 word[best] = submitted[cursor[best]]
         else:
             word[best] = self._staged_word(sources[best], slot, cursor[best], nwords[best], word[best])
-    return merged, staticcall registry.owners_of(self._indices(merged))
+    return merged
 
 
 @internal
@@ -860,10 +999,10 @@ def _split(kind: uint256, budget: uint256, members: DynArray[uint256, MAX_METERS
 
 
 @internal
-def _lookup(interval: uint256, meter: uint16) -> uint256:
+def _lookup(tag: uint256, meter: uint16) -> uint256:
     # position of `meter` in this settlement, or MAX_METERS if absent
     tagged: uint256 = self._position[meter]
-    if tagged >> 16 != interval + 1:
+    if tagged >> 16 != tag:
         return MAX_METERS
     return tagged & 65535
 
@@ -896,24 +1035,22 @@ def _credit(creditor: address, tokens: uint256, unpaid: uint256, position: uint2
 
 
 @internal
-def _settle(
-    interval: uint256,
-    entries: DynArray[uint256, MAX_METERS],
-    owners: DynArray[address, MAX_METERS],
-    by_deadline: bool,
-):
+def _settle(interval: uint256, entries: DynArray[uint256, MAX_METERS], by_deadline: bool):
     # flow[p] = meter << 64 | import not yet covered << 32 | export not yet allocated
     flow: DynArray[uint256, MAX_METERS] = entries
+    owners: DynArray[address, MAX_METERS] = staticcall registry.owners_of(self._indices(entries))
 
     n: uint256 = len(flow)
     price: uint256 = self.p2p_price
     import_wh: uint256 = 0
     export_wh: uint256 = 0
+    tag: uint256 = self._settle_tag + 1
+    self._settle_tag = tag
     for p: uint256 in range(n, bound=MAX_METERS):
         entry: uint256 = flow[p]
         import_wh += (entry >> 32) & _WH_MASK
         export_wh += entry & _WH_MASK
-        self._position[convert(entry >> 64, uint16)] = ((interval + 1) << 16) | p
+        self._position[convert(entry >> 64, uint16)] = (tag << 16) | p
 
     p2p_wh: uint256 = 0
     any_unpaid: bool = False
@@ -937,7 +1074,7 @@ def _settle(
         positions = []
         for j: uint256 in range(count, bound=MAX_BENEFICIARIES):
             key_entry: uint256 = self._key_entry(head, tail, j)
-            q: uint256 = self._lookup(interval, convert(key_entry >> 32, uint16))
+            q: uint256 = self._lookup(tag, convert(key_entry >> 32, uint16))
             if q == MAX_METERS:
                 continue
             positions.append(q)
@@ -959,6 +1096,15 @@ def _settle(
             self._credit(owners[p], tokens, unpaid, p)
             any_unpaid = any_unpaid or unpaid > 0
             log P2PAllocation(interval=interval, producer=producer, consumer=consumer, wh=wh, tokens=tokens)
+
+    # ---- self-supply: what a meter still exports and imports in this
+    # interval is its own (self-consumption), never pooled back to it
+    for p: uint256 in range(n, bound=MAX_METERS):
+        entry: uint256 = flow[p]
+        own: uint256 = min(entry & _WH_MASK, (entry >> 32) & _WH_MASK)
+        if own > 0:
+            flow[p] = entry - own - (own << 32)
+            log SelfSupply(interval=interval, meter=convert(entry >> 64, uint16), wh=own)
 
     # ---- tier 2: the community key over the pooled remainder
     kind: uint256 = convert(self.community_key_kind, uint256)
@@ -982,7 +1128,7 @@ def _settle(
                 if i % 5 == 0:
                     word = self._community_words[i // 5]
                 key_entry: uint256 = (word >> (48 * (i % 5))) & _KEY_ENTRY_MASK
-                q: uint256 = self._lookup(interval, convert(key_entry >> 32, uint16))
+                q: uint256 = self._lookup(tag, convert(key_entry >> 32, uint16))
                 if q == MAX_METERS:
                     continue
                 positions.append(q)

@@ -8,10 +8,12 @@ Rule (French "autoconsommation collective", two tiers), per interval:
 
 1. Tier 1, producers in ascending meter index: each producer's own key splits
    its export among the beneficiaries it chose that are present in the interval.
-2. Tier 2: the community key splits the pool (what tier 1 left of every export)
+2. Self-supply: what a meter still exports and imports in the interval is its
+   own consumption, netted (never pooled back to it as shared energy, never paid).
+3. Tier 2: the community key splits the pool (what is left of every export)
    among the consumers' remaining imports. Producers supply the pool in
    proportion to what they put in.
-3. What is left of an export is grid export; what is left of an import is grid
+4. What is left of an export is grid export; what is left of an import is grid
    import. No consumer is ever allocated more than its import.
 
 Rounding: floors everywhere; STATIC/COEFFICIENTS/PERCENT_REDISTRIBUTED leave the
@@ -178,6 +180,7 @@ class Flows:
     """Energy flows of one interval, in settlement order (Wh)."""
 
     p2p: list[tuple[int, int, int]] = field(default_factory=list)  # producer, consumer, wh
+    self_supply: list[tuple[int, int]] = field(default_factory=list)  # meter, wh
     pool_allocations: list[tuple[int, int]] = field(default_factory=list)  # consumer, wh
     pool_contributions: list[tuple[int, int]] = field(default_factory=list)  # producer, wh
     grid_export: dict[int, int] = field(default_factory=dict)  # meter -> wh (> 0 only)
@@ -208,6 +211,13 @@ def allocate(
                 need[b] -= wh
                 left[p] -= wh
                 flows.p2p.append((p, b, wh))
+
+    for m in order:
+        own = min(left[m], need[m])
+        if own:
+            left[m] -= own
+            need[m] -= own
+            flows.self_supply.append((m, own))
 
     pool = sum(left.values())
     if community_key.kind != KEY_NONE and pool > 0:
@@ -298,6 +308,9 @@ def settle(
         unpaid_by[c] += unpaid
         owed_to[p] += unpaid
         events.append(("P2PAllocation", interval, p, c, wh, tokens))
+
+    for m, wh in flows.self_supply:
+        events.append(("SelfSupply", interval, m, wh))
 
     pool_unpaid = 0
     for c, wh in flows.pool_allocations:

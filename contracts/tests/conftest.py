@@ -14,6 +14,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
+from contracts.allocation_reference import MAX_WH  # noqa: E402
 from contracts.boa_harness import deploy_community  # noqa: E402
 
 BIG_COMMUNITY_METERS = 256  # the documented maximum
@@ -70,7 +71,11 @@ def three_gateways(_deployed_three_gateways):
 @pytest.fixture(scope="module", params=["funded", "underfunded"])
 def big_community(request):
     """256 meters on one gateway, 64 owners. "underfunded": a quarter of the owners
-    have no prepaid balance and the rest a small one, so debts occur."""
+    have no prepaid balance and the rest a small one, so debts occur.
+
+    Every meter has a signed window of MAX_WINDOW intervals from `window_start`
+    holding MAX_WH import and export (512 signature checks, once per module), so each
+    example submits interval `window_start` with any energies up to MAX_WH."""
     c = deploy_community()
     owners = [c.new_account(f"owner{k}") for k in range(BIG_COMMUNITY_OWNERS)]
     for i in range(BIG_COMMUNITY_METERS):
@@ -81,4 +86,6 @@ def big_community(request):
             c.fund(owner, amount)
     c.accounts = owners
     c.funding = request.param
+    c.window_start = c.next_interval()
+    c.open_window(c.window_start, dict.fromkeys(c.owners, (MAX_WH, MAX_WH)))
     return c

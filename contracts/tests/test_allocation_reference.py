@@ -91,15 +91,29 @@ def test_allocation_conserves_energy_with_default_key(meters):
     flows = allocate(meters, {})
     received = {m: 0 for m in meters}
     sent = {m: 0 for m in meters}
+    own = dict(flows.self_supply)
     for c, wh in flows.pool_allocations:
         received[c] += wh
     for p, wh in flows.pool_contributions:
         sent[p] += wh
     for m, (imp, exp) in meters.items():
-        assert received[m] + flows.grid_import.get(m, 0) == imp
-        assert sent[m] + flows.grid_export.get(m, 0) == exp
+        assert own.get(m, 0) == min(imp, exp)  # a meter's own export covers its import
+        assert own.get(m, 0) + received[m] + flows.grid_import.get(m, 0) == imp
+        assert own.get(m, 0) + sent[m] + flows.grid_export.get(m, 0) == exp
+    # the pool never hands a meter back what it put in
+    assert not {c for c, _ in flows.pool_allocations} & {p for p, _ in flows.pool_contributions}
     # default key: pro-rata, so either every import or every export is covered
     assert not (flows.grid_import and flows.grid_export)
+
+
+def test_self_supply_is_not_shared_energy():
+    # the case: a resident importing a little while its PV exports; the pool
+    # gave it back part of its own export as shared energy
+    flows = allocate({1: (18, 500), 2: (300, 0)}, {})
+    assert flows.self_supply == [(1, 18)]
+    assert flows.pool_allocations == [(2, 300)]
+    assert flows.pool_contributions == [(1, 300)]
+    assert flows.grid_export == {1: 182} and flows.grid_import == {}
 
 
 def test_pack_round_trip_and_layout():

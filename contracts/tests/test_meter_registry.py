@@ -1,11 +1,16 @@
-"""MeterRegistry: admin-only changes, gateways, meters, compact indices, events."""
+"""MeterRegistry: admin-only changes, gateways, meters (public keys on P-256), compact
+indices, gateway bindings, events."""
 
 import boa
 import pytest
 
-from contracts.boa_harness import device_id, event_tuples, key_hash
+from contracts.boa_harness import device_id, event_tuples, key_hash, meter_key, public_key
 
 ZERO = "0x" + "00" * 20
+
+
+def pub(n):
+    return public_key(meter_key(n))
 
 
 def _admin_calls(c, stranger_gateway, meter):
@@ -13,11 +18,11 @@ def _admin_calls(c, stranger_gateway, meter):
         "add_gateway": (c.registry.add_gateway, (stranger_gateway,)),
         "remove_gateway": (c.registry.remove_gateway, (c.gateways[0],)),
         "register_meter": (c.registry.register_meter,
-                           (device_id(999), key_hash(999), c.admin, c.gateways[0])),
+                           (device_id(999), pub(999), c.admin, c.gateways[0])),
         "revoke_meter": (c.registry.revoke_meter, (meter,)),
         "set_meter_owner": (c.registry.set_meter_owner, (meter, stranger_gateway)),
         "set_meter_gateway": (c.registry.set_meter_gateway, (meter, c.gateways[0])),
-        "set_meter_key": (c.registry.set_meter_key, (meter, key_hash(998))),
+        "set_meter_key": (c.registry.set_meter_key, (meter, pub(998))),
         "transfer_ownership": (c.registry.transfer_ownership, (stranger_gateway,)),
     }
 
@@ -40,18 +45,24 @@ def test_register_assigns_compact_indices_and_logs(community):
     c = community
     owner = c.new_account("owner")
     with boa.env.prank(c.admin):
-        first = c.registry.register_meter(device_id(1), key_hash(1), owner, c.gateways[0])
+        first = c.registry.register_meter(device_id(1), pub(1), owner, c.gateways[0])
         logs = event_tuples(c.registry)
-        second = c.registry.register_meter(device_id(2), key_hash(2), owner, c.gateways[0])
+        registered_at = boa.env.evm.patch.timestamp
+        second = c.registry.register_meter(device_id(2), pub(2), owner, c.gateways[0])
     assert (first, second) == (1, 2)
-    assert logs == [("MeterRegistered", 1, device_id(1), key_hash(1), owner, c.gateways[0])]
+    assert logs == [("MeterRegistered", 1, device_id(1), key_hash(pub(1)), owner, c.gateways[0])]
     m = c.registry.meters(1)
-    assert (m.device_id, m.key_hash, m.owner, m.gateway, m.active) == (
-        device_id(1), key_hash(1), owner, c.gateways[0], True)
+    x, y = int.from_bytes(pub(1)[1:33], "big"), int.from_bytes(pub(1)[33:], "big")
+    assert (m.device_id, m.key_x, m.key_y, m.owner, m.gateway, m.active, m.registered_at) == (
+        device_id(1), x, y, owner, c.gateways[0], True, registered_at)
     assert c.registry.index_of(device_id(2)) == 2
     assert c.registry.meter_count() == 2
     assert c.registry.active_meter_count() == 2
     assert c.registry.owner_of(2) == owner
+    # what settlement checks a signed reading against: key, device id, registration
+    (key,) = c.registry.meter_keys([1])
+    assert (key.key_x, key.key_y, key.device_id, key.registered_at) == (
+        x, y, device_id(1), registered_at)
 
 
 def test_revoke_is_final_and_indices_are_not_reused(trio):
@@ -63,27 +74,33 @@ def test_revoke_is_final_and_indices_are_not_reused(trio):
         with boa.reverts("registry: no active meter at this index"):
             c.registry.revoke_meter(c.school_meter)
         with boa.reverts("registry: device already registered"):
-            c.registry.register_meter(device_id(c.school_meter), key_hash(7), c.school,
+            c.registry.register_meter(device_id(c.school_meter), pub(7), c.school,
                                       c.gateways[0])
-        fresh = c.registry.register_meter(device_id(100), key_hash(100), c.school, c.gateways[0])
+        fresh = c.registry.register_meter(device_id(100), pub(100), c.school, c.gateways[0])
     assert fresh == 4
     assert not c.registry.meters(c.school_meter).active
     assert c.registry.active_meter_count() == 3  # 3 registered, 1 revoked, 1 new
-    # a revoked meter keeps its owner for pending settlements, but cannot be routed
+    # a revoked meter keeps its owner for pending settlements, but is marked inactive
     assert c.registry.owner_of(c.school_meter) == c.school
-    with boa.reverts("registry: meter not active on this gateway"):
-        c.registry.route([c.school_meter], c.gateways[0])
+    assert c.registry.binding(c.school_meter)[3] is False
 
 
 def test_register_validates_input(community):
     c = community
     owner = c.new_account("owner")
     stranger = c.new_account("stranger")
+    off_curve = pub(1)[:64] + bytes([pub(1)[64] ^ 1])
     cases = [
-        ((b"\x00" * 8, key_hash(1), owner, c.gateways[0]), "registry: zero device id"),
-        ((device_id(1), b"\x00" * 32, owner, c.gateways[0]), "registry: zero key hash"),
-        ((device_id(1), key_hash(1), ZERO, c.gateways[0]), "registry: zero owner"),
-        ((device_id(1), key_hash(1), owner, stranger), "registry: not a gateway"),
+        ((b"\x00" * 8, pub(1), owner, c.gateways[0]), "registry: zero device id"),
+        ((device_id(1), pub(1)[:64], owner, c.gateways[0]),
+         "registry: public key must be 65 bytes 04||x||y"),
+        ((device_id(1), b"\x02" + pub(1)[1:], owner, c.gateways[0]),
+         "registry: public key must be 65 bytes 04||x||y"),
+        ((device_id(1), off_curve, owner, c.gateways[0]), "registry: public key not on P-256"),
+        ((device_id(1), b"\x04" + b"\xff" * 64, owner, c.gateways[0]),
+         "registry: public key not on P-256"),
+        ((device_id(1), pub(1), ZERO, c.gateways[0]), "registry: zero owner"),
+        ((device_id(1), pub(1), owner, stranger), "registry: not a gateway"),
     ]
     with boa.env.prank(c.admin):
         for args, reason in cases:
@@ -124,10 +141,12 @@ def test_gateway_with_meters_cannot_be_removed(trio):
             c.registry.set_meter_gateway(meter, spare)
         assert event_tuples(c.registry) == [
             ("MeterGatewayChanged", c.school_meter, c.gateways[0], spare)]
+        with boa.reverts("registry: meter already on this gateway"):
+            c.registry.set_meter_gateway(c.school_meter, spare)
         c.registry.revoke_meter(c.neighbour_meter)
         c.registry.remove_gateway(c.gateways[0])
     assert c.registry.gateway_meter_count(spare) == 2
-    assert c.registry.route([c.resident_meter, c.school_meter], spare) == [c.resident, c.school]
+    assert c.registry.owners_of([c.resident_meter, c.school_meter]) == [c.resident, c.school]
 
 
 def test_owner_and_key_changes(trio):
@@ -137,27 +156,40 @@ def test_owner_and_key_changes(trio):
         c.registry.set_meter_owner(c.resident_meter, buyer)
         assert event_tuples(c.registry) == [
             ("MeterOwnerChanged", c.resident_meter, c.resident, buyer)]
-        c.registry.set_meter_key(c.resident_meter, key_hash(77))
-        assert event_tuples(c.registry) == [("MeterKeyChanged", c.resident_meter, key_hash(77))]
+        c.registry.set_meter_key(c.resident_meter, pub(77))
+        assert event_tuples(c.registry) == [
+            ("MeterKeyChanged", c.resident_meter, key_hash(pub(77)))]
+        with boa.reverts("registry: public key not on P-256"):
+            c.registry.set_meter_key(c.resident_meter, pub(77)[:64] + b"\x00")
     assert c.registry.owner_of(c.resident_meter) == buyer
-    assert c.registry.meters(c.resident_meter).key_hash == key_hash(77)
+    assert c.registry.meters(c.resident_meter).key_x == int.from_bytes(pub(77)[1:33], "big")
+    # the owner change keeps the binding; the key change keeps the device id
+    assert c.registry.binding(c.resident_meter)[0] == c.registry.gateway_id(c.gateways[0])
+    assert c.registry.meter_keys([c.resident_meter])[0].device_id == device_id(
+        c.resident_meter)
 
 
-def test_route_checks_gateway_and_binding(trio):
+def test_binding_follows_the_gateway_move(trio):
     c = trio
     other = c.new_account("other")
-    meters = [c.resident_meter, c.school_meter, c.neighbour_meter]
-    assert c.registry.route(meters, c.gateways[0]) == [c.resident, c.school, c.neighbour]
-    with boa.reverts("registry: not a gateway"):
-        c.registry.route(meters, other)
+    added_at = boa.env.evm.patch.timestamp
     with boa.env.prank(c.admin):
         c.registry.add_gateway(other)
-    with boa.reverts("registry: meter not active on this gateway"):
-        c.registry.route(meters, other)
-    with boa.reverts("registry: meter not active on this gateway"):
-        c.registry.route([99], c.gateways[0])
-    with boa.reverts("registry: unknown meter"):
-        c.registry.owners_of([99])
+    first, second = c.registry.gateway_id(c.gateways[0]), c.registry.gateway_id(other)
+    registered = c.registry.meters(c.school_meter).registered_at
+    assert c.registry.binding(c.school_meter) == (first, registered, 0, True)
+    boa.env.time_travel(seconds=1000)
+    moved_at = boa.env.evm.patch.timestamp
+    with boa.env.prank(c.admin):
+        c.registry.set_meter_gateway(c.school_meter, other)
+    # intervals starting before the move stay with the first gateway
+    assert c.registry.binding(c.school_meter) == (second, moved_at, first, True)
+    with boa.reverts("registry: not a gateway"):
+        c.registry.sender_gateway_id(c.new_account("never"))
+    assert c.registry.sender_gateway_id(other) == second
+    listed = c.registry.gateway_list()
+    assert [w & ((1 << 160) - 1) for w in listed] == [int(c.gateways[0], 16), int(other, 16)]
+    assert listed[1] >> 160 == added_at
 
 
 def test_at_most_max_meters_active(community):
@@ -169,9 +201,9 @@ def test_at_most_max_meters_active(community):
         c.register_meter(owner)
     with boa.env.prank(c.admin):
         with boa.reverts("registry: too many active meters"):
-            c.registry.register_meter(device_id(5000), key_hash(5000), owner, c.gateways[0])
+            c.registry.register_meter(device_id(5000), pub(5000), owner, c.gateways[0])
         c.registry.revoke_meter(17)
-        index = c.registry.register_meter(device_id(5000), key_hash(5000), owner, c.gateways[0])
+        index = c.registry.register_meter(device_id(5000), pub(5000), owner, c.gateways[0])
     assert index == limit + 1  # indices keep growing, never reused
 
 

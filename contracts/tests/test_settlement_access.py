@@ -1,5 +1,5 @@
-"""Settlement: who may submit and settle, once only, input checks, key checks, storage
-slot of the roots (light-client proofs)."""
+"""Settlement: who may submit and settle, each interval once and in order, input checks,
+key checks, storage slot of the roots (light-client proofs)."""
 
 import hashlib
 
@@ -47,11 +47,11 @@ def test_gateway_may_only_submit_its_own_active_meters(trio):
         c.registry.add_gateway(other)
         c.registry.set_meter_gateway(c.neighbour_meter, other)
     interval = c.next_interval()
-    with boa.reverts("registry: meter not active on this gateway"):
+    with boa.reverts("anchor: meter not bound to this gateway"):
         c.submit(interval, _data(c))  # includes the neighbour, now on `other`
     with boa.env.prank(c.admin):
         c.registry.revoke_meter(c.neighbour_meter)
-    with boa.reverts("registry: meter not active on this gateway"):
+    with boa.reverts("anchor: meter revoked"):
         c.submit(interval, {c.neighbour_meter: (1, 0)}, gateway=other)
 
 
@@ -75,36 +75,50 @@ def test_interval_settles_once(trio):
     interval = c.next_interval()
     c.submit(interval, _data(c))
     balance = c.settlement.balance_of(c.resident)
-    with boa.reverts("settlement: interval already settled"):
-        c.submit(interval, _data(c))
+    with boa.reverts("settlement: interval already submitted by this gateway"):
+        c.submit(interval, _data(c), anchors=[])
+    with boa.reverts("anchor: boundary not after the meter's last anchor"):
+        c.submit(interval, _data(c))  # signing the old boundary again does not help
     boa.env.time_travel(seconds=10 * 3600)
-    with boa.reverts("settlement: interval already settled"):
-        c.settlement.settle(interval)
+    with boa.reverts("settlement: nothing submitted"):
+        c.settlement.settle(interval)  # settled in the submission: nothing waits
     assert c.settlement.balance_of(c.resident) == balance
+    assert c.settlement.cursor(c.gateways[0]) == interval + 1
 
 
 def test_gateway_submits_once_per_interval(three_gateways):
     c = three_gateways
     interval = c.next_interval()
     c.submit(interval, {1: (10, 0)}, gateway=c.gateways[0])
-    with boa.reverts("settlement: gateway already submitted"):
-        c.submit(interval, {1: (10, 0)}, gateway=c.gateways[0])
+    with boa.reverts("settlement: interval already submitted by this gateway"):
+        c.submit(interval, {}, gateway=c.gateways[0], anchors=[])
     assert c.settlement.submission_count(interval) == 1
 
 
-def test_only_finished_intervals_and_non_zero_roots(trio):
+def test_only_finished_intervals_after_the_start_and_fresh_roots(trio):
     c = trio
-    now = boa.env.evm.patch.timestamp
-    current = now // 900
+    interval = c.next_interval()
+    current = interval + 1  # it started now
+    with boa.reverts("anchor: boundary in the future"):
+        c.submit(current, _data(c))  # its closing readings cannot exist yet
     with boa.reverts("settlement: interval not over"):
-        c.submit(current, _data(c))
+        c.submit(current, {}, anchors=[])
     with boa.reverts("settlement: interval not over"):
-        c.submit(current + 5, _data(c))
+        c.submit(current + 5, {}, anchors=[])
+    with boa.reverts("settlement: interval before the community started"):
+        c.submit(c.settlement.start_interval() - 1, {}, anchors=[])
+    with boa.reverts("settlement: interval before the community started"):
+        c.submit(1, {}, anchors=[])  # 1970
     with boa.reverts("settlement: zero root"):
+        c.submit(interval, _data(c), root=b"\x00" * 32)
+    with boa.reverts("settlement: empty submission"):
         with boa.env.prank(c.gateways[0]):
-            c.settlement.submit(current - 1, b"\x00" * 32, pack_entries([(1, 0, 5)]))
-    c.submit(current - 1, _data(c))  # a past interval, never settled: accepted
-    assert c.settlement.settled(current - 1)
+            c.settlement.submit(interval, ROOT, [], [])
+    c.submit(interval, _data(c), root=ROOT)
+    assert c.settlement.settled(interval)
+    later = c.next_interval()
+    with boa.reverts("settlement: root already used"):
+        c.submit(later, _data(c), root=ROOT)  # the root of another interval
 
 
 @pytest.mark.parametrize(
@@ -122,12 +136,13 @@ def test_only_finished_intervals_and_non_zero_roots(trio):
 def test_packed_format_is_checked(trio, words, reason):
     c = trio
     interval = c.next_interval()
+    anchors = c.window_anchors(interval, {2: (0, 5)})
     with boa.env.prank(c.gateways[0]):
         if reason is None:
-            c.settlement.submit(interval, ROOT, words)
+            c.settlement.submit(interval, ROOT, anchors, [words])
         else:
             with boa.reverts(reason):
-                c.settlement.submit(interval, ROOT, words)
+                c.settlement.submit(interval, ROOT, anchors, [words])
 
 
 def test_at_most_max_meters_per_submission(trio):
@@ -139,7 +154,7 @@ def test_at_most_max_meters_per_submission(trio):
     assert len(words) == c.settlement.MAX_WORDS()
     interval = c.next_interval()
     with boa.env.prank(c.gateways[0]), boa.reverts("settlement: too many meters"):
-        c.settlement.submit(interval, ROOT, words)
+        c.settlement.submit(interval, ROOT, [], [words])
 
 
 def test_roots_are_public_storage_for_light_client_proofs(trio):
@@ -147,15 +162,15 @@ def test_roots_are_public_storage_for_light_client_proofs(trio):
     interval = c.next_interval()
     c.submit(interval, _data(c), root=ROOT)
     assert event_tuples(c.settlement, {"Submitted"}) == [
-        ("Submitted", interval, c.gateways[0], ROOT, 3)]
-    assert c.settlement.roots(interval, c.gateways[0]) == ROOT
-    # vyper hashes the slot first: keccak(keccak(slot . interval) . gateway)
+        ("Submitted", c.gateways[0], interval, 1, ROOT)]
+    word = c.settlement.root_of(ROOT)
+    assert word == int(c.gateways[0], 16) | (interval << 160) | (1 << 200)
+    # vyper hashes the slot first: keccak(slot . root)
     layout = build_layout_output(deployer("Settlement").compiler_data)["storage_layout"]
-    slot = layout["roots"]["slot"]
-    inner = keccak(slot.to_bytes(32, "big") + interval.to_bytes(32, "big"))
-    key = keccak(inner + bytes(12) + bytes.fromhex(c.gateways[0][2:]))
+    slot = layout["root_of"]["slot"]
+    key = keccak(slot.to_bytes(32, "big") + ROOT)
     raw = boa.env.get_storage(c.settlement.address, int.from_bytes(key, "big"))
-    assert raw.to_bytes(32, "big") == ROOT
+    assert raw == word
 
 
 # ------------------------------------------------------------------ keys
@@ -249,16 +264,18 @@ def test_community_key_validation(trio):
 
 
 @pytest.mark.parametrize("length, delay, ok", [
-    (900, 3600, True), (1800, 1800, True), (900, 16 * 900, True),
-    (600, 3600, False), (3600, 3600, False), (900, 0, False), (900, 16 * 900 + 1, False),
+    (900, 3600, True), (1800, 1800, True), (900, 48 * 900, True),
+    (600, 3600, False), (3600, 3600, False), (900, 0, False), (900, 48 * 900 + 1, False),
 ])
 def test_interval_length_and_delay_at_deploy(community, length, delay, ok):
     c = community
-    args = (c.token.address, c.registry.address, length, delay, 1)
+    args = (c.token.address, c.registry.address, c.anchors.address, length, delay, 1)
     if ok:
         s = deployer("Settlement").deploy(*args)
+        now = boa.env.evm.patch.timestamp
         assert (s.interval_length(), s.settle_delay()) == (length, delay)
-        assert s.interval_of(1_785_319_200) == 1_785_319_200 // length
+        # the first interval that starts at or after the deployment
+        assert s.start_interval() == -(-now // length)
         assert s.deadline(7) == 8 * length + delay
     else:
         with boa.reverts():

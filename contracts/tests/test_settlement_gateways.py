@@ -1,4 +1,6 @@
-"""Several gateways per community: wait for all, or settle after the deadline."""
+"""Several gateways per community: wait for all, or settle after the deadline (counted
+from the first submission of a late interval too); a late gateway still settles its own
+meters; a meter is settled by the gateway it was bound to during the interval."""
 
 import boa
 import pytest
@@ -17,7 +19,7 @@ KEYS = {
     1: Key(KEY_STATIC, (8, 2), (5000, 2500)),  # across gateways: 1 is on gw0, 8 on gw2
     4: Key(KEY_PRIORITY, (6, 5, 3), (0, 0, 0)),
 }
-SETTLEMENT_EVENTS = {"P2PAllocation", "PoolAllocation", "PoolContribution", "GridImport",
+SETTLEMENT_EVENTS = {"P2PAllocation", "SelfSupply", "PoolAllocation", "PoolContribution", "GridImport",
                      "GridExport", "UnpaidAllocation", "ReceivableRecorded", "Settled"}
 
 
@@ -45,7 +47,9 @@ def test_settles_when_the_last_gateway_submits(keyed, order):
         assert not c.settlement.settled(interval)
         c.submit(interval, READINGS[g], gateway=c.gateways[g])
         events = event_tuples(c.settlement, SETTLEMENT_EVENTS)
-        assert c.settlement.submission_count(interval) == n + 1
+        if n < 2:
+            assert c.settlement.submission_count(interval) == n + 1
+            assert events == []  # staged, waiting for the others
     assert c.settlement.settled(interval)
     # same flows, in the same order, whatever the submission order
     assert events == expected
@@ -60,17 +64,57 @@ def test_deadline_settlement_with_a_missing_gateway(keyed):
     deadline = c.settlement.deadline(interval)
     assert deadline == (interval + 1) * 900 + SETTLE_DELAY
     boa.env.time_travel(seconds=deadline - boa.env.evm.patch.timestamp - 1)
-    with boa.reverts("settlement: deadline not reached"):
-        c.settlement.settle(interval)
+    anyone = c.new_account("anyone")
+    with boa.env.prank(anyone), boa.reverts("settlement: deadline not reached"):
+        c.settlement.settle(interval)  # early settle() by a third party
     boa.env.time_travel(seconds=1)
     expected = _expected(c, interval, [0, 2], by_deadline=True)
-    with boa.env.prank(c.new_account("anyone")):
+    with boa.env.prank(anyone):
         c.settlement.settle(interval)
     assert event_tuples(c.settlement, SETTLEMENT_EVENTS) == expected
     assert expected[-1][-1] is True  # Settled(..., by_deadline=True)
-    # the late gateway is out of this interval for good
-    with boa.reverts("settlement: interval already settled"):
-        c.submit(interval, READINGS[1], gateway=c.gateways[1])
+    # the late gateway's backfill still settles: its meters among themselves
+    late = _expected(c, interval, [1], by_deadline=True)
+    c.submit(interval, READINGS[1], gateway=c.gateways[1])
+    assert event_tuples(c.settlement, SETTLEMENT_EVENTS) == late
+    assert ("P2PAllocation", interval, 4, 6, 30, 30 * PRICE) in late
+
+
+def test_deadline_counts_from_a_late_first_submission(keyed):
+    # gateway 1 comes back after a long outage and backfills an old interval: the
+    # others get the full delay from then, not from the interval's end
+    c = keyed
+    interval = c.next_interval()
+    boa.env.time_travel(seconds=5 * 3600)
+    c.submit(interval, READINGS[1], gateway=c.gateways[1])
+    first = boa.env.evm.patch.timestamp
+    assert c.settlement.deadline(interval) == first + SETTLE_DELAY
+    boa.env.time_travel(seconds=SETTLE_DELAY - 1)
+    with boa.reverts("settlement: deadline not reached"):
+        c.settlement.settle(interval)
+    # the other two backfill in time: settled with everyone, not by the deadline
+    c.submit(interval, READINGS[0], gateway=c.gateways[0])
+    c.submit(interval, READINGS[2], gateway=c.gateways[2])
+    settled = [e for e in event_tuples(c.settlement) if e[0] == "Settled"]
+    assert len(settled) == 1 and settled[0][-1] is False and settled[0][2] == 9
+
+
+def test_passing_gateways_make_an_interval_final(keyed):
+    # a gateway with nothing to say for an interval moves past it with a later one;
+    # once every gateway has passed, anyone may settle at once
+    c = keyed
+    interval = c.next_interval()
+    c.submit(interval, READINGS[0], gateway=c.gateways[0])
+    c.submit(interval, READINGS[1], gateway=c.gateways[1])
+    later = c.next_interval()
+    with boa.reverts("settlement: deadline not reached"):
+        c.settlement.settle(interval)
+    c.submit(later, READINGS[2], gateway=c.gateways[2])  # skips `interval`
+    assert c.settlement.cursor(c.gateways[2]) == later + 1
+    assert not c.settlement.settled(interval)
+    c.settlement.settle(interval)
+    settled = [e for e in event_tuples(c.settlement) if e[0] == "Settled"]
+    assert settled[0][1:3] == (interval, 6) and settled[0][-1] is False
 
 
 def test_nothing_to_settle_without_submissions(keyed):
@@ -81,18 +125,31 @@ def test_nothing_to_settle_without_submissions(keyed):
         c.settlement.settle(interval)
 
 
-def test_meter_moved_mid_interval_counts_once(three_gateways):
+def test_meter_is_settled_by_the_gateway_bound_during_the_interval(three_gateways):
     c = three_gateways
-    interval = c.next_interval()
-    c.submit(interval, {1: (0, 500), 2: (100, 0)}, gateway=c.gateways[0])
+    before = c.next_interval()  # meter 1 is on gateway 0
+    boa.env.time_travel(seconds=100)  # into the next interval
     with boa.env.prank(c.admin):
         c.registry.set_meter_gateway(1, c.gateways[1])
-    c.submit(interval, {1: (0, 999), 5: (300, 0)}, gateway=c.gateways[1])
-    c.submit(interval, {8: (50, 0)}, gateway=c.gateways[2])
-    events = event_tuples(c.settlement)
-    assert ("DuplicateMeterDropped", interval, 1) in events
-    settled = [e for e in events if e[0] == "Settled"]
-    assert settled == [("Settled", interval, 4, 450, 500, 450, 450 * PRICE, False)]
+    # gateway 1 cannot take the interval before the move, not even signed
+    with boa.reverts("anchor: meter not bound to this gateway"):
+        c.submit(before, {1: (0, 500)}, gateway=c.gateways[1])
+    # gateway 0 still settles it after the move (its backlog)
+    c.submit(before, {1: (0, 500), 2: (100, 0)}, gateway=c.gateways[0])
+    after = c.next_interval()
+    with boa.reverts("anchor: meter not bound to this gateway"):
+        c.submit(after, {1: (0, 700)}, gateway=c.gateways[0])
+    c.submit(after, {1: (0, 700), 5: (300, 0)}, gateway=c.gateways[1])
+    # nor can gateway 0 take a share of the window gateway 1 opened for meter 1
+    c.submit(after, {2: (10, 0)}, gateway=c.gateways[0])
+    assert c.anchor_state(1)[4] == 0  # gateway 1 settled its window in full
+    nxt = c.next_interval()
+    c.travel_to((nxt + 2) * 900)  # a two-interval window for meter 1
+    c.submit(nxt, {1: (0, 70), 5: (30, 0)}, gateway=c.gateways[1], anchors=[
+        c.anchor(1, nxt, restart=True), c.anchor(1, nxt + 2, 0, 140),
+        *c.window_anchors(nxt, {5: (30, 0)})])
+    with boa.reverts("settlement: meter not bound to this gateway"):
+        c.submit(nxt + 1, {1: (0, 70)}, gateway=c.gateways[0], anchors=[])
 
 
 def test_staging_ring_settles_an_expired_interval_on_reuse(keyed):
@@ -115,9 +172,11 @@ def test_staging_ring_settles_an_expired_interval_on_reuse(keyed):
 def test_staging_slot_busy_for_a_backlog_interval(keyed):
     c = keyed
     interval = c.next_interval()
-    c.submit(interval, READINGS[0], gateway=c.gateways[0])
+    ring = c.settlement.STAGING_RING()
+    boa.env.time_travel(seconds=ring * 900)
+    c.submit(interval, READINGS[0], gateway=c.gateways[0])  # late: its deadline runs
     with boa.reverts("settlement: staging slot busy"):
-        c.submit(interval - c.settlement.STAGING_RING(), READINGS[1], gateway=c.gateways[1])
+        c.submit(interval + ring, READINGS[0], gateway=c.gateways[0])
 
 
 def test_single_gateway_community_settles_in_the_submission(trio):
@@ -125,27 +184,15 @@ def test_single_gateway_community_settles_in_the_submission(trio):
     interval = c.next_interval()
     c.submit(interval, {c.school_meter: (5, 0)})
     assert c.settlement.settled(interval)
-    assert c.settlement.submission_count(interval) == 1
+    assert c.settlement.submission_count(interval) == 0  # nothing staged
 
 
-def test_at_most_max_meters_per_interval_across_gateways(three_gateways):
+def test_meter_registered_during_an_interval_is_not_in_it(three_gateways):
     c = three_gateways
-    owner = c.new_account("owner")
-    while c.registry.active_meter_count() < c.registry.MAX_METERS():
-        c.register_meter(owner, c.gateways[0])
-    on_first = [m for m, g in c.gateway_of.items() if g == c.gateways[0]]
-    assert len(on_first) == 250
     interval = c.next_interval()
-    c.submit(interval, {m: (1, 0) for m in on_first}, gateway=c.gateways[0])
-    # two of those meters are replaced by meters read by the third gateway
-    with boa.env.prank(c.admin):
-        c.registry.revoke_meter(on_first[-1])
-        c.registry.revoke_meter(on_first[-2])
-    extra = [c.register_meter(owner, c.gateways[2]) for _ in range(2)]
-    c.submit(interval, {4: (1, 0), 5: (1, 0), 6: (1, 0)}, gateway=c.gateways[1])
-    with boa.reverts("settlement: too many meters in this interval"):
-        c.submit(interval, {m: (1, 0) for m in [7, 8, 9, *extra]}, gateway=c.gateways[2])
-    # the interval still settles at the deadline, without the third gateway
-    boa.env.time_travel(seconds=SETTLE_DELAY)
-    c.settlement.settle(interval)
-    assert c.settlement.settled(interval)
+    boa.env.time_travel(seconds=-600)  # back inside the interval
+    late = c.register_meter(c.new_account("late"), c.gateways[2])
+    boa.env.time_travel(seconds=600)
+    with boa.reverts("anchor: before the meter's registration"):
+        c.submit(interval, {late: (1, 0)}, gateway=c.gateways[2])
+    c.submit(c.next_interval(), {late: (1, 0)}, gateway=c.gateways[2])

@@ -27,7 +27,7 @@ from contracts.allocation_reference import (
 from contracts.boa_harness import PRICE, event_tuples
 
 N_METERS = 256
-SETTLEMENT_EVENTS = {"P2PAllocation", "PoolAllocation", "PoolContribution", "GridImport",
+SETTLEMENT_EVENTS = {"P2PAllocation", "SelfSupply", "PoolAllocation", "PoolContribution", "GridImport",
                      "GridExport", "UnpaidAllocation", "ReceivableRecorded", "Settled"}
 KINDS = [KEY_NONE, KEY_STATIC, KEY_PRORATA, KEY_PERCENT_REDISTRIBUTED, KEY_PRIORITY,
          KEY_COEFFICIENTS]
@@ -88,12 +88,15 @@ DENSE = intervals(st.integers(1, 16), 20)
 def _energy_flows(events):
     received = defaultdict(int)
     sent = defaultdict(int)
+    own = defaultdict(int)
     grid_import = defaultdict(int)
     grid_export = defaultdict(int)
     for name, *f in events:
         if name == "P2PAllocation":
             sent[f[1]] += f[3]
             received[f[2]] += f[3]
+        elif name == "SelfSupply":
+            own[f[1]] += f[2]
         elif name == "PoolAllocation":
             received[f[1]] += f[2]
         elif name == "PoolContribution":
@@ -102,7 +105,7 @@ def _energy_flows(events):
             grid_import[f[1]] += f[2]
         elif name == "GridExport":
             grid_export[f[1]] += f[2]
-    return received, sent, grid_import, grid_export
+    return received, sent, own, grid_import, grid_export
 
 
 def _full_case():
@@ -150,8 +153,8 @@ def _check_interval(c, case):
     before = ref.Ledger(balance={a: s.balance_of(a) for a in accounts})
     held_before = c.token.balanceOf(s.address)
 
-    interval = c.next_interval()
-    c.submit(interval, meters)
+    interval = c.window_start  # every meter's signed window covers it (conftest)
+    c.submit(interval, meters, anchors=[])
     events = event_tuples(s, SETTLEMENT_EVENTS)
 
     # 1. the contract does exactly what the reference rule says, event for event
@@ -160,15 +163,21 @@ def _check_interval(c, case):
                           community or ref.DEFAULT_COMMUNITY_KEY, price, expected_ledger)
     assert events == expected
 
-    # 2. energy: per meter, P2P received + grid import == import and
-    #    P2P sent + grid export == export; nothing is allocated beyond either
-    received, sent, grid_import, grid_export = _energy_flows(events)
-    assert all(v > 0 for d in (received, sent, grid_import, grid_export) for v in d.values())
-    assert set(received) | set(sent) | set(grid_import) | set(grid_export) <= set(meters)
+    # 2. energy: per meter, own + P2P received + grid import == import and
+    #    own + P2P sent + grid export == export; nothing is allocated beyond either;
+    #    the pool never returns a meter's own export to it as shared energy
+    received, sent, own, grid_import, grid_export = _energy_flows(events)
+    flows = (received, sent, own, grid_import, grid_export)
+    assert all(v > 0 for d in flows for v in d.values())
+    assert set().union(*flows) <= set(meters)
     for m, (imp, exp) in meters.items():
-        assert received[m] + grid_import[m] == imp
-        assert sent[m] + grid_export[m] == exp
+        assert own[m] + received[m] + grid_import[m] == imp
+        assert own[m] + sent[m] + grid_export[m] == exp
     assert sum(received.values()) == sum(sent.values())
+    pooled_to = {e[2] for e in events if e[0] == "PoolAllocation"}
+    pooled_from = {e[2] for e in events if e[0] == "PoolContribution"}
+    assert not pooled_to & pooled_from
+    assert events[-1][5] == sum(received.values())  # Settled.p2p_wh: shared, not own
 
     # 3. tokens: settlement neither creates nor destroys any; payments follow the price
     balances = {a: s.balance_of(a) for a in accounts}
@@ -188,5 +197,5 @@ def _check_interval(c, case):
 
     # 4. settled once
     assert s.settled(interval)
-    with boa.reverts("settlement: interval already settled"):
-        c.submit(interval, meters)
+    with boa.reverts("settlement: interval already submitted by this gateway"):
+        c.submit(interval, meters, anchors=[])
