@@ -45,17 +45,19 @@ struct MeterKey:
 
 
 interface MeterRegistry:
-    def meter_keys(indices: DynArray[uint16, MAX_METERS]) -> DynArray[MeterKey, MAX_METERS]: view
+    def meter_keys(indices: DynArray[uint16, MAX_ANCHORS]) -> DynArray[MeterKey, MAX_ANCHORS]: view
 
 
 # A meter's signed reading at an interval boundary: the COSE_Sign1 payload
 # (the deterministic-CBOR reading map, exactly the bytes the meter signed)
 # and the ES256 signature r, s. `restart`: the gateway starts a new window
 # here and leaves the energy since the meter's last anchor unsettled (a gap:
-# a gateway may always withhold, never add).
+# a gateway may always withhold, never add). `at` is the settlement's
+# (Settlement.vy: when in a submission it is checked); ignored here.
 struct Anchor:
     meter: uint16
     restart: bool
+    at: uint8
     payload: Bytes[MAX_PAYLOAD]
     r: bytes32
     s: bytes32
@@ -63,9 +65,9 @@ struct Anchor:
 
 MAX_METERS: public(constant(uint256)) = 256
 # Signed readings in one call.
-MAX_ANCHORS: public(constant(uint256)) = 256
+MAX_ANCHORS: public(constant(uint256)) = 32
 # Longest reading payload (the largest possible reading is 90 bytes).
-MAX_PAYLOAD: public(constant(uint256)) = 128
+MAX_PAYLOAD: public(constant(uint256)) = 96
 # An anchor for boundary B is a reading taken in [B, B + ANCHOR_DELAY) s.
 ANCHOR_DELAY: public(constant(uint256)) = 300
 # Longest window between two anchors of a meter, in seconds.
@@ -111,8 +113,7 @@ _anchor: HashMap[address, HashMap[uint16, uint256]]
 event Anchored:
     settlement: indexed(address)
     meter: indexed(uint16)
-    boundary: indexed(uint256)
-    seq: uint256
+    boundary: uint256
     intervals: uint256
     import_wh: uint256
     export_wh: uint256
@@ -129,9 +130,11 @@ def check(
     start_interval: uint256,
     gid: uint256,
     anchors: DynArray[Anchor, MAX_ANCHORS],
+    lo: uint256,
+    hi: uint256,
 ):
     """
-    @notice Verify signed readings at interval boundaries, in order, for the
+    @notice Verify signed readings anchors[lo:hi] at interval boundaries, in order, for the
             gateway with registry id `gid`, and open each meter's window from
             its previous anchor (or start afresh). Reverts naming the first
             problem.
@@ -140,27 +143,42 @@ def check(
     @param start_interval The caller's first interval: no anchor before it.
     @param gid The registry id of the gateway that submits these readings.
     @param anchors The signed readings.
+    @param lo First of `anchors` to check.
+    @param hi One past the last of `anchors` to check.
     """
     assert interval_length == 900 or interval_length == 1800, "anchor: interval must be 900 or 1800 s"
     max_window: uint256 = MAX_WINDOW_SECONDS // interval_length
-    indices: DynArray[uint16, MAX_METERS] = []
-    for anchor: Anchor in anchors:
-        indices.append(anchor.meter)
-    keys: DynArray[MeterKey, MAX_METERS] = staticcall registry.meter_keys(indices)
-    for i: uint256 in range(len(anchors), bound=MAX_ANCHORS):
-        anchor: Anchor = anchors[i]
-        key: MeterKey = keys[i]
-        meter: uint16 = anchor.meter
+    assert lo < hi and hi <= len(anchors), "anchor: empty range"
+    indices: DynArray[uint16, MAX_ANCHORS] = []
+    for i: uint256 in range(lo, hi, bound=MAX_ANCHORS):
+        indices.append(anchors[i].meter)
+    keys: DynArray[MeterKey, MAX_ANCHORS] = staticcall registry.meter_keys(indices)
+    for i: uint256 in range(lo, hi, bound=MAX_ANCHORS):
+        key: MeterKey = keys[i - lo]
+        meter: uint16 = anchors[i].meter
+        payload: Bytes[MAX_PAYLOAD] = anchors[i].payload
         dev: bytes8 = empty(bytes8)
-        seq: uint256 = 0
-        t: uint256 = 0
-        st: uint256 = 0
-        ei: uint256 = 0
-        ee: uint256 = 0
-        dev, seq, t, st, ei, ee = self._read_reading(anchor.payload)
+        fields: uint256[5] = empty(uint256[5])  # seq, t, st, ei, ee
+        dev, fields = self._read_reading(payload)
+        seq: uint256 = fields[0]
+        t: uint256 = fields[1]
+        ei: uint256 = fields[3]
+        ee: uint256 = fields[4]
         assert dev == key.device_id, "anchor: device id differs from the registry"
-        assert self._signed(anchor, key.key_x, key.key_y), "anchor: bad device signature"
-        assert st & _ANCHOR_BAD_STATUS == 0, "anchor: reading flagged (fault or untrusted clock)"
+        # ES256 over Sig_structure = ["Signature1", h'a10126', h'', payload]
+        digest: bytes32 = empty(bytes32)
+        if len(payload) < 24:
+            digest = sha256(concat(_SIG_PREFIX, convert(convert(64 + len(payload), uint8), bytes1), payload))
+        else:
+            digest = sha256(concat(_SIG_PREFIX, b"\x58", convert(convert(len(payload), uint8), bytes1), payload))
+        verdict: Bytes[32] = raw_call(
+            _P256VERIFY,
+            concat(digest, anchors[i].r, anchors[i].s, convert(key.key_x, bytes32), convert(key.key_y, bytes32)),
+            max_outsize=32,
+            is_static_call=True,
+        )
+        assert len(verdict) == 32 and convert(verdict, uint256) == 1, "anchor: bad device signature"
+        assert fields[2] & _ANCHOR_BAD_STATUS == 0, "anchor: reading flagged (fault or untrusted clock)"
         assert key.route & _ROUTE_ACTIVE != 0, "anchor: meter revoked"
         boundary: uint256 = t // interval_length
         assert t % interval_length < ANCHOR_DELAY, "anchor: reading not taken at an interval boundary"
@@ -185,7 +203,7 @@ def check(
             if state != _RESTART:
                 assert ei >= word & _COUNTER_MASK and ee >= (word >> _EE_SHIFT) & _COUNTER_MASK, "anchor: counter went backwards"
                 if (
-                    not anchor.restart
+                    not anchors[i].restart
                     and state == 0
                     and boundary - last <= max_window
                     and self._bound(key.route, gid, last * interval_length)
@@ -211,7 +229,6 @@ def check(
             settlement=msg.sender,
             meter=meter,
             boundary=boundary,
-            seq=seq,
             intervals=window,
             import_wh=import_wh,
             export_wh=export_wh,
@@ -295,7 +312,10 @@ def read_reading(payload: Bytes[MAX_PAYLOAD]) -> (bytes8, uint256, uint256, uint
     @notice (dev, seq, t, st, ei, ee) as this contract reads them out of a
             reading payload; reverts where `check` would.
     """
-    return self._read_reading(payload)
+    dev: bytes8 = empty(bytes8)
+    values: uint256[5] = empty(uint256[5])
+    dev, values = self._read_reading(payload)
+    return dev, values[0], values[1], values[2], values[3], values[4]
 
 
 # ---------------------------------------------------------------- internal
@@ -303,94 +323,50 @@ def read_reading(payload: Bytes[MAX_PAYLOAD]) -> (bytes8, uint256, uint256, uint
 
 @internal
 @pure
-def _uint(word: uint256) -> (uint256, uint256):
-    # A CBOR unsigned integer at the top of `word`, shortest form:
-    # (value, bytes it takes)
-    head: uint256 = word >> 248
-    assert head >> 5 == 0, "anchor: payload field is not an unsigned integer"
-    info: uint256 = head & 31
-    if info < 24:
-        return info, 1
-    value: uint256 = 0
-    size: uint256 = 0
-    if info == 24:
-        value = (word >> 240) & 255
-        size = 2
-        assert value >= 24, "anchor: payload is not deterministic CBOR"
-    elif info == 25:
-        value = (word >> 232) & 65535
-        size = 3
-        assert value > 255, "anchor: payload is not deterministic CBOR"
-    elif info == 26:
-        value = (word >> 216) & ((1 << 32) - 1)
-        size = 5
-        assert value > 65535, "anchor: payload is not deterministic CBOR"
-    elif info == 27:
-        value = (word >> 184) & ((1 << 64) - 1)
-        size = 9
-        assert value > (1 << 32) - 1, "anchor: payload is not deterministic CBOR"
-    else:
-        raise "anchor: payload field is not an unsigned integer"
-    return value, size
-
-
-@internal
-@pure
-def _field(buf: Bytes[MAX_PAYLOAD + 32], offset: uint256, key: uint256) -> (uint256, uint256):
-    # the unsigned value of map key `key` at `offset`: (value, next offset)
-    word: uint256 = extract32(buf, offset, output_type=uint256)
-    assert word >> 248 == key, "anchor: reading lacks a field (seq, t, st, ei, ee) or is out of order"
-    value: uint256 = 0
-    size: uint256 = 0
-    value, size = self._uint(word << 8)
-    return value, offset + 1 + size
-
-
-@internal
-@pure
-def _read_reading(payload: Bytes[MAX_PAYLOAD]) -> (bytes8, uint256, uint256, uint256, uint256, uint256):
-    # (dev, seq, t, st, ei, ee) out of a reading payload (docs/protocol.md,
+def _read_reading(payload: Bytes[MAX_PAYLOAD]) -> (bytes8, uint256[5]):
+    # (dev, [seq, t, st, ei, ee]) out of a reading payload (docs/protocol.md,
     # section 2): a deterministic CBOR map whose keys are sorted, so keys
     # 1 (dev, 8-byte string), 2 (seq), 3 (t), 4 (st), 5 (ei), 6 (ee) come
-    # first, in this order, when present. Only these bytes are read.
+    # first, in this order, when present. Only these bytes are read; each
+    # unsigned integer must be in its shortest form.
     buf: Bytes[MAX_PAYLOAD + 32] = concat(payload, empty(bytes32))
     word: uint256 = extract32(buf, 0, output_type=uint256)
     head: uint256 = word >> 248
     assert head >= 161 and head <= 173, "anchor: payload is not a reading map"  # map(1)..map(13)
     assert (word >> 232) & 65535 == 328, "anchor: reading does not start with an 8-byte device id"  # 01 48
     dev: bytes8 = convert(convert((word >> 168) & ((1 << 64) - 1), uint64), bytes8)
+    values: uint256[5] = empty(uint256[5])
     offset: uint256 = 11
-    seq: uint256 = 0
-    t: uint256 = 0
-    st: uint256 = 0
-    ei: uint256 = 0
-    ee: uint256 = 0
-    seq, offset = self._field(buf, offset, 2)
-    t, offset = self._field(buf, offset, 3)
-    st, offset = self._field(buf, offset, 4)
-    ei, offset = self._field(buf, offset, 5)
-    ee, offset = self._field(buf, offset, 6)
+    for k: uint256 in range(5):
+        word = extract32(buf, offset, output_type=uint256)
+        assert word >> 248 == k + 2, "anchor: reading lacks a field (seq, t, st, ei, ee) or is out of order"
+        head = (word >> 240) & 255
+        assert head >> 5 == 0, "anchor: payload field is not an unsigned integer"
+        info: uint256 = head & 31
+        size: uint256 = 1
+        value: uint256 = info
+        if info == 24:
+            value = (word >> 232) & 255
+            size = 2
+            assert value >= 24, "anchor: payload is not deterministic CBOR"
+        elif info == 25:
+            value = (word >> 224) & 65535
+            size = 3
+            assert value > 255, "anchor: payload is not deterministic CBOR"
+        elif info == 26:
+            value = (word >> 208) & ((1 << 32) - 1)
+            size = 5
+            assert value > 65535, "anchor: payload is not deterministic CBOR"
+        elif info == 27:
+            value = (word >> 176) & ((1 << 64) - 1)
+            size = 9
+            assert value > (1 << 32) - 1, "anchor: payload is not deterministic CBOR"
+        else:
+            assert info < 24, "anchor: payload field is not an unsigned integer"
+        values[k] = value
+        offset += 1 + size
     assert offset <= len(payload), "anchor: payload ends inside a field"
-    return dev, seq, t, st, ei, ee
-
-
-@internal
-@view
-def _signed(anchor: Anchor, key_x: uint256, key_y: uint256) -> bool:
-    # ES256 over Sig_structure = ["Signature1", h'a10126', h'', payload]
-    n: uint256 = len(anchor.payload)
-    digest: bytes32 = empty(bytes32)
-    if n < 24:
-        digest = sha256(concat(_SIG_PREFIX, convert(convert(64 + n, uint8), bytes1), anchor.payload))
-    else:
-        digest = sha256(concat(_SIG_PREFIX, b"\x58", convert(convert(n, uint8), bytes1), anchor.payload))
-    out: Bytes[32] = raw_call(
-        _P256VERIFY,
-        concat(digest, anchor.r, anchor.s, convert(key_x, bytes32), convert(key_y, bytes32)),
-        max_outsize=32,
-        is_static_call=True,
-    )
-    return len(out) == 32 and convert(out, uint256) == 1
+    return dev, values
 
 
 @internal

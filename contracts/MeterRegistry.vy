@@ -34,6 +34,8 @@ MAX_METERS: public(constant(uint256)) = 256
 MAX_GATEWAYS: public(constant(uint256)) = 8
 MAX_INDEX: public(constant(uint256)) = 65535
 MAX_GATEWAY_ID: public(constant(uint256)) = 8191
+# meters per `meter_keys` call (a submission's signed readings)
+MAX_KEYS: public(constant(uint256)) = 64
 
 # P-256 (secp256r1): y^2 = x^3 - 3x + b over the prime field p
 _P256_P: constant(uint256) = 115792089210356248762697446949407573530086143415290314195533631308867097853951
@@ -311,6 +313,26 @@ def owners_of(indices: DynArray[uint16, MAX_METERS]) -> DynArray[address, MAX_ME
 
 @external
 @view
+def owners_packed(words: DynArray[uint256, 16]) -> DynArray[address, MAX_METERS]:
+    """
+    @notice `owners_of` with the indices packed 16 to a word (index k of word
+            w in bits 16 k .. 16 k + 15), up to the first 0: a small call
+            buffer for settlement, which asks once per interval.
+    """
+    owners: DynArray[address, MAX_METERS] = []
+    for word: uint256 in words:
+        for k: uint256 in range(16):
+            index: uint16 = convert((word >> (16 * k)) & 65535, uint16)
+            if index == 0:
+                break
+            route: uint256 = self._route[index]
+            assert route != 0, "registry: unknown meter"
+            owners.append(convert(convert(route & _ADDRESS_MASK, uint160), address))
+    return owners
+
+
+@external
+@view
 def sender_gateway_id(gateway: address) -> uint256:
     """
     @notice The id of an authorised gateway; reverts for anyone else.
@@ -333,13 +355,13 @@ def gateway_list() -> DynArray[uint256, MAX_GATEWAYS]:
 
 @external
 @view
-def meter_keys(indices: DynArray[uint16, MAX_METERS]) -> DynArray[MeterKey, MAX_METERS]:
+def meter_keys(indices: DynArray[uint16, MAX_KEYS]) -> DynArray[MeterKey, MAX_KEYS]:
     """
     @notice What a meter's signed readings are checked against: its public
             key, device id, registration time and route word (owner, active
             flag, gateway binding: see `binding`).
     """
-    out: DynArray[MeterKey, MAX_METERS] = []
+    out: DynArray[MeterKey, MAX_KEYS] = []
     for index: uint16 in indices:
         route: uint256 = self._route[index]
         assert route != 0, "registry: unknown meter"

@@ -53,8 +53,10 @@
         Packed interval format (3 meters per 256-bit word):
             entry  = meter_index << 64 | import_wh << 32 | export_wh   (80 bits)
             word   = entry0 | entry1 << 80 | entry2 << 160            (top 16 bits 0)
-        meter indices strictly increase through one interval's array; unused
-        entries of the last word are 0; a word is never 0.
+        meter indices strictly increase through one interval's words; unused
+        entries of the last word are 0; a word is never 0. A submission's
+        `intervals` array holds, per interval in order, the number of its
+        words (0 .. MAX_WORDS) followed by those words.
 """
 
 from ethereum.ercs import IERC20
@@ -64,6 +66,7 @@ interface MeterRegistry:
     def owner() -> address: view
     def owner_of(index: uint16) -> address: view
     def owners_of(indices: DynArray[uint16, MAX_METERS]) -> DynArray[address, MAX_METERS]: view
+    def owners_packed(words: DynArray[uint256, 16]) -> DynArray[address, MAX_METERS]: view
     def sender_gateway_id(gateway: address) -> uint256: view
     def gateway_list() -> DynArray[uint256, MAX_GATEWAYS]: view
 
@@ -75,16 +78,21 @@ interface MeterAnchors:
         start_interval: uint256,
         gid: uint256,
         anchors: DynArray[Anchor, MAX_ANCHORS],
+        lo: uint256,
+        hi: uint256,
     ): nonpayable
     def consume(interval: uint256, entries: DynArray[uint256, MAX_METERS], gid: uint256): nonpayable
     def reset(meter: uint16): nonpayable
 
 
 # A meter's signed reading at an interval boundary (MeterAnchors.vy): the
-# COSE_Sign1 payload, exactly the bytes the meter signed, and r, s.
+# COSE_Sign1 payload, exactly the bytes the meter signed, and r, s. `at`: it
+# is checked before the submission's interval number `at` (the number of
+# intervals: after the last), so one submission can carry two windows.
 struct Anchor:
     meter: uint16
     restart: bool
+    at: uint8
     payload: Bytes[MAX_PAYLOAD]
     r: bytes32
     s: bytes32
@@ -107,12 +115,14 @@ STAGING_RING: public(constant(uint256)) = 96
 # Highest P2P price (token units per Wh): keeps every product in 256 bits.
 MAX_PRICE: public(constant(uint256)) = (1 << 64) - 1
 MAX_WORDS: public(constant(uint256)) = 86  # ceil(MAX_METERS / 3)
-# Consecutive intervals in one submission.
+# Consecutive intervals in one submission, and words to carry them (four
+# intervals of MAX_METERS meters).
 MAX_SUBMISSION_INTERVALS: public(constant(uint256)) = 8
-# Signed readings in one submission.
-MAX_ANCHORS: public(constant(uint256)) = 256
+MAX_SUBMISSION_WORDS: public(constant(uint256)) = 348  # 4 * (MAX_WORDS + 1)
+# Signed readings in one submission (as in MeterAnchors.vy).
+MAX_ANCHORS: public(constant(uint256)) = 32
 # Longest reading payload (as in MeterAnchors.vy).
-MAX_PAYLOAD: public(constant(uint256)) = 128
+MAX_PAYLOAD: public(constant(uint256)) = 96
 
 # ---------------------------------------------------------------- key kinds
 KEY_NONE: public(constant(uint8)) = 0
@@ -130,11 +140,11 @@ _WH_MASK: constant(uint256) = (1 << 32) - 1
 _WEIGHT_MASK: constant(uint256) = (1 << 32) - 1
 _CLAIM_MASK: constant(uint256) = (1 << 128) - 1
 _KEY_ENTRY_MASK: constant(uint256) = (1 << 48) - 1
+_SHARE_MASK: constant(uint256) = (1 << 80) - 1
 _ADDRESS_MASK: constant(uint256) = (1 << 160) - 1
 _STAGE_STRIDE: constant(uint256) = 128
 
-# interval state: settled | staged submissions << 8 | meters staged << 16
-#                 | first submission time << 32
+# interval state: settled | staged submissions << 8 | first submission time << 32
 _SETTLED: constant(uint256) = 1
 
 token: public(immutable(IERC20))
@@ -336,7 +346,7 @@ def submit(
     first: uint256,
     root: bytes32,
     anchors: DynArray[Anchor, MAX_ANCHORS],
-    intervals: DynArray[DynArray[uint256, MAX_WORDS], MAX_SUBMISSION_INTERVALS],
+    intervals: DynArray[uint256, MAX_SUBMISSION_WORDS],
 ):
     """
     @notice A gateway's submission: signed anchors (checked first, in order),
@@ -349,27 +359,89 @@ def submit(
            with these intervals (non-zero, never used before; ignored when
            there are no intervals).
     @param anchors Meters' signed readings at interval boundaries.
-    @param intervals Per interval, its meters' import/export Wh, packed.
+    @param intervals Per interval: its number of packed words, then the words
+           (its meters' import/export Wh, see above).
     """
-    n: uint256 = len(intervals)
+    # how many intervals: walk the headers
+    n: uint256 = 0
+    offset: uint256 = 0
+    for _: uint256 in range(MAX_SUBMISSION_INTERVALS):
+        if offset == len(intervals):
+            break
+        count: uint256 = intervals[offset]
+        assert count <= MAX_WORDS and offset + count < len(intervals), "settlement: malformed intervals"
+        offset += 1 + count
+        n += 1
+    assert offset == len(intervals), "settlement: malformed intervals"
     assert len(anchors) > 0 or n > 0, "settlement: empty submission"
     # reverts unless msg.sender is an authorised gateway
     gid: uint256 = staticcall registry.sender_gateway_id(msg.sender)
-    if len(anchors) > 0:
-        extcall anchor_book.check(registry, interval_length, start_interval, gid, anchors)
-    if n == 0:
-        return
-    assert root != empty(bytes32), "settlement: zero root"
-    assert self.root_of[root] == 0, "settlement: root already used"
-    assert first >= start_interval, "settlement: interval before the community started"
-    assert first >= self._cursor[msg.sender], "settlement: interval already submitted by this gateway"
-    assert (first + n) * interval_length <= block.timestamp, "settlement: interval not over"
-    self._cursor[msg.sender] = first + n
-    self.root_of[root] = convert(msg.sender, uint256) | (first << 160) | (n << 200)
-    log Submitted(gateway=msg.sender, first_interval=first, intervals=n, root=root)
-    gateways: DynArray[uint256, MAX_GATEWAYS] = staticcall registry.gateway_list()
-    for j: uint256 in range(n, bound=MAX_SUBMISSION_INTERVALS):
-        self._submit_interval(first + j, intervals[j], gid, gateways)
+    gateways: DynArray[uint256, MAX_GATEWAYS] = []
+    if n > 0:
+        assert root != empty(bytes32), "settlement: zero root"
+        assert self.root_of[root] == 0, "settlement: root already used"
+        assert first >= start_interval, "settlement: interval before the community started"
+        assert first >= self._cursor[msg.sender], "settlement: interval already submitted by this gateway"
+        assert (first + n) * interval_length <= block.timestamp, "settlement: interval not over"
+        self._cursor[msg.sender] = first + n
+        self.root_of[root] = convert(msg.sender, uint256) | (first << 160) | (n << 200)
+        log Submitted(gateway=msg.sender, first_interval=first, intervals=n, root=root)
+        gateways = staticcall registry.gateway_list()
+    lo: uint256 = 0
+    offset = 0
+    for j: uint256 in range(MAX_SUBMISSION_INTERVALS + 1):
+        # the anchors that come before interval j
+        hi: uint256 = lo
+        for _: uint256 in range(MAX_ANCHORS):
+            if hi == len(anchors) or convert(anchors[hi].at, uint256) != j:
+                break
+            hi += 1
+        if hi > lo:
+            extcall anchor_book.check(registry, interval_length, start_interval, gid, anchors, lo, hi)
+            lo = hi
+        if j == n:
+            break
+        # interval j: its entries, strictly increasing meter indices
+        entries: DynArray[uint256, MAX_METERS] = []
+        previous: uint256 = 0
+        padding: bool = False
+        for i: uint256 in range(intervals[offset], bound=MAX_WORDS):
+            word: uint256 = intervals[offset + 1 + i]
+            assert word != 0 and word >> 240 == 0, "settlement: malformed packed word"
+            for k: uint256 in range(3):
+                entry: uint256 = (word >> (_ENTRY_BITS * k)) & _ENTRY_MASK
+                if entry == 0:
+                    padding = True
+                    continue
+                assert not padding, "settlement: entry after padding"
+                assert entry >> 64 > previous, "settlement: meter indices must strictly increase"
+                assert len(entries) < MAX_METERS, "settlement: too many meters"
+                previous = entry >> 64
+                entries.append(entry)
+        offset += 1 + intervals[offset]
+        interval: uint256 = first + j
+        extcall anchor_book.consume(interval, entries, gid)
+        # settled by the deadline without this gateway: its meters settle among
+        # themselves; else now if every other gateway passed the interval; else
+        # staged until they do (an older interval still holding the ring slot
+        # settles first, by its deadline)
+        state: uint256 = self._state[interval]
+        by_deadline: bool = state & _SETTLED != 0
+        if not by_deadline:
+            if not self._all_passed(interval, gateways):
+                if len(entries) > 0:
+                    blocker: uint256 = self._stage_slot_blocker(interval, gateways)
+                    if blocker != max_value(uint256):
+                        self._state[blocker] |= _SETTLED
+                        self._settle(blocker, self._gather(blocker, []), True)
+                    self._stage(interval, entries, state)
+                continue
+            if (state >> 8) & 255 != 0:
+                self._state[interval] = state | _SETTLED
+                entries = self._gather(interval, entries)
+        if len(entries) > 0:
+            self._settle(interval, entries, by_deadline)
+    assert lo == len(anchors), "settlement: anchors out of order"
 
 
 @external
@@ -671,57 +743,6 @@ def _deposit(account: address, amount: uint256):
 
 
 @internal
-def _submit_interval(
-    interval: uint256,
-    packed: DynArray[uint256, MAX_WORDS],
-    gid: uint256,
-    gateways: DynArray[uint256, MAX_GATEWAYS],
-):
-    entries: DynArray[uint256, MAX_METERS] = self._unpack(packed)
-    extcall anchor_book.consume(interval, entries, gid)
-    state: uint256 = self._state[interval]
-    # settled by the deadline without this gateway: its meters settle among
-    # themselves; else settle now if every other gateway passed the interval
-    by_deadline: bool = state & _SETTLED != 0
-    if not by_deadline:
-        if not self._all_passed(interval, gateways):
-            self._wait(interval, packed, len(entries), state, gateways)
-            return
-        if (state >> 8) & 255 != 0:
-            self._state[interval] = state | _SETTLED
-            entries = self._gather(interval, entries)
-    if len(entries) > 0:
-        self._settle(interval, entries, by_deadline)
-
-
-@internal
-def _wait(
-    interval: uint256,
-    packed: DynArray[uint256, MAX_WORDS],
-    meters: uint256,
-    state: uint256,
-    gateways: DynArray[uint256, MAX_GATEWAYS],
-):
-    # Stage a submission while other gateways are awaited; an older interval
-    # still holding the ring slot is settled first (by its deadline).
-    if meters == 0:
-        return
-    submissions: uint256 = ((state >> 8) & 255) + 1
-    metered: uint256 = ((state >> 16) & 65535) + meters
-    assert submissions <= MAX_GATEWAYS, "settlement: too many submissions"
-    assert metered <= MAX_METERS, "settlement: too many meters in this interval"
-    since: uint256 = state >> 32
-    if since == 0:
-        since = block.timestamp
-    blocker: uint256 = self._stage_slot_blocker(interval, gateways)
-    if blocker != max_value(uint256):
-        self._state[blocker] |= _SETTLED
-        self._settle(blocker, self._gather(blocker, []), True)
-    self._state[interval] = (submissions << 8) | (metered << 16) | (since << 32)
-    self._stage(interval, packed)
-
-
-@internal
 def _net_debt(account: address) -> uint256:
     claims: uint256 = self._claims[account]
     if claims & _CLAIM_MASK == 0:
@@ -742,12 +763,13 @@ def _set_producer_key(
     beneficiaries: DynArray[uint16, MAX_BENEFICIARIES],
     weights: DynArray[uint32, MAX_BENEFICIARIES],
 ):
-    assert len(beneficiaries) == len(weights), "settlement: beneficiaries and weights differ in length"
     members: DynArray[uint16, MAX_METERS] = []
     ws: DynArray[uint32, MAX_METERS] = []
-    for i: uint256 in range(len(beneficiaries), bound=MAX_BENEFICIARIES):
-        members.append(beneficiaries[i])
-        ws.append(weights[i])
+    for b: uint16 in beneficiaries:
+        members.append(b)
+    for w: uint32 in weights:
+        ws.append(w)
+    # checks the lengths agree too
     self._check_key(kind, members, ws, producer)
     head: uint256 = convert(kind, uint256) | (len(beneficiaries) << 8)
     tail: uint256 = 0
@@ -807,38 +829,6 @@ def _key_entry(head: uint256, tail: uint256, j: uint256) -> uint256:
 
 
 @internal
-@pure
-def _unpack(packed: DynArray[uint256, MAX_WORDS]) -> DynArray[uint256, MAX_METERS]:
-    entries: DynArray[uint256, MAX_METERS] = []
-    previous: uint256 = 0
-    padding: bool = False
-    for word: uint256 in packed:
-        assert word != 0 and word >> 240 == 0, "settlement: malformed packed word"
-        for k: uint256 in range(3):
-            entry: uint256 = (word >> (_ENTRY_BITS * k)) & _ENTRY_MASK
-            if entry == 0:
-                padding = True
-                continue
-            assert not padding, "settlement: entry after padding"
-            meter: uint256 = entry >> 64
-            assert meter > previous, "settlement: meter indices must strictly increase"
-            assert len(entries) < MAX_METERS, "settlement: too many meters"
-            previous = meter
-            entries.append(entry)
-    return entries
-
-
-@internal
-@pure
-def _indices(entries: DynArray[uint256, MAX_METERS]) -> DynArray[uint16, MAX_METERS]:
-    out: DynArray[uint16, MAX_METERS] = []
-    for entry: uint256 in entries:
-        out.append(convert(entry >> 64, uint16))
-    return out
-
-
-
-@internal
 def _stage_slot_blocker(interval: uint256, gateways: DynArray[uint256, MAX_GATEWAYS]) -> uint256:
     # An older interval whose staged data still holds the ring slot that
     # `interval` needs: it must be settled first, which it may be once its
@@ -855,15 +845,29 @@ def _stage_slot_blocker(interval: uint256, gateways: DynArray[uint256, MAX_GATEW
 
 
 @internal
-def _stage(interval: uint256, packed: DynArray[uint256, MAX_WORDS]):
+def _stage(interval: uint256, entries: DynArray[uint256, MAX_METERS], state: uint256):
+    # the entries, packed three per word again; the interval's state counts
+    # one more submission, and knows when the first came
+    # (at most MAX_METERS meters: every meter of the interval was active at its
+    # start, since its window opened from a reading signed then or before)
+    submissions: uint256 = ((state >> 8) & 255) + 1
+    assert submissions <= MAX_GATEWAYS, "settlement: too many submissions"
+    since: uint256 = state >> 32
+    if since == 0:
+        since = block.timestamp
+    self._state[interval] = (submissions << 8) | (since << 32)
     slot: uint256 = interval % STAGING_RING
     if self._stage_interval[slot] != interval + 1:
         self._stage_interval[slot] = interval + 1
         self._stage_gateways[slot] = []
     self._stage_gateways[slot].append(msg.sender)
-    n: uint256 = len(packed)
+    n: uint256 = (len(entries) + 2) // 3
     for j: uint256 in range(n, bound=MAX_WORDS):
-        self._stage_words[msg.sender][slot * _STAGE_STRIDE + j] = packed[j]
+        word: uint256 = 0
+        for k: uint256 in range(3):
+            if 3 * j + k < len(entries):
+                word |= entries[3 * j + k] << (_ENTRY_BITS * k)
+        self._stage_words[msg.sender][slot * _STAGE_STRIDE + j] = word
     self._stage_nwords[msg.sender][slot] = n
 
 
@@ -928,22 +932,24 @@ def _staged_word(gateway: address, slot: uint256, cursor: uint256, nwords: uint2
 @internal
 @pure
 def _split(kind: uint256, budget: uint256, members: DynArray[uint256, MAX_METERS]) -> DynArray[uint256, MAX_METERS]:
-    # Shares of `budget` Wh among members (need << 128 | weight); share <= need
-    # and sum(shares) <= budget always. Mirrors allocation_reference.split().
+    # Shares of `budget` Wh among members (need << 128 | position << 32 |
+    # weight): returns the members with their share added in bits 48..127;
+    # share <= need and sum(shares) <= budget always. Mirrors
+    # allocation_reference.split().
     n: uint256 = len(members)
-    out: DynArray[uint256, MAX_METERS] = []
+    out: DynArray[uint256, MAX_METERS] = members
     if kind == convert(KEY_STATIC, uint256) or kind == convert(KEY_COEFFICIENTS, uint256):
         denominator: uint256 = BPS
         if kind == convert(KEY_COEFFICIENTS, uint256):
             denominator = PPM
-        for member: uint256 in members:
-            out.append(min(budget * (member & _WEIGHT_MASK) // denominator, member >> 128))
+        for i: uint256 in range(n, bound=MAX_METERS):
+            out[i] |= min(budget * (members[i] & _WEIGHT_MASK) // denominator, members[i] >> 128) << 48
     elif kind == convert(KEY_PRIORITY, uint256):
         remaining: uint256 = budget
-        for member: uint256 in members:
-            share: uint256 = min(remaining, member >> 128)
+        for i: uint256 in range(n, bound=MAX_METERS):
+            share: uint256 = min(remaining, members[i] >> 128)
             remaining -= share
-            out.append(share)
+            out[i] |= share << 48
     elif kind == convert(KEY_PRORATA, uint256):
         total: uint256 = 0
         for member: uint256 in members:
@@ -951,26 +957,25 @@ def _split(kind: uint256, budget: uint256, members: DynArray[uint256, MAX_METERS
         handed: uint256 = min(budget, total)
         running: uint256 = 0
         previous: uint256 = 0
-        for member: uint256 in members:
-            running += member >> 128
+        for i: uint256 in range(n, bound=MAX_METERS):
+            running += members[i] >> 128
             current: uint256 = 0
             if total > 0:
                 current = handed * running // total
-            out.append(current - previous)
+            out[i] |= (current - previous) << 48
             previous = current
     elif kind == convert(KEY_PERCENT_REDISTRIBUTED, uint256):
         # a member takes part while it has a weight and room (need - share) left
         weight_sum: uint256 = 0
         for member: uint256 in members:
             weight_sum += member & _WEIGHT_MASK
-            out.append(0)
         pot: uint256 = budget * weight_sum // BPS
         for _: uint256 in range(REDISTRIBUTION_ROUNDS):
             if pot == 0:
                 break
             live_weight: uint256 = 0
             for i: uint256 in range(n, bound=MAX_METERS):
-                if members[i] >> 128 > out[i]:
+                if members[i] >> 128 > (out[i] >> 48) & _SHARE_MASK:
                     live_weight += members[i] & _WEIGHT_MASK
             if live_weight == 0:
                 break
@@ -979,7 +984,7 @@ def _split(kind: uint256, budget: uint256, members: DynArray[uint256, MAX_METERS
             excess: uint256 = 0
             for i: uint256 in range(n, bound=MAX_METERS):
                 weight: uint256 = members[i] & _WEIGHT_MASK
-                room: uint256 = (members[i] >> 128) - out[i]
+                room: uint256 = (members[i] >> 128) - ((out[i] >> 48) & _SHARE_MASK)
                 if weight == 0 or room == 0:
                     continue
                 running += weight
@@ -987,14 +992,11 @@ def _split(kind: uint256, budget: uint256, members: DynArray[uint256, MAX_METERS
                 share: uint256 = current - previous
                 previous = current
                 if share >= room:
-                    out[i] += room
+                    out[i] += room << 48
                     excess += share - room
                 else:
-                    out[i] += share
+                    out[i] += share << 48
             pot = excess
-    else:
-        for member: uint256 in members:
-            out.append(0)
     return out
 
 
@@ -1038,7 +1040,12 @@ def _credit(creditor: address, tokens: uint256, unpaid: uint256, position: uint2
 def _settle(interval: uint256, entries: DynArray[uint256, MAX_METERS], by_deadline: bool):
     # flow[p] = meter << 64 | import not yet covered << 32 | export not yet allocated
     flow: DynArray[uint256, MAX_METERS] = entries
-    owners: DynArray[address, MAX_METERS] = staticcall registry.owners_of(self._indices(entries))
+    meters: DynArray[uint256, 16] = []  # 16 meter indices a word
+    for p: uint256 in range(len(entries), bound=MAX_METERS):
+        if p % 16 == 0:
+            meters.append(0)
+        meters[p // 16] |= ((entries[p] >> 64) & 65535) << (16 * (p % 16))
+    owners: DynArray[address, MAX_METERS] = staticcall registry.owners_packed(meters)
 
     n: uint256 = len(flow)
     price: uint256 = self.p2p_price
@@ -1054,9 +1061,8 @@ def _settle(interval: uint256, entries: DynArray[uint256, MAX_METERS], by_deadli
 
     p2p_wh: uint256 = 0
     any_unpaid: bool = False
-    members: DynArray[uint256, MAX_METERS] = []  # need << 128 | weight
-    positions: DynArray[uint256, MAX_METERS] = []
-    shares: DynArray[uint256, MAX_METERS] = []
+    # need << 128 | share << 48 | position << 32 | weight (see _split)
+    members: DynArray[uint256, MAX_METERS] = []
 
     # ---- tier 1: each producer's own key
     for p: uint256 in range(n, bound=MAX_METERS):
@@ -1071,22 +1077,20 @@ def _settle(interval: uint256, entries: DynArray[uint256, MAX_METERS], by_deadli
         if count > 4:
             tail = self._key_tail[producer]
         members = []
-        positions = []
         for j: uint256 in range(count, bound=MAX_BENEFICIARIES):
             key_entry: uint256 = self._key_entry(head, tail, j)
             q: uint256 = self._lookup(tag, convert(key_entry >> 32, uint16))
             if q == MAX_METERS:
                 continue
-            positions.append(q)
-            members.append((((flow[q] >> 32) & _WH_MASK) << 128) | (key_entry & _WEIGHT_MASK))
-        if len(positions) == 0:
+            members.append((((flow[q] >> 32) & _WH_MASK) << 128) | (q << 32) | (key_entry & _WEIGHT_MASK))
+        if len(members) == 0:
             continue
-        shares = self._split(head & 255, flow[p] & _WH_MASK, members)
-        for j: uint256 in range(len(positions), bound=MAX_BENEFICIARIES):
-            wh: uint256 = shares[j]
+        members = self._split(head & 255, flow[p] & _WH_MASK, members)
+        for j: uint256 in range(len(members), bound=MAX_BENEFICIARIES):
+            wh: uint256 = (members[j] >> 48) & _SHARE_MASK
             if wh == 0:
                 continue
-            q: uint256 = positions[j]
+            q: uint256 = (members[j] >> 32) & 65535
             consumer: uint16 = convert(flow[q] >> 64, uint16)
             flow[q] -= wh << 32
             flow[p] -= wh
@@ -1113,15 +1117,13 @@ def _settle(interval: uint256, entries: DynArray[uint256, MAX_METERS], by_deadli
         pool += entry & _WH_MASK
     if kind != 0 and pool > 0:
         members = []
-        positions = []
         listed: uint256 = self._community_len
         if listed == 0:
             if kind == convert(KEY_PRORATA, uint256):
                 for q: uint256 in range(n, bound=MAX_METERS):
                     need: uint256 = (flow[q] >> 32) & _WH_MASK
                     if need > 0:
-                        positions.append(q)
-                        members.append(need << 128)
+                        members.append((need << 128) | (q << 32))
         else:
             word: uint256 = 0
             for i: uint256 in range(listed, bound=MAX_METERS):
@@ -1131,16 +1133,15 @@ def _settle(interval: uint256, entries: DynArray[uint256, MAX_METERS], by_deadli
                 q: uint256 = self._lookup(tag, convert(key_entry >> 32, uint16))
                 if q == MAX_METERS:
                     continue
-                positions.append(q)
-                members.append((((flow[q] >> 32) & _WH_MASK) << 128) | (key_entry & _WEIGHT_MASK))
-        shares = self._split(kind, pool, members)
+                members.append((((flow[q] >> 32) & _WH_MASK) << 128) | (q << 32) | (key_entry & _WEIGHT_MASK))
+        members = self._split(kind, pool, members)
         pooled_wh: uint256 = 0
         pool_unpaid: uint256 = 0
-        for j: uint256 in range(len(positions), bound=MAX_METERS):
-            wh: uint256 = shares[j]
+        for member: uint256 in members:
+            wh: uint256 = (member >> 48) & _SHARE_MASK
             if wh == 0:
                 continue
-            q: uint256 = positions[j]
+            q: uint256 = (member >> 32) & 65535
             consumer: uint16 = convert(flow[q] >> 64, uint16)
             flow[q] -= wh << 32
             pooled_wh += wh

@@ -85,6 +85,16 @@ def pack_entries(entries: Iterable[tuple[int, int, int]]) -> list[int]:
     return words
 
 
+def pack_intervals(intervals: Iterable[Iterable[tuple[int, int, int]]]) -> list[int]:
+    """Consecutive intervals' entries -> Settlement.submit()'s `intervals` array: per
+    interval, the number of its packed words, then the words."""
+    out: list[int] = []
+    for entries in intervals:
+        words = pack_entries(entries)
+        out += [len(words), *words]
+    return out
+
+
 def unpack_words(words: Iterable[int]) -> list[tuple[int, int, int]]:
     """Inverse of pack_entries (no validation beyond the layout)."""
     out = []

@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from contracts.allocation_reference import Key, pack_entries
+from contracts.allocation_reference import Key, pack_intervals
 
 CONTRACTS_DIR = Path(__file__).resolve().parent
 _FIRMWARE = CONTRACTS_DIR.parent / "firmware"
@@ -53,7 +53,7 @@ SUPPLY = 10**9 * 10**DECIMALS
 PRICE = 150 * 10**12
 MAX_WINDOW = 4  # intervals of 900 s in the longest window (MeterAnchors.MAX_WINDOW_SECONDS)
 RESTART_PENDING = 7  # MeterAnchors: `intervals` of a meter after reset()
-MAX_ANCHORS = 256  # signed readings per submission
+MAX_ANCHORS = 32  # signed readings per submission
 
 P256VERIFY = "0x0000000000000000000000000000000000000100"
 P256VERIFY_GAS = 6900
@@ -217,7 +217,7 @@ class Community:
     def signed(self, meter: int, t: int, *, ei: int | None = None, ee: int | None = None,
                st: int = 0, seq: int | None = None, dev: bytes | None = None,
                signer: int | None = None, restart: bool = False) -> tuple:
-        """An Anchor tuple (meter, restart, payload, r, s): the device of `meter` signs a
+        """An Anchor tuple (meter, restart, at, payload, r, s): the device of `meter` signs a
         reading at time t with its counters (or the given ones); `signer` signs with
         another meter's key instead."""
         d = self.devices[meter]
@@ -231,7 +231,7 @@ class Community:
         payload = reading.encode_payload(fields)
         key = self.devices[signer].key if signer is not None else None
         r, s = d.sign(payload, key)
-        return (meter, restart, payload, r, s)
+        return (meter, restart, 0, payload, r, s)
 
     def anchor(self, meter: int, boundary: int, imported: int = 0, exported: int = 0,
                restart: bool = False, delay: int = 0) -> tuple:
@@ -293,12 +293,12 @@ class Community:
         gateway = gateway or self.gateways[0]
         if anchors is None:
             anchors = self.window_anchors(interval, meters)
-        packed = pack_entries((m, *meters[m]) for m in sorted(meters))
+        packed = pack_intervals([[(m, *meters[m]) for m in sorted(meters)]])
         with boa.env.prank(gateway):
             while len(anchors) > MAX_ANCHORS:  # the rest first, on their own
                 self.settlement.submit(0, b"\x00" * 32, anchors[:MAX_ANCHORS], [])
                 anchors = anchors[MAX_ANCHORS:]
-            self.settlement.submit(interval, root or self.root(), anchors, [packed])
+            self.settlement.submit(interval, root or self.root(), anchors, packed)
         return self.settlement
 
 

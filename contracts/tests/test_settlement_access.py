@@ -77,8 +77,8 @@ def test_interval_settles_once(trio):
     balance = c.settlement.balance_of(c.resident)
     with boa.reverts("settlement: interval already submitted by this gateway"):
         c.submit(interval, _data(c), anchors=[])
-    with boa.reverts("anchor: boundary not after the meter's last anchor"):
-        c.submit(interval, _data(c))  # signing the old boundary again does not help
+    with boa.reverts("settlement: interval already submitted by this gateway"):
+        c.submit(interval, _data(c))  # with freshly signed readings too
     boa.env.time_travel(seconds=10 * 3600)
     with boa.reverts("settlement: nothing submitted"):
         c.settlement.settle(interval)  # settled in the submission: nothing waits
@@ -99,8 +99,8 @@ def test_only_finished_intervals_after_the_start_and_fresh_roots(trio):
     c = trio
     interval = c.next_interval()
     current = interval + 1  # it started now
-    with boa.reverts("anchor: boundary in the future"):
-        c.submit(current, _data(c))  # its closing readings cannot exist yet
+    with boa.reverts("settlement: interval not over"):
+        c.submit(current, _data(c))  # (its closing readings cannot exist yet either)
     with boa.reverts("settlement: interval not over"):
         c.submit(current, {}, anchors=[])
     with boa.reverts("settlement: interval not over"):
@@ -139,10 +139,10 @@ def test_packed_format_is_checked(trio, words, reason):
     anchors = c.window_anchors(interval, {2: (0, 5)})
     with boa.env.prank(c.gateways[0]):
         if reason is None:
-            c.settlement.submit(interval, ROOT, anchors, [words])
+            c.settlement.submit(interval, ROOT, anchors, [len(words), *words])
         else:
             with boa.reverts(reason):
-                c.settlement.submit(interval, ROOT, anchors, [words])
+                c.settlement.submit(interval, ROOT, anchors, [len(words), *words])
 
 
 def test_at_most_max_meters_per_submission(trio):
@@ -154,7 +154,19 @@ def test_at_most_max_meters_per_submission(trio):
     assert len(words) == c.settlement.MAX_WORDS()
     interval = c.next_interval()
     with boa.env.prank(c.gateways[0]), boa.reverts("settlement: too many meters"):
-        c.settlement.submit(interval, ROOT, [], [words])
+        c.settlement.submit(interval, ROOT, [], [len(words), *words])
+
+
+@pytest.mark.parametrize("intervals", [
+    [87] + [1] * 87,  # more words than an interval can have
+    [2, 1 << 64],  # fewer words than its header says
+    [0] * 9,  # more intervals than a submission takes
+])
+def test_malformed_intervals_array(trio, intervals):
+    c = trio
+    interval = c.next_interval()
+    with boa.env.prank(c.gateways[0]), boa.reverts("settlement: malformed intervals"):
+        c.settlement.submit(interval, ROOT, [], intervals)
 
 
 def test_roots_are_public_storage_for_light_client_proofs(trio):
@@ -224,7 +236,7 @@ def test_admin_only_settings(trio):
         (KEY_STATIC, "0", [1], "settlement: meter index 0"),
         (KEY_NONE, "s", [0], "settlement: KEY_NONE takes no members"),
         (6, "s", [0], "settlement: unknown key kind"),
-        (KEY_STATIC, "sn", [1], "settlement: beneficiaries and weights differ in length"),
+        (KEY_STATIC, "sn", [1], "settlement: members and weights differ in length"),
     ],
 )
 def test_producer_key_validation(trio, kind, members, weights, reason):

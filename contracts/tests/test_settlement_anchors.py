@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wattcore import reading
 
+from contracts.allocation_reference import pack_intervals
 from contracts.boa_harness import INTERVAL_LENGTH, MAX_WINDOW, PRICE, event_tuples
 
 L = INTERVAL_LENGTH
@@ -36,10 +37,8 @@ def window(trio):
 def _submit_window(c, shares, first=None, anchors=()):
     """Submit consecutive intervals from `first` (default: the window's start):
     shares = [{meter: (import, export)} per interval]."""
-    from contracts.allocation_reference import pack_entries
-
     first = c.start if first is None else first
-    packed = [pack_entries((m, *v[m]) for m in sorted(v)) for v in shares]
+    packed = pack_intervals([[(m, *v[m]) for m in sorted(v)] for v in shares])
     with boa.env.prank(c.gateways[0]):
         c.settlement.submit(first, c.root(), list(anchors), packed)
 
@@ -101,8 +100,8 @@ def test_reading_signed_by_another_devices_key_is_refused(trio):
         c.submit(k, {c.resident_meter: (0, 10**6 - 500)}, anchors=anchors)
     # a flipped byte of the signed payload is as bad
     good = c.anchor(c.resident_meter, k + 1, 0, 100)
-    meter, restart, payload, r, s = good
-    tampered = (meter, restart, payload[:-1] + bytes([payload[-1] ^ 1]), r, s)
+    meter, restart, at, payload, r, s = good
+    tampered = (meter, restart, at, payload[:-1] + bytes([payload[-1] ^ 1]), r, s)
     with boa.reverts("anchor: bad device signature"):
         c.submit(k, {c.resident_meter: (0, 100)}, anchors=[anchors[0], tampered])
     c.submit(k, {c.resident_meter: (0, 100)}, anchors=[anchors[0], good])
@@ -167,8 +166,7 @@ def test_an_outage_is_a_gap_never_settled(trio):
     gap = c.anchor(c.resident_meter, back, 0, 7000)
     with boa.env.prank(c.gateways[0]):
         c.settlement.submit(0, b"\x00" * 32, [gap], [])
-    assert _anchored(c) == [("Anchored", c.settlement.address, c.resident_meter, back,
-                             c.devices[c.resident_meter].seq, 0, 0, 0)]
+    assert _anchored(c) == [("Anchored", c.settlement.address, c.resident_meter, back, 0, 0, 0)]
     with boa.reverts("settlement: interval outside the meter's signed window"):
         c.submit(back - 1, {c.resident_meter: (0, 7000)}, anchors=[])
     nxt = c.next_interval()
@@ -207,7 +205,7 @@ def test_restart_leaves_the_energy_since_the_last_anchor_unsettled(trio):
     c.submit(k + 2, {c.school_meter: (200, 0)}, anchors=[
         c.anchor(c.school_meter, k + 2, 999, 0, restart=True),
         c.anchor(c.school_meter, k + 3, 200, 0)])
-    assert [(e[3], e[5], e[6]) for e in _anchored(c)] == [(k + 2, 0, 0), (k + 3, 1, 200)]
+    assert [(e[3], e[4], e[5]) for e in _anchored(c)] == [(k + 2, 0, 0), (k + 3, 1, 200)]
     assert [s[3] for s in _settled(c)] == [200]
 
 
