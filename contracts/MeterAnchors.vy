@@ -327,7 +327,8 @@ def _read_reading(payload: Bytes[MAX_PAYLOAD]) -> (bytes8, uint256[5]):
     # (dev, [seq, t, st, ei, ee]) out of a reading payload (docs/protocol.md,
     # section 2): a deterministic CBOR map whose keys are sorted, so keys
     # 1 (dev, 8-byte string), 2 (seq), 3 (t), 4 (st), 5 (ei), 6 (ee) come
-    # first, in this order, when present. Only these bytes are read; each
+    # first, in this order, when present; 1 to 5 must be, 6 is absent for a
+    # meter without an export register (0). Only these bytes are read; each
     # unsigned integer must be in its shortest form.
     buf: Bytes[MAX_PAYLOAD + 32] = concat(payload, empty(bytes32))
     word: uint256 = extract32(buf, 0, output_type=uint256)
@@ -339,7 +340,9 @@ def _read_reading(payload: Bytes[MAX_PAYLOAD]) -> (bytes8, uint256[5]):
     offset: uint256 = 11
     for k: uint256 in range(5):
         word = extract32(buf, offset, output_type=uint256)
-        assert word >> 248 == k + 2, "anchor: reading lacks a field (seq, t, st, ei, ee) or is out of order"
+        if k == 4 and (word >> 248 != 6 or offset == len(payload)):
+            break  # an import-only meter (PZEM-004T) signs no export counter: 0
+        assert word >> 248 == k + 2, "anchor: reading lacks a field (seq, t, st, ei) or is out of order"
         head = (word >> 240) & 255
         assert head >> 5 == 0, "anchor: payload field is not an unsigned integer"
         info: uint256 = head & 31

@@ -193,6 +193,54 @@ MIGRATIONS = [
         )""",
         "CREATE INDEX commissioning_device ON commissioning (device, id)",
     ],
+    # 4: a submission settles consecutive intervals with the meters' signed readings
+    # (docs/chain.md): an outbox row is one transaction, keyed by its first interval and
+    # a part (0: intervals; -n .. -1: signed readings sent before them); `packed` holds
+    # the call as JSON; a row of signed readings only has no root.
+    [
+        """CREATE TABLE chain_outbox_4 (
+            contract TEXT NOT NULL,
+            interval INTEGER NOT NULL,
+            part INTEGER NOT NULL DEFAULT 0,
+            intervals INTEGER NOT NULL DEFAULT 1,
+            anchors INTEGER NOT NULL DEFAULT 0,
+            length INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN
+                ('built', 'signed', 'sent', 'mined', 'confirmed', 'failed')),
+            root BLOB CHECK (root IS NULL OR length(root) = 32),
+            packed TEXT NOT NULL,
+            meters INTEGER NOT NULL,
+            leaves INTEGER NOT NULL,
+            gaps TEXT NOT NULL,
+            last_reading_id INTEGER NOT NULL,
+            sender TEXT,
+            nonce INTEGER,
+            raw_tx BLOB,
+            tx_hash BLOB,
+            sent_at INTEGER,
+            block_number INTEGER,
+            block_hash BLOB,
+            gas_used INTEGER,
+            outcome TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            built_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY (contract, interval, part)
+        )""",
+        """INSERT INTO chain_outbox_4 (contract, interval, length, state, root, packed,
+            meters, leaves, gaps, last_reading_id, sender, nonce, raw_tx, tx_hash, sent_at,
+            block_number, block_hash, gas_used, outcome, error, attempts, built_at,
+            updated_at)
+            SELECT contract, interval, length, state, root, packed, meters, leaves, gaps,
+            last_reading_id, sender, nonce, raw_tx, tx_hash, sent_at, block_number,
+            block_hash, gas_used, outcome, error, attempts, built_at, updated_at
+            FROM chain_outbox""",
+        "DROP TABLE chain_outbox",
+        "ALTER TABLE chain_outbox_4 RENAME TO chain_outbox",
+        "CREATE INDEX chain_outbox_state ON chain_outbox (state)",
+        "ALTER TABLE chain_tx_history ADD COLUMN part INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -64,9 +64,11 @@ DEFAULT_CHAIN_ID = 31337
 DEFAULT_MNEMONIC = "test test test test test test test test test test test junk"
 DEFAULT_ACCOUNTS = 10
 DEFAULT_BALANCE_ETH = 10_000
-# vyper 0.4.3 compiles for prague by default; pinning it keeps the header format (and
-# the state file) the same when a newer anvil changes its default ("latest").
-DEFAULT_HARDFORK = "prague"
+# Osaka: the P256VERIFY precompile (EIP-7951) the meter anchors need, and the 2^24 gas cap
+# per transaction (EIP-7825), which anvil applies only with --enable-tx-gas-limit (always
+# on here, as on a public chain). Pinning the fork keeps the header format (and the state
+# file) the same when a newer anvil changes its default ("latest").
+DEFAULT_HARDFORK = "osaka"
 STATE_NAME = "anvil-state.json"
 LOG_NAME = "anvil.log"
 NODE_LOCK_NAME = "anvil.lock"  # held by the process that runs the node
@@ -256,7 +258,7 @@ class Anvil:
         argv = [str(self.binary), "--host", "127.0.0.1", "--port", str(port),
                 "--chain-id", str(self.chain_id), "--mnemonic", self.mnemonic,
                 "--accounts", str(self.accounts), "--balance", str(self.balance_eth),
-                "--hardfork", self.hardfork, "--silent"]
+                "--hardfork", self.hardfork, "--enable-tx-gas-limit", "--silent"]
         if self.state_path.exists():
             argv += ["--load-state", str(self.state_path)]
         if self.preserve_history:

@@ -1,64 +1,82 @@
-"""The batcher: turns each closed settlement interval into one outbox row.
+"""The batcher: turns closed settlement intervals into outbox rows (transactions).
 
-For interval ``k`` (``[k*L, (k+1)*L)``, ``L`` = ``[chain] interval_s``) once
-``(k+1)*L + grace_s`` has passed:
+A *batch* is a run of consecutive intervals from the gateway's cursor on chain (the next
+interval the contract takes from it): one window of an hour (4 intervals of 900 s, 2 of
+1800 s), or two when the community is small enough for all their anchors to ride in one
+transaction (at most ``MAX_ANCHORS`` signed readings). It is built once its last
+boundary's anchors had time to arrive: ``end*L + ANCHOR_DELAY + grace_s`` has passed.
 
-- leaves: every stored reading with ``t`` in the interval (fault readings too: they are
-  signed readings the gateway accepted), in ingest order (``readings.id``), each with a
-  fresh 32-byte salt; the salts and leaf indices go to ``chain_leaves`` so a proof can be
-  exported later (:mod:`gateway.chain.bundle`). The public root says nothing without them.
-- totals: per meter with an on-chain index (``chain_meters``, set by
-  ``wattshare community add-meter`` or looked up in the registry), import and export Wh
-  from the cumulative counters (:mod:`gateway.chain.intervals`, floor interpolation at the
-  boundaries, readings up to ``max_gap`` around the interval).
-- an import-only meter (no export register, e.g. the PZEM-004T) has export 0.
-- gaps: a meter whose import or export is unknown (no reading within ``max_gap`` of a
-  boundary, or a counter that went down) is **left out** of ``packed`` for this interval:
-  the contract then allocates nothing to or from it and the energy is settled off-chain by
-  the grid supplier; nothing is estimated. The outbox row records why (``gaps``, JSON
-  ``{device hex: quality}``). Its readings are still leaves of the root.
-- an interval with no reading at all is not submitted (the contract refuses a zero root).
+Per meter with an on-chain index (``chain_meters``, set by ``wattshare community
+add-meter``), :func:`gateway.chain.intervals.plan_meter` chooses from its stored readings
+the anchors (signed readings at interval boundaries) the contract checks, and each
+interval's import and export: the counter differences between those anchors, which add
+up exactly to what the meter signed. A meter without an anchor at a boundary, or whose
+counters went down, is left out of the intervals next to it (``gaps``, with the reason):
+never estimated, never settled later; the contract never sees that energy.
 
-Readings that arrive after their interval was built (a meter's spool catching up after
-``grace_s``) are stored but not in any root; ``last_reading_id`` records what the build saw.
+The batch becomes one transaction, or several when it is large (``MAX_ANCHORS`` signed
+readings and ``MAX_SUBMISSION_INTERVALS`` intervals per transaction): signed readings
+that must come before the batch's first interval go in rows of their own first (part
+-n .. -1 of that interval), the intervals in rows of up to 8 (part 0, keyed by their
+first interval). The outbox sends them in that order; a row whose gas estimate exceeds
+the per-transaction cap (2^24 since Osaka) is split in two (:func:`split_row`).
 
-Everything of one interval (outbox row + leaves) is written in one transaction, so a
-crash leaves either nothing (built again on restart) or a complete ``built`` row.
+Leaves: each row with intervals commits, under its salted Merkle root, every stored
+reading not committed by an earlier row whose time is before its last boundary plus
+``ANCHOR_DELAY`` (the anchors it relies on, fault readings too: every reading the
+gateway accepted), in ingest order, after a header leaf that binds the root to the
+contract, the first interval and the interval count (so the root is never empty and
+never the root of another submission). A reading that arrived after its interval was
+built is committed by the next row: every stored reading ends up under a root.
+
+Everything of one batch (rows + leaves) is written in one database transaction, so a
+crash leaves either nothing (built again) or complete ``built`` rows.
 """
 
 import json
 import logging
 from dataclasses import dataclass
 
+from eth_utils import to_canonical_address, to_checksum_address
+from wattcore import cose, reading
+
 from gateway import simclock, store
-from gateway.chain import contracts, intervals, merkle
+from gateway.chain import contracts, intervals, merkle, rpc
 
 log = logging.getLogger("wattshare.chain")
 
-GAP_OVERFLOW = "overflow"  # more than 2**32-1 Wh in one interval: not representable
+MAX_ANCHORS = contracts.MAX_ANCHORS
+MAX_INTERVALS = contracts.MAX_SUBMISSION_INTERVALS
+# rows of a batch that are not confirmed, failed or superseded yet
+PENDING = ("built", "signed", "sent", "mined")
 NOT_ON_CHAIN = "not_on_chain"  # readings, but the device has no on-chain meter index
 
 
-def gap_reason(quality, max_gap_s=None):
+def gap_reason(quality):
     """Why a meter was left out of an interval, for people (``chain run``, the status
-    and community pages)."""
-    near = f"within {max_gap_s // 60} min of" if max_gap_s else "close enough to"
+    and community pages, ``verify``)."""
+    delay = intervals.ANCHOR_DELAY // 60
     return {
-        intervals.GAP: f"no reading {near} the interval's start or end "
-                       "(meter offline, or its readings not received yet)",
+        intervals.GAP: f"no signed reading within {delay} min after the start or end of its "
+                       "window (meter offline, or its readings not received yet)",
         intervals.COUNTER_DECREASE: "its energy counter went down (meter replaced or reset)",
-        GAP_OVERFLOW: f"more than {contracts.MAX_WH} Wh in one interval (not representable)",
+        intervals.OVERFLOW: f"more than {contracts.MAX_WH} Wh in one window (not "
+                            "representable)",
         NOT_ON_CHAIN: "not registered on chain (wattshare community add-meter)",
     }.get(quality, quality)
 
 
 @dataclass(frozen=True)
 class Built:
-    interval: int
-    root: bytes
-    packed: list
-    totals: list  # [(meter_index, import_wh, export_wh)]
-    gaps: dict  # device hex -> quality
+    """One built outbox row (a transaction to send)."""
+
+    interval: int  # its first interval (anchors only: the interval it comes before)
+    part: int  # 0: intervals; < 0: signed readings only, sent before part 0
+    intervals: int
+    anchors: int
+    root: bytes | None
+    totals: list  # [[(meter_index, import_wh, export_wh)] per interval]
+    gaps: dict  # device hex -> {interval: reason}
     leaves: int
 
 
@@ -75,17 +93,58 @@ def set_meter_index(conn, device_id, index, now=None):
         "set_at = excluded.set_at", (device_id, index, now))
 
 
-class Batcher:
-    """Builds outbox rows for the settlement contract ``contract`` from the store."""
+def header_leaf(salt, contract, first, count):
+    """Leaf 0 of a row's Merkle tree: binds the root to (contract, first interval,
+    intervals)."""
+    body = (b"wattshare submission" + to_canonical_address(contract)
+            + first.to_bytes(8, "big") + count.to_bytes(1, "big"))
+    return merkle.leaf_hash(salt, body)
 
-    def __init__(self, conn, contract, length=intervals.DEFAULT_LENGTH, grace_s=120,
-                 max_gap=None, salt=merkle.new_salt, clock=simclock.now):
+
+class ChainView:
+    """What the batcher reads from the chain: the gateway's cursor and each meter's last
+    verified anchor (``MeterAnchors.anchor_of``), at the node's latest block."""
+
+    def __init__(self, port, settlement, gateway):
+        self.port = port
+        self.settlement = to_checksum_address(settlement)
+        self.gateway = to_checksum_address(gateway)
+        self._book = None
+
+    def _view(self, to, signature, args, types):
+        return rpc.decode_output(types, self.port.call(to, rpc.encode_call(signature, args)))
+
+    def cursor(self):
+        return self._view(self.settlement, contracts.CURSOR, [self.gateway], ["uint256"])[0]
+
+    def anchor(self, meter):
+        if self._book is None:
+            self._book = to_checksum_address(self._view(
+                self.settlement, contracts.ANCHOR_BOOK, [], ["address"])[0])
+        return intervals.ChainAnchor(*self._view(self._book, contracts.ANCHOR_OF,
+                                                 [self.settlement, meter],
+                                                 contracts.ANCHOR_OF_TYPES))
+
+
+def _anchor_fields(anchor):
+    """(meter, boundary, seq, ei, ee) of a row's anchor [meter, restart, at, payload, r, s]."""
+    f = reading.decode_payload(bytes.fromhex(anchor[3]))
+    return anchor[0], f["t"], f["seq"], f["ei"], f.get("ee") or 0
+
+
+class Batcher:
+    """Builds outbox rows for the settlement contract ``contract`` from the store.
+
+    ``chain``: a :class:`ChainView` (cursor and anchors on chain)."""
+
+    def __init__(self, conn, contract, chain=None, length=intervals.DEFAULT_LENGTH,
+                 grace_s=120, salt=merkle.new_salt, clock=simclock.now):
         self.conn = conn
-        self.contract = contract
+        self.contract = to_checksum_address(contract)
+        self.chain = chain
         self.length = intervals.check_length(length)
+        self.window = intervals.max_window(length)
         self.grace_s = grace_s
-        self.max_gap = max_gap if max_gap is not None else (
-            intervals.DEFAULT_MAX_GAP_INTERVALS * length)
         self._salt = salt
         self._clock = clock
 
@@ -102,104 +161,303 @@ class Batcher:
         self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, since))
         return self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
 
+    def closed(self):
+        """The last boundary whose anchors had time to arrive: intervals before it are
+        closed."""
+        return (int(self._clock()) - self.grace_s - intervals.ANCHOR_DELAY) // self.length
+
+    def batch_size(self, meters):
+        """Intervals per batch: two windows when the community's anchors for both fit one
+        transaction, else one."""
+        return 2 * self.window if 2 * meters <= MAX_ANCHORS else self.window
+
+    def _pending(self):
+        return self.conn.execute(
+            "SELECT interval, part, packed, intervals FROM chain_outbox WHERE contract = ? "
+            f"AND state IN ({','.join('?' * len(PENDING))}) ORDER BY interval, part",
+            (self.contract, *PENDING)).fetchall()
+
+    def _blocked(self):
+        return self.conn.execute(
+            "SELECT min(interval) FROM chain_outbox WHERE contract = ? AND state = 'failed'",
+            (self.contract,)).fetchone()[0]
+
+    def expected_cursor(self):
+        """The gateway's cursor once the rows not confirmed yet are in."""
+        cursor = self.chain.cursor()
+        for interval, _part, _packed, count in self._pending():
+            if count:
+                cursor = max(cursor, interval + count)
+        return cursor
+
+    def expected(self, meters):
+        """{meter: ChainAnchor} once the rows not confirmed yet are in: the chain's
+        anchors, with each pending row's anchors applied (a batch settles the windows it
+        opens in full, so none is left open)."""
+        state = {m: self.chain.anchor(m) for m in meters}
+        for _interval, _part, packed, _count in self._pending():
+            for a in json.loads(packed)["anchors"]:
+                m, t, seq, ei, ee = _anchor_fields(a)
+                if m in state:
+                    state[m] = intervals.ChainAnchor(t // self.length, seq, ei, ee)
+        return state
+
     def due(self, since):
-        """Intervals >= ``since`` that are closed (end + grace passed), hold readings and
-        have no outbox row yet, oldest first."""
-        L = self.length
-        last = (int(self._clock()) - self.grace_s) // L - 1
-        top = self.conn.execute("SELECT max(interval) FROM chain_outbox WHERE contract = ?",
-                                (self.contract,)).fetchone()[0]
-        k = since if top is None else max(since, top + 1)
-        out = []
-        while k <= last:
-            # next interval with a reading, by the t index
-            row = self.conn.execute("SELECT min(t) FROM readings WHERE t >= ? AND t < ?",
-                                    (k * L, (last + 1) * L)).fetchone()
-            if row[0] is None:
-                break
-            k = row[0] // L
-            out.append(k)
-            k += 1
+        """(first, end) of the next batch to build, or None (nothing closed, rows failed,
+        or no reading from the cursor on)."""
+        if self._blocked() is not None:
+            return None
+        meters = meter_map(self.conn)
+        first = max(self.expected_cursor(), since)
+        closed = self.closed()
+        row = self.conn.execute("SELECT min(t), max(t) FROM readings WHERE t >= ?",
+                                (first * self.length,)).fetchone()
+        if row[0] is None:
+            return None
+        first = max(first, row[0] // self.length)
+        end = min(first + self.batch_size(len(meters)), closed, row[1] // self.length)
+        if end <= first:
+            return None
+        return first, end
+
+    # ---- one batch
+
+    def _series(self, devices, first, end, last_id):
+        by_device = {d: [] for d in devices}
+        for device, rid, seq, t, st, ei, ee in self.conn.execute(
+                "SELECT device, id, seq, t, st, ei, ee FROM readings WHERE t >= ? AND t < ? "
+                "AND id <= ?", (first * self.length,
+                                end * self.length + intervals.ANCHOR_DELAY, last_id)):
+            s = by_device.get(bytes(device))
+            if s is not None:
+                s.append(intervals.Reading(rid, seq, t, st, ei, ee))
+        return {d: intervals.Series(r, self.length) for d, r in by_device.items()}
+
+    def plan(self, first, end):
+        """Plan intervals ``first`` .. ``end - 1``: ({device: MeterPlan}, meter map,
+        last reading id)."""
+        last_id = self.conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0]
+        mapping = meter_map(self.conn)
+        state = self.expected(mapping.values())
+        series = self._series(mapping, first, end, last_id)
+        plans = {d: intervals.plan_meter(series[d], state[mapping[d]], first, end, self.window)
+                 for d in mapping}
+        return plans, mapping, last_id
+
+    def _signed(self, ids):
+        """reading id -> (payload, r, s) of the stored COSE bytes."""
+        out = {}
+        for rid, raw in self.conn.execute(
+                f"SELECT id, cose FROM readings WHERE id IN ({','.join('?' * len(ids))})",
+                list(ids)):
+            s = cose.decode_sign1(bytes(raw))
+            out[rid] = (s.payload, s.signature[:32], s.signature[32:])
         return out
 
     def next_due(self):
-        """(interval, unix time) of the next interval to close, and when it is due (its
-        end plus ``grace_s``)."""
-        k = (int(self._clock()) - self.grace_s) // self.length + 1
-        return k - 1, k * self.length + self.grace_s
+        """(interval, unix time) of the last interval to close next, and when it is due (its
+        end plus the anchor delay plus ``grace_s``)."""
+        k = self.closed() + 1
+        return k - 1, k * self.length + intervals.ANCHOR_DELAY + self.grace_s
 
-    # ---- one interval
+    def _rows(self, first, end, plans, mapping):
+        """The batch as a list of rows: {"first", "anchors": [...], "intervals": [k, ...]}
+        in sending order; anchors carry `at` relative to their row."""
+        before = {k: [] for k in range(first, end)}
+        for device in sorted(plans, key=lambda d: mapping[d]):
+            for a in plans[device].anchors:
+                before[a.before].append((mapping[device], a))
+        rows = []
+        row = {"anchors": [], "intervals": []}
+        for k in range(first, end):
+            for meter, a in before[k]:
+                if len(row["anchors"]) == MAX_ANCHORS:
+                    rows.append(row)
+                    row = {"anchors": [], "intervals": []}
+                row["anchors"].append((meter, a, len(row["intervals"])))
+            if len(row["intervals"]) == MAX_INTERVALS:
+                rows.append(row)
+                row = {"anchors": [], "intervals": []}
+            row["intervals"].append(k)
+        rows.append(row)
+        return rows
 
-    def compute(self, interval):
-        """(leaf rows [(reading id, cose)], totals, gaps, last reading id) of ``interval``."""
-        L = self.length
-        start, end = interval * L, (interval + 1) * L
-        last_id = self.conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0]
-        leaves = [(rid, bytes(cose)) for rid, cose in self.conn.execute(
-            "SELECT id, cose FROM readings WHERE t >= ? AND t < ? AND id <= ? ORDER BY id",
-            (start, end, last_id))]
+    def build(self, first, end=None):
+        """Plan and store the batch of intervals ``first`` .. ``end - 1`` (default: the
+        batch size) as ``built`` outbox rows with their leaves.
+
+        Returns the list of :class:`Built`, or [] if the batch has no reading at all or
+        is in the outbox already."""
         mapping = meter_map(self.conn)
-        series = {device: [] for device in mapping}
-        for device, t, ei, ee in self.conn.execute(
-                "SELECT device, t, ei, ee FROM readings WHERE t >= ? AND t <= ? AND id <= ?",
-                (start - self.max_gap, end + self.max_gap, last_id)):
-            s = series.get(bytes(device))
-            if s is not None:
-                # an import-only meter (PZEM-004T: no export register) signs no `ee`:
-                # its export is 0, not unknown (a fault reading has neither counter)
-                s.append((t, ei, 0 if ee is None and ei is not None else ee))
-        result = intervals.interval_totals(series, start, L, self.max_gap)
-        totals, gaps = [], {}
-        for device, mi in sorted(result.meters.items()):
-            if mi.gap:
-                gaps[device.hex()] = mi.quality
-            elif mi.import_wh > contracts.MAX_WH or mi.export_wh > contracts.MAX_WH:
-                gaps[device.hex()] = GAP_OVERFLOW
-            else:
-                totals.append((mapping[device], mi.import_wh, mi.export_wh))
-        return leaves, sorted(totals), gaps, last_id
-
-    def build(self, interval):
-        """Compute ``interval`` and store it as a ``built`` outbox row with its leaves.
-
-        Returns the :class:`Built`, or None if the interval has no readings or is
-        already in the outbox."""
-        leaves, totals, gaps, last_id = self.compute(interval)
-        if not leaves:
-            return None
-        salts = [self._salt() for _ in leaves]
-        tree = merkle.MerkleTree(merkle.leaf_hash(s, cose) for s, (_, cose) in zip(
-            salts, leaves, strict=True))
-        packed = contracts.pack_totals(totals)
+        if end is None:
+            end = first + self.batch_size(len(mapping))
+        plans, mapping, last_id = self.plan(first, end)
+        rows = self._rows(first, end, plans, mapping)
+        signed = self._signed({a.reading.id for p in plans.values() for a in p.anchors})
+        energy = {k: sorted((mapping[d], *p.energy[k]) for d, p in plans.items()
+                            if k in p.energy) for k in range(first, end)}
+        gaps = {d.hex(): p.gaps for d, p in plans.items() if p.gaps}
+        built = []
         now = int(self._clock())
         conn = self.conn
         with store.immediate(conn):
-            exists = conn.execute("SELECT 1 FROM chain_outbox WHERE contract = ? AND interval = ?",
-                                  (self.contract, interval)).fetchone()
-            if exists:
-                return None  # built before (the transaction wrote nothing)
+            if conn.execute("SELECT 1 FROM chain_outbox WHERE contract = ? AND interval >= ? "
+                            "AND interval < ? AND state != 'failed'",
+                            (self.contract, first, end)).fetchone():
+                return []  # built before (the transaction writes nothing)
+            keys = self._keys(rows, end)
+            for (interval, part), row in zip(keys, rows, strict=True):
+                anchors = [[meter, a.restart, at, signed[a.reading.id][0].hex(),
+                            signed[a.reading.id][1].hex(), signed[a.reading.id][2].hex()]
+                           for meter, a, at in row["anchors"]]
+                ks = row["intervals"]
+                call = {"anchors": anchors,
+                        "intervals": [hex(w) for w in contracts.pack_intervals(
+                            energy[k] for k in ks)]}
+                root, leaves = None, []
+                if ks:
+                    leaves = self._uncommitted(
+                        last_id, (ks[-1] + 1) * self.length + intervals.ANCHOR_DELAY)
+                    header = self._salt()
+                    salts = [self._salt() for _ in leaves]
+                    tree = merkle.MerkleTree(
+                        [header_leaf(header, self.contract, ks[0], len(ks))]
+                        + [merkle.leaf_hash(s, c) for s, (_, c) in zip(salts, leaves,
+                                                                        strict=True)])
+                    root = tree.root
+                    call["header"] = header.hex()
+                    conn.executemany(
+                        "INSERT INTO chain_leaves (contract, interval, leaf_index, reading_id,"
+                        " salt) VALUES (?, ?, ?, ?, ?)",
+                        [(self.contract, interval, i + 1, rid, salt)
+                         for i, ((rid, _), salt) in enumerate(zip(leaves, salts,
+                                                                  strict=True))])
+                row_gaps = {d: {str(k): why for k, why in g.items() if k in ks}
+                            for d, g in gaps.items()}
+                row_gaps = {d: g for d, g in row_gaps.items() if g}
+                conn.execute(
+                    "INSERT INTO chain_outbox (contract, interval, part, intervals, anchors, "
+                    "length, state, root, packed, meters, leaves, gaps, last_reading_id, "
+                    "built_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'built', ?, ?, ?, ?, ?, "
+                    "?, ?, ?)",
+                    (self.contract, interval, part, len(ks), len(anchors), self.length,
+                     root, json.dumps(call), len({m for k in ks for m, *_ in energy[k]}),
+                     len(leaves), json.dumps(row_gaps, sort_keys=True), last_id, now, now))
+                built.append(Built(interval, part, len(ks), len(anchors), root,
+                                   [energy[k] for k in ks], row_gaps, len(leaves)))
+        if gaps:
+            log.warning("intervals with gaps", extra={"fields": {
+                "first": first, "end": end, "gaps": gaps}})
+        return built
+
+    def _uncommitted(self, last_id, cutoff):
+        """[(reading id, cose)] stored up to ``last_id`` with ``t < cutoff`` and under no
+        root yet. The latest row with intervals committed everything stored up to its
+        ``last_reading_id`` with ``t`` before its cutoff: only readings after that id, or
+        after that cutoff, can be new."""
+        prev = self.conn.execute(
+            "SELECT last_reading_id, (interval + intervals) * length FROM chain_outbox WHERE "
+            "contract = ? AND intervals > 0 ORDER BY interval DESC LIMIT 1",
+            (self.contract,)).fetchone()
+        query = ("SELECT id, cose FROM readings WHERE {} AND id <= ? AND t < ? AND NOT "
+                 "EXISTS (SELECT 1 FROM chain_leaves l WHERE l.contract = ? AND "
+                 "l.reading_id = readings.id)")
+        if prev is None:
+            found = self.conn.execute(query.format("1"), (last_id, cutoff, self.contract))
+        else:
+            prev_id, prev_cut = prev[0], prev[1] + intervals.ANCHOR_DELAY
+            # stored since (by id), and stored before but after its cutoff (by time)
+            found = self.conn.execute(query.format("id > ?"),
+                                      (prev_id, last_id, cutoff, self.contract)).fetchall()
+            found += self.conn.execute(query.format("t >= ?"),
+                                       (prev_cut, min(last_id, prev_id), cutoff,
+                                        self.contract)).fetchall()
+        return sorted((rid, bytes(c)) for rid, c in found)
+
+    @staticmethod
+    def _keys(rows, end):
+        """(interval, part) of each row: a row with intervals is (its first, 0); rows of
+        signed readings only are (the next row's first interval, -n .. -1)."""
+        keys = [None] * len(rows)
+        following = end
+        run = 0
+        for i in range(len(rows) - 1, -1, -1):
+            if rows[i]["intervals"]:
+                following = rows[i]["intervals"][0]
+                keys[i] = (following, 0)
+                run = 0
+            else:
+                run += 1
+                keys[i] = (following, -run)
+        return keys
+
+    def build_due(self, since):
+        """Build the next due batch; returns the list of :class:`Built` ([] if none)."""
+        batch = self.due(since)
+        if batch is None:
+            return []
+        return self.build(*batch)
+
+
+def split_row(conn, contract, interval, part=0, length=intervals.DEFAULT_LENGTH,
+              salt=merkle.new_salt, now=None):
+    """Replace a ``built`` intervals row that is too large for one transaction by two
+    (its intervals halved; each half takes the signed readings that come before its
+    intervals, and the leaves up to its own last boundary). Returns False if it cannot be
+    split (one interval)."""
+    contract = to_checksum_address(contract)
+    now = int(simclock.now()) if now is None else now
+    with store.immediate(conn):
+        found = conn.execute(
+            "SELECT packed, gaps, last_reading_id, length FROM chain_outbox WHERE contract = ? "
+            "AND interval = ? AND part = ? AND state = 'built'",
+            (contract, interval, part)).fetchone()
+        if found is None:
+            return False
+        call, gaps, last_id, length = json.loads(found[0]), json.loads(found[1]), found[2], \
+            found[3]
+        per_interval = contracts.unpack_intervals([int(w, 16) for w in call["intervals"]])
+        n = len(per_interval)
+        if n < 2:
+            return False
+        half = n // 2
+        leaves = conn.execute(
+            "SELECT l.leaf_index, l.reading_id, l.salt, r.cose, r.t FROM chain_leaves l JOIN "
+            "readings r ON r.id = l.reading_id WHERE l.contract = ? AND l.interval = ? "
+            "ORDER BY l.leaf_index", (contract, interval)).fetchall()
+        conn.execute("DELETE FROM chain_leaves WHERE contract = ? AND interval = ?",
+                     (contract, interval))
+        conn.execute("DELETE FROM chain_outbox WHERE contract = ? AND interval = ? AND "
+                     "part = ?", (contract, interval, part))
+        cut = (interval + half) * length + intervals.ANCHOR_DELAY
+        for first, ks, anchors, mine in (
+                (interval, per_interval[:half], [a for a in call["anchors"] if a[2] < half],
+                 [x for x in leaves if x[4] < cut]),
+                (interval + half, per_interval[half:],
+                 [[*a[:2], a[2] - half, *a[3:]] for a in call["anchors"] if a[2] >= half],
+                 [x for x in leaves if x[4] >= cut])):
+            header = salt()
+            tree = merkle.MerkleTree(
+                [header_leaf(header, contract, first, len(ks))]
+                + [merkle.leaf_hash(bytes(s), bytes(c)) for _, _, s, c, _ in mine])
+            part_call = {"anchors": anchors, "header": header.hex(),
+                         "intervals": [hex(w) for w in contracts.pack_intervals(ks)]}
+            part_gaps = {d: {k: why for k, why in g.items()
+                             if first <= int(k) < first + len(ks)} for d, g in gaps.items()}
+            part_gaps = {d: g for d, g in part_gaps.items() if g}
             conn.execute(
-                "INSERT INTO chain_outbox (contract, interval, length, state, root, packed, "
-                "meters, leaves, gaps, last_reading_id, built_at, updated_at) "
-                "VALUES (?, ?, ?, 'built', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (self.contract, interval, self.length, tree.root,
-                 json.dumps([hex(w) for w in packed]), len(totals), len(leaves),
-                 json.dumps(gaps, sort_keys=True), last_id, now, now))
+                "INSERT INTO chain_outbox (contract, interval, part, intervals, anchors, "
+                "length, state, root, packed, meters, leaves, gaps, last_reading_id, "
+                "built_at, updated_at) VALUES (?, ?, 0, ?, ?, ?, 'built', ?, ?, ?, ?, ?, ?, "
+                "?, ?)",
+                (contract, first, len(ks), len(anchors), length, tree.root,
+                 json.dumps(part_call), len({e[0] for k in ks for e in k}), len(mine),
+                 json.dumps(part_gaps, sort_keys=True), last_id, now, now))
             conn.executemany(
                 "INSERT INTO chain_leaves (contract, interval, leaf_index, reading_id, salt) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [(self.contract, interval, i, rid, salt)
-                 for i, ((rid, _), salt) in enumerate(zip(leaves, salts, strict=True))])
-        if gaps:
-            log.warning("interval has gaps", extra={"fields": {
-                "interval": interval, "gaps": gaps}})
-        return Built(interval, tree.root, packed, totals, gaps, len(leaves))
-
-    def build_due(self, since):
-        """Build every due interval; returns the list of :class:`Built`."""
-        built = []
-        for k in self.due(since):
-            b = self.build(k)
-            if b is not None:
-                built.append(b)
-        return built
+                [(contract, first, i + 1, rid, bytes(s)) for i, (_, rid, s, _, _)
+                 in enumerate(mine)])
+    log.info("submission split in two (too large for one transaction)", extra={"fields": {
+        "interval": interval, "intervals": n}})
+    return True

@@ -139,15 +139,23 @@ def register(subparsers):
 
     rpc_opt = argparse.ArgumentParser(add_help=False)
     rpc_opt.add_argument("--rpc", metavar="URL", help="JSON-RPC node (default: the config's)")
-    p = subparsers.add_parser("verify", parents=[with_config, rpc_opt],
+    p = subparsers.add_parser("verify", parents=[with_config],
                               help="check a reading: signature, Merkle path, root on chain",
                               description="Check a stored reading (--reading) or a proof "
                                           "bundle (--bundle, needs only --rpc): its signature, "
-                                          "its Merkle path and the root in the settlement "
-                                          "contract's storage, proven against a block header.")
+                                          "its Merkle path, the root that commits it in the "
+                                          "settlement contract's storage and the contract's "
+                                          "own code, proven against a block header. Give "
+                                          "--rpc twice to have two nodes agree on that block.")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--reading", type=int, metavar="ID")
     what.add_argument("--bundle", type=Path, metavar="FILE")
+    p.add_argument("--rpc", metavar="URL", action="append", default=[],
+                   help="JSON-RPC node (default: the config's); twice: both must have the "
+                        "bundle's block, else the reading is refused")
+    p.add_argument("--confirmations", type=int, metavar="N", default=None,
+                   help="blocks the submission's block needs on top, itself included "
+                        "(default: [chain] confirmations, or 1 with --bundle)")
     p.set_defaults(func=_handler("cmd_verify"))
     p = subparsers.add_parser("export-proof", parents=[with_config],
                               help="write a reading's proof bundle (JSON)")

@@ -19,7 +19,8 @@ from eth_utils import is_address, to_checksum_address
 
 from gateway import community, keystore, logs, registry, simclock, units
 from gateway import config as gwconfig
-from gateway.chain import allocations, batcher, bundle, deploy, ledger, node, outbox, rpc
+from gateway.chain import (allocations, batcher, bundle, deploy, intervals, ledger, node,
+                           outbox, rpc)
 from gateway.chain.errors import BundleError, ChainError, RpcError
 from gateway.cli import _open_db
 from gateway.errors import ConfigError, GatewayError
@@ -219,34 +220,40 @@ def cmd_run(args):
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     try:
         with node.Supervisor(cfg, publish_url=not args.once) as sup:
-            b = batcher.Batcher(conn, contract, length=cfg.chain.interval_s,
-                                grace_s=cfg.chain.grace_s)
+            gateway = Account.from_key(key).address
+            view = batcher.ChainView(None, contract, gateway)
+            b = batcher.Batcher(conn, contract, view, length=cfg.chain.interval_s,
+                                grace_s=cfg.chain.grace_s, clock=simclock.now)
             since = b.since(cfg.chain.backfill_intervals)
-            box = outbox.Outbox(conn, None, key, contract,
-                                confirmations=cfg.chain.confirmations,
-                                rebroadcast_s=cfg.chain.rebroadcast_s, clock=simclock.now,
-                                durable=sup.durable)
+            box = outbox.Outbox(
+                conn, None, key, contract, confirmations=cfg.chain.confirmations,
+                rebroadcast_s=cfg.chain.rebroadcast_s, clock=simclock.now,
+                durable=sup.durable,
+                split=lambda interval, part: batcher.split_row(
+                    conn, contract, interval, part, length=cfg.chain.interval_s))
             tz, length = cfg.community.tz, cfg.chain.interval_s
             labels = {d.id.hex(): d.label for d in registry.list_devices(conn)}
             did_something = False
             while not stopping.is_set():
-                for built in b.build_due(since):
-                    print(f"built interval {built.interval} "
-                          f"({units.interval_span(built.interval, length, tz)}): "
-                          f"{built.leaves} readings, {len(built.totals)} meters, "
-                          f"{len(built.gaps)} gaps", flush=True)
-                    for dev, quality in sorted(built.gaps.items()):
-                        print(f"  gap: {labels.get(dev, dev)} left out: "
-                              f"{batcher.gap_reason(quality, b.max_gap)}", flush=True)
                 changed = {}
+                built = []
                 port = sup.port()
                 if port is None and args.once:
                     raise sup.last_error
                 if port is not None:
-                    box.port = port
+                    box.port = view.port = port
                     try:
                         if cfg.chain.rpc_url == "anvil":
                             node.follow_sim_clock(port)
+                        for _ in range(BATCHES_PER_STEP):
+                            batch = b.build_due(since)
+                            if not batch:
+                                break
+                            built += batch
+                            for row in batch:
+                                print(_built_line(row, length, tz), flush=True)
+                                for line in _gap_lines(row, labels):
+                                    print(line, flush=True)
                         changed = box.step()
                     except ChainError as e:  # the node's trouble: the supervisor's call
                         if args.once:
@@ -254,10 +261,10 @@ def cmd_run(args):
                         sup.failed(e)
                     else:
                         sup.ok()
-                for interval, state in sorted(changed.items()):
-                    print(f"interval {interval}: {state}", flush=True)
-                did_something = did_something or bool(changed)
-                if args.once and not changed:
+                for name, state in sorted(changed.items(), key=lambda kv: _order(kv[0])):
+                    print(f"{_row_name(conn, contract, name)}: {state}", flush=True)
+                did_something = did_something or bool(changed) or bool(built)
+                if args.once and not changed and not built:
                     if not did_something:
                         k, due = b.next_due()
                         waiting = sum(n for state, n in outbox.counts(conn, contract).items()
@@ -265,8 +272,10 @@ def cmd_run(args):
                         print((f"{waiting} submission(s) waiting for the chain; "
                                if waiting else "") +
                               f"nothing due until {units.local_time(due, tz)}: interval {k} "
-                              f"({units.interval_span(k, length, tz)}) is submitted "
-                              f"{cfg.chain.grace_s} s after it ends", flush=True)
+                              f"({units.interval_span(k, length, tz)}) is submitted once "
+                              f"its end boundary's signed readings are in "
+                              f"({intervals.ANCHOR_DELAY + cfg.chain.grace_s} s after it "
+                              "ends)", flush=True)
                     break
                 if not args.once:
                     stopping.wait(sup.wait_s(cfg.chain.poll_s))
@@ -313,6 +322,59 @@ def cmd_node(args):
     return 0
 
 
+BATCHES_PER_STEP = 8  # batches built per loop of `chain run` (a backlog comes in steps)
+
+
+def _order(name):
+    return name if isinstance(name, tuple) else (name, 0)
+
+
+def _row_name(conn, contract, name):
+    """How `chain run` names an outbox row: its intervals, or the signed readings that
+    go before them."""
+    interval, part = _order(name)
+    if part < 0:
+        return f"signed readings before interval {interval} ({-part})"
+    row = conn.execute("SELECT intervals FROM chain_outbox WHERE contract = ? AND "
+                       "interval = ? AND part = 0", (contract, interval)).fetchone()
+    count = row[0] if row else 1
+    return f"interval {interval}" if count == 1 else \
+        f"intervals {interval}-{interval + count - 1}"
+
+
+def _built_line(row, length, tz):
+    """What `chain run` says of a built row (intervals in local time)."""
+    last = row.interval + max(row.intervals, 1) - 1
+    span = units.interval_span(row.interval, length, tz) if row.intervals <= 1 else \
+        f"{units.interval_span(row.interval, length, tz)} to " \
+        f"{units.interval_span(last, length, tz)}"
+    if not row.intervals:
+        return f"built {row.anchors} signed readings to send before interval {row.interval}"
+    what = f"intervals {row.interval}-{last}" if row.intervals > 1 else \
+        f"interval {row.interval}"
+    meters = len({m for totals in row.totals for m, *_ in totals})
+    gaps = sum(len(g) for g in row.gaps.values())
+    return (f"built {what} ({span}): {row.leaves} readings, {row.anchors} signed boundary "
+            f"readings, {meters} meters, {gaps} gaps")
+
+
+def _gap_lines(row, labels):
+    """One line per meter and reason: the intervals it was left out of, and why."""
+    out = []
+    for dev, per in sorted(row.gaps.items()):
+        runs = []  # [first, last, why]
+        for k, why in sorted((int(k), why) for k, why in per.items()):
+            if runs and runs[-1][1] == k - 1 and runs[-1][2] == why:
+                runs[-1][1] = k
+            else:
+                runs.append([k, k, why])
+        for first, last, why in runs:
+            which = f"interval {first}" if first == last else f"intervals {first}-{last}"
+            out.append(f"  gap: {labels.get(dev, dev)} left out of {which}: "
+                       f"{batcher.gap_reason(why)}")
+    return out
+
+
 def cmd_retry(args):
     cfg = gwconfig.load(args.config)
     conn = _open_db(cfg)
@@ -321,7 +383,8 @@ def cmd_retry(args):
             raise ChainError(f"interval {args.interval} is not a failed outbox row")
     finally:
         conn.close()
-    print(f"interval {args.interval} will be submitted again by `wattshare chain run`")
+    print(f"interval {args.interval} will be built and submitted again by "
+          "`wattshare chain run`")
     return 0
 
 
@@ -504,11 +567,15 @@ def cmd_report(args):
 
 def _port_for(cfg, args):
     if getattr(args, "rpc", None):
-        chain_id = cfg.chain.chain_id if cfg is not None else None
-        port = rpc.Web3Chain(args.rpc, chain_id or 0)
-        port.chain_id = port.get_chain_id()
-        return _nullcontext(port)
+        return _nullcontext(_connect_any(args.rpc, cfg))
     return node.chain_port(cfg)
+
+
+def _connect_any(url, cfg):
+    chain_id = cfg.chain.chain_id if cfg is not None else None
+    port = rpc.Web3Chain(url, chain_id or 0)
+    port.chain_id = port.get_chain_id()
+    return port
 
 
 class _nullcontext:
@@ -523,30 +590,42 @@ class _nullcontext:
 
 
 def _bundle_from_store(cfg, reading_id):
-    d = _deployment(cfg) if _deployment_path(cfg).exists() else None
     conn = _open_db(cfg)
     try:
-        return bundle.export_bundle(conn, reading_id, cfg.chain.chain_id,
-                                    d.registry if d else None)
+        return bundle.export_bundle(conn, reading_id, cfg.chain.chain_id)
     finally:
         conn.close()
 
 
 def cmd_verify(args):
+    urls = list(args.rpc or [])
+    if len(urls) > 2:
+        raise ConfigError("--rpc: give one node, or two to compare (got "
+                          f"{len(urls)})")
+    if args.confirmations is not None and args.confirmations < 1:
+        raise ConfigError(f"--confirmations {args.confirmations}: must be 1 or more")
     if args.bundle is not None:
         try:
             data = json.loads(args.bundle.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise BundleError(f"{args.bundle}: cannot read the bundle: {e}") from None
-        if not args.rpc:
-            raise ConfigError("--bundle needs --rpc URL (a node of the bundle's chain)")
+        if not urls:
+            raise ConfigError("--bundle needs --rpc URL (a node of the bundle's chain; "
+                              "twice to compare two nodes)")
         bundle.check_fields(data)  # a malformed bundle is refused before any node is asked
         cfg = None
+        confirmations = args.confirmations or 1
     else:
         cfg = gwconfig.load(args.config)
         data = _bundle_from_store(cfg, args.reading)
-    with _port_for(cfg, args) as port:
-        report = bundle.verify_bundle(data, port)
+        confirmations = args.confirmations or cfg.chain.confirmations
+    second = _connect_any(urls[1], cfg) if len(urls) == 2 else None
+    if urls:
+        port_cm = _nullcontext(_connect_any(urls[0], cfg))
+    else:
+        port_cm = node.chain_port(cfg)
+    with port_cm as port:
+        report = bundle.verify_bundle(data, port, confirmations, second)
     print(bundle.format_report(report, cfg.community.tz if cfg is not None else None))
     return 0 if report.ok else 1
 
@@ -555,8 +634,10 @@ def cmd_export_proof(args):
     cfg = gwconfig.load(args.config)
     data = _bundle_from_store(cfg, args.reading)
     args.output.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {args.output}: reading {args.reading}, interval {data['interval']}, "
-          f"leaf {data['leaf_index']}, block {data['block_number']}")
+    last = data["interval"] + data["intervals"] - 1
+    print(f"wrote {args.output}: reading {args.reading}, leaf {data['leaf_index']} of root "
+          f"0x{data['root'][:16]}.. (submission of intervals {data['interval']}..{last}), "
+          f"block {data['block_number']}")
     return 0
 
 

@@ -16,24 +16,32 @@ from pathlib import Path
 
 import eth_abi
 from eth_abi.exceptions import DecodingError
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
 
 from gateway.chain import proof
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS_DIR = REPO_ROOT / "contracts"
 OUT_DIR = REPO_ROOT / "out" / "contracts"
-NAMES = ("CommunityToken", "MeterRegistry", "Settlement")
+NAMES = ("CommunityToken", "MeterRegistry", "MeterAnchors", "Settlement")
 
 # ---- function signatures (canonical ABI types)
-SUBMIT = "submit(uint256,bytes32,uint256[])"
+# Anchor = (meter, restart, at, payload, r, s): see Settlement.vy / MeterAnchors.vy
+ANCHOR_TYPE = "(uint16,bool,uint8,bytes,bytes32,bytes32)"
+SUBMIT = f"submit(uint256,bytes32,{ANCHOR_TYPE}[],uint256[])"
 SETTLE = "settle(uint256)"
-ROOTS = "roots(uint256,address)"
+ROOT_OF = "root_of(bytes32)"
+CURSOR = "cursor(address)"
 SETTLED = "settled(uint256)"
 SUBMISSION_COUNT = "submission_count(uint256)"
+START_INTERVAL = "start_interval()"
+ANCHOR_BOOK = "anchor_book()"
+ANCHOR_OF = "anchor_of(address,uint16)"
+ANCHOR_OF_TYPES = ["uint256"] * 8  # boundary, seq, ei, ee, open, import left, export left, gw
 TOKEN = "token()"
 REGISTRY = "registry()"
 INTERVAL_LENGTH = "interval_length()"
+SETTLE_DELAY = "settle_delay()"
 P2P_PRICE = "p2p_price()"
 SET_PRICE = "set_price(uint256)"
 SET_PRODUCER_KEY = "set_producer_key(uint16,uint8,uint16[],uint32[])"
@@ -43,7 +51,8 @@ DEPOSIT_FOR = "deposit_for(address,uint256)"
 BALANCE_OF = "balance_of(address)"
 ADD_GATEWAY = "add_gateway(address)"
 IS_GATEWAY = "is_gateway(address)"
-REGISTER_METER = "register_meter(bytes8,bytes32,address,address)"
+REGISTER_METER = "register_meter(bytes8,bytes,address,address)"
+GATEWAY_ID = "gateway_id(address)"
 INDEX_OF = "index_of(bytes8)"
 METERS = "meters(uint16)"
 OWNER = "owner()"
@@ -54,16 +63,28 @@ ERC20_BALANCE = "balanceOf(address)"
 KEY_KINDS = {"none": 0, "static": 1, "prorata": 2, "percent": 3, "priority": 4,
              "coefficients": 5}
 
-# ---- packed submission (see Settlement.vy): 3 entries of 80 bits per word,
-# entry = meter_index << 64 | import_wh << 32 | export_wh
+# ---- packed intervals (see Settlement.vy): 3 entries of 80 bits per word,
+# entry = meter_index << 64 | import_wh << 32 | export_wh; a submission's `intervals`
+# array holds per interval the number of its words, then the words
 ENTRY_BITS = 80
 ENTRIES_PER_WORD = 3
 MAX_METERS = 256
 MAX_WH = (1 << 32) - 1
+MAX_WORDS = 86
+# per submission (Settlement.vy): intervals, words of `intervals`, anchors
+MAX_SUBMISSION_INTERVALS = 8
+MAX_SUBMISSION_WORDS = 348
+MAX_ANCHORS = 32
+# MeterAnchors.vy: an anchor for boundary B is a reading taken in [B, B + ANCHOR_DELAY)
+ANCHOR_DELAY = 300
+MAX_WINDOW_SECONDS = 3600
+RESTART_PENDING = 7  # anchor_of()'s `open` after the admin's reset_anchor
+# Osaka (EIP-7825): no transaction may use more gas than this
+TX_GAS_CAP = 1 << 24
 
 
 def pack_totals(totals):
-    """``[(meter_index, import_wh, export_wh)]`` -> the ``packed`` words of ``submit``.
+    """``[(meter_index, import_wh, export_wh)]`` -> one interval's packed words.
 
     Sorted by meter index (the contract wants strictly increasing indices)."""
     entries = sorted(totals)
@@ -108,6 +129,42 @@ def unpack_totals(words):
     return out
 
 
+def pack_intervals(per_interval):
+    """``[[(meter_index, import_wh, export_wh)], ...]`` (consecutive intervals) -> the
+    ``intervals`` array of ``submit``: per interval its word count, then its words."""
+    out = []
+    for totals in per_interval:
+        words = pack_totals(totals)
+        out += [len(words), *words]
+    return out
+
+
+def decode_submit(data):
+    """Call data of :data:`SUBMIT` -> (first interval, root, [(meter, restart, at, payload,
+    r, s)], [[(meter_index, import_wh, export_wh)] per interval]): what a gateway
+    submitted (``verify`` reads it from the transaction)."""
+    data = bytes(data)
+    if data[:4] != keccak(text=SUBMIT)[:4]:
+        raise ValueError("the transaction is not a submission (another function)")
+    try:
+        first, root, anchors, words = eth_abi.decode(
+            ["uint256", "bytes32", f"{ANCHOR_TYPE}[]", "uint256[]"], data[4:])
+        per_interval = unpack_intervals(words)
+    except (DecodingError, IndexError) as e:
+        raise ValueError(f"the submission's call data does not decode: {e}") from None
+    return first, root, list(anchors), per_interval
+
+
+def unpack_intervals(data):
+    """The inverse of :func:`pack_intervals`."""
+    out, k = [], 0
+    while k < len(data):
+        count = data[k]
+        out.append(unpack_totals(data[k + 1:k + 1 + count]))
+        k += 1 + count
+    return out
+
+
 # ---- artifacts
 
 
@@ -147,19 +204,24 @@ def storage_slot(name, variable):
     return layout[variable]["slot"]
 
 
-def roots_slot(interval, gateway):
-    """Storage slot of ``Settlement.roots[interval][gateway]``."""
-    return proof.vyper_hashmap_slot(storage_slot("Settlement", "roots"), interval,
-                                    to_checksum_address(gateway))
+def root_slot(root):
+    """Storage slot of ``Settlement.root_of[root]`` (gateway | first interval << 160 |
+    intervals << 200: which submission committed the root)."""
+    return proof.vyper_hashmap_slot(storage_slot("Settlement", "root_of"), bytes(root))
+
+
+def root_word(gateway, first, intervals):
+    """The value ``Settlement.root_of`` holds for a submission."""
+    return int(gateway, 16) | first << 160 | intervals << 200
 
 
 def meter_slots(index):
-    """Storage slots of ``MeterRegistry.meters[index]``: (device_id, key_hash).
+    """Storage slots of ``MeterRegistry.meters[index]``: (device_id, key_x, key_y).
 
     A struct in a HashMap takes consecutive slots from ``keccak(slot || key)`` in field
     order; ``bytes8`` sits left-aligned in its word."""
     base = proof.vyper_hashmap_slot(storage_slot("MeterRegistry", "meters"), index)
-    return base, base + 1
+    return base, base + 1, base + 2
 
 
 def deploy_data(name, args):

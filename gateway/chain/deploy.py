@@ -10,7 +10,6 @@ Community administration (registry and settlement calls) is here too; every func
 takes the signing key explicitly.
 """
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ class Deployment:
     interval_s: int
     settle_delay_s: int
     price: int
+    anchors: str | None = None  # MeterAnchors (absent in records of older deployments)
 
     def save(self, path):
         path = Path(path)
@@ -86,21 +86,26 @@ def deploy_community(port, admin_key, gateways=(), *, interval_s=900,
                      settle_delay_s=DEFAULT_SETTLE_DELAY_S, price=DEFAULT_PRICE,
                      token_name="Wattshare Sun", token_symbol="SUN", supply=DEFAULT_SUPPLY,
                      fund_gateways_wei=0):
-    """Deploy token, registry and settlement; authorise ``gateways``; optionally send each
-    gateway ``fund_gateways_wei`` for gas. Returns the :class:`Deployment`."""
+    """Deploy token, registry, the meter anchors (signed readings checked on chain) and
+    settlement; authorise ``gateways``; optionally send each gateway ``fund_gateways_wei``
+    for gas. Returns the :class:`Deployment`.
+
+    The settlement contract settles intervals from the one that starts at or after its
+    deployment block's time: a community deployed today cannot settle yesterday."""
     admin = Account.from_key(admin_key).address
     token, _ = _deploy(port, admin_key, "CommunityToken",
                        [token_name, token_symbol, 18, admin, supply])
     registry, _ = _deploy(port, admin_key, "MeterRegistry", [])
+    anchors, _ = _deploy(port, admin_key, "MeterAnchors", [])
     settlement, receipt = _deploy(port, admin_key, "Settlement",
-                                  [token, registry, interval_s, settle_delay_s, price])
+                                  [token, registry, anchors, interval_s, settle_delay_s, price])
     for gateway in gateways:
         add_gateway(port, admin_key, registry, gateway)
         if fund_gateways_wei:
             rpc.send_transaction(port, admin_key, to_checksum_address(gateway), b"",
                                  value=fund_gateways_wei, gas=21_000)
     return Deployment(port.chain_id, token, registry, settlement, admin,
-                      receipt.block_number, interval_s, settle_delay_s, price)
+                      receipt.block_number, interval_s, settle_delay_s, price, anchors)
 
 
 # ---- registry
@@ -113,7 +118,8 @@ def add_gateway(port, admin_key, registry, gateway):
 
 
 def register_meter(port, admin_key, registry, device_id, pubkey, owner, gateway):
-    """Register a meter; returns its index (from the MeterRegistered event)."""
+    """Register a meter with its public key (the contract checks its signed readings
+    against it); returns its index (from the MeterRegistered event)."""
     if len(device_id) != 8 or len(pubkey) != 65:
         raise ValueError("device id must be 8 bytes and the public key 65 bytes")
     existing = view(port, registry, contracts.INDEX_OF, [device_id], ["uint16"])
@@ -121,7 +127,7 @@ def register_meter(port, admin_key, registry, device_id, pubkey, owner, gateway)
         raise ChainError(f"device {device_id.hex()} is already registered on chain as meter"
                          f" {existing}")
     receipt = transact(port, admin_key, registry, contracts.REGISTER_METER,
-                       [device_id, hashlib.sha256(pubkey).digest(), owner, gateway])
+                       [device_id, bytes(pubkey), owner, gateway])
     for log in receipt.logs:
         decoded = contracts.decode_log("MeterRegistry", log)
         if decoded and decoded[0] == "MeterRegistered":

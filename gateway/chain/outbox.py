@@ -1,7 +1,13 @@
-"""The chain outbox: exactly one settlement submission per interval, across crashes,
+"""The chain outbox: every built submission sent exactly once, in order, across crashes,
 restarts, dropped transactions, nonce gaps and a chain node that forgets blocks.
 
-State machine of one ``chain_outbox`` row (one per contract and interval)::
+A row is one transaction (:mod:`gateway.chain.batcher` builds them): keyed by its first
+interval and a part, 0 for a row of intervals, -n .. -1 for rows of signed readings only
+that go before the intervals row of that interval (rows are signed in (interval, part)
+order, so in the order the contract needs them). Its label in what :meth:`Outbox.step`
+returns and in the hooks is the interval for part 0, (interval, part) otherwise.
+
+State machine of one ``chain_outbox`` row::
 
     built --sign--> signed --send--> sent --receipt--> mined --N blocks--> confirmed
       |  ^            (raw tx, hash and nonce are COMMITTED before the first send)
@@ -13,8 +19,9 @@ State machine of one ``chain_outbox`` row (one per contract and interval)::
 Every row that is ``mined`` or ``confirmed`` has an **anchor**: a block (number and
 hash) that holds it. For a row ``submitted`` by its own transaction, the receipt's
 block; for a row found on chain another way (``already_submitted``: the contract has our
-root, from an earlier transaction or an outbox that was lost and rebuilt;
-``settled_without_us``), the block at which the contract was read. A refusal ("already
+root, or the meter anchors of a row of signed readings, from an earlier transaction;
+``superseded``: our cursor passed the row's intervals under another root, after an
+outbox that was lost and rebuilt), the block at which the contract was read. A refusal ("already
 submitted") or a spent nonce is never trusted by itself: the contract is read at a
 fixed block, and that block must get ``confirmations`` blocks on top like a receipt.
 
@@ -51,6 +58,8 @@ Rules:
 - ``durable(block)`` (given by the node's owner) is called before a row is counted as
   confirmed: for the embedded anvil it writes the node's state to disk, so a confirmed
   settlement survives a SIGKILL or power cut of the node.
+- A row whose gas estimate is above the per-transaction cap (2^24 since Osaka) is split in
+  two by ``split(interval, part)`` (given by the batcher's owner) before it is signed.
 
 ``hook(event, interval)`` is called after each committed transition (tests use it to
 crash the process between signing and sending).
@@ -61,6 +70,7 @@ import logging
 import time
 
 from eth_account import Account
+from wattcore import reading
 
 from gateway import store
 from gateway.chain import contracts, rpc
@@ -77,13 +87,19 @@ FILLER_GAS = 21_000
 
 # outcomes of a row that left the machine
 SUBMITTED = "submitted"
-ALREADY_SUBMITTED = "already_submitted"  # our root is there (an earlier tx of ours)
-SETTLED_WITHOUT_US = "settled_without_us"  # settled by deadline before we got there
+ALREADY_SUBMITTED = "already_submitted"  # our root (or anchors) is there: an earlier tx
+SUPERSEDED = "superseded"  # our cursor passed its intervals under another root of ours
 
 _KNOWN = ("already known", "already imported", "known transaction", "already exists")
 _NONCE_LOW = ("nonce too low", "nonce is too low", "oldnonce")
 _UNDERPRICED = ("underpriced",)
-_ALREADY = ("already submitted", "already settled")
+_ALREADY = ("already submitted", "not after the meter's last anchor")
+_TOO_BIG = ("exceeds", "gas limit", "gas required", "out of gas", "intrinsic gas")
+
+
+def label(interval, part):
+    """How a row is named in what :meth:`Outbox.step` returns and in the hooks."""
+    return interval if part == 0 else (interval, part)
 
 
 def _has(message, needles):
@@ -95,7 +111,8 @@ class Outbox:
     """Drives the rows of one settlement contract. Call :meth:`step` repeatedly."""
 
     def __init__(self, conn, port, key, contract, *, confirmations=1, rebroadcast_s=60,
-                 gas_margin=DEFAULT_GAS_MARGIN, durable=None, clock=time.time, hook=None):
+                 gas_margin=DEFAULT_GAS_MARGIN, durable=None, split=None, clock=time.time,
+                 hook=None):
         self.conn = conn
         self.port = port
         self.key = key
@@ -105,6 +122,8 @@ class Outbox:
         self.rebroadcast_s = rebroadcast_s
         self.gas_margin = gas_margin
         self._durable = durable or (lambda block: None)
+        self._split = split or (lambda interval, part: False)
+        self._book = None  # the MeterAnchors address, read once
         self._clock = clock
         self._hook = hook or (lambda event, interval: None)
         self._seen = None  # (number, hash) of the node's head at the end of the last step
@@ -115,34 +134,47 @@ class Outbox:
     def _now(self):
         return int(self._clock())
 
-    def _update(self, interval, **fields):
+    def _update(self, key, **fields):
         fields["updated_at"] = self._now()
         cols = ", ".join(f"{k} = ?" for k in fields)
-        self.conn.execute(f"UPDATE chain_outbox SET {cols} WHERE contract = ? AND interval = ?",
-                          (*fields.values(), self.contract, interval))
+        self.conn.execute(
+            f"UPDATE chain_outbox SET {cols} WHERE contract = ? AND interval = ? AND part = ?",
+            (*fields.values(), self.contract, *key))
 
-    _COLUMNS = ("interval", "state", "root", "packed", "nonce", "raw_tx", "tx_hash",
-                "sent_at", "block_number", "block_hash")
+    _COLUMNS = ("interval", "part", "intervals", "state", "root", "packed", "nonce",
+                "raw_tx", "tx_hash", "sent_at", "block_number", "block_hash")
+
+    def _dict(self, r):
+        row = dict(zip(self._COLUMNS, r, strict=True))
+        row["key"] = (row["interval"], row["part"])
+        row["label"] = label(row["interval"], row["part"])
+        return row
 
     def rows(self, states):
         marks = ",".join("?" * len(states))
         cur = self.conn.execute(
             f"SELECT {', '.join(self._COLUMNS)} FROM chain_outbox WHERE contract = ? AND "
-            f"state IN ({marks}) ORDER BY coalesce(nonce, 1 << 62), interval",
+            f"state IN ({marks}) ORDER BY coalesce(nonce, 1 << 62), interval, part",
             (self.contract, *states))
-        return [dict(zip(self._COLUMNS, r, strict=True)) for r in cur.fetchall()]
+        return [self._dict(r) for r in cur.fetchall()]
 
-    def _row(self, interval):
+    def _row(self, key):
         r = self.conn.execute(
             f"SELECT {', '.join(self._COLUMNS)} FROM chain_outbox WHERE contract = ? AND "
-            "interval = ?", (self.contract, interval)).fetchone()
+            "interval = ? AND part = ?", (self.contract, *key)).fetchone()
         if r is None:
-            raise KeyError(interval)
-        return dict(zip(self._COLUMNS, r, strict=True))
+            raise KeyError(key)
+        return self._dict(r)
 
     def call_data(self, row):
-        words = [int(w, 16) for w in json.loads(row["packed"])]
-        return rpc.encode_call(contracts.SUBMIT, [row["interval"], bytes(row["root"]), words])
+        """The ``submit`` call of a row: its signed readings (anchors), then its
+        intervals (none for a row of signed readings only)."""
+        call = json.loads(row["packed"])
+        anchors = [(m, restart, at, bytes.fromhex(p), bytes.fromhex(r), bytes.fromhex(s))
+                   for m, restart, at, p, r, s in call["anchors"]]
+        words = [int(w, 16) for w in call["intervals"]]
+        root = bytes(row["root"]) if row["root"] is not None else bytes(32)
+        return rpc.encode_call(contracts.SUBMIT, [row["interval"], root, anchors, words])
 
     def _head(self):
         header = self.port.get_block_header("latest")
@@ -158,21 +190,36 @@ class Outbox:
             raise
         return bytes.fromhex(header["hash"][2:]) == bytes(block_hash)
 
+    def _view(self, to, signature, args, types, block):
+        return rpc.decode_output(types, self.port.call(to, rpc.encode_call(signature, args),
+                                                       block))
+
     def _on_chain(self, row):
         """(outcome, block number, block hash) if the contract, read at the node's latest
-        block, has this interval from us or settled it without us; else None."""
+        block, holds this row's effect already; else None. Intervals: our root is there
+        (already submitted), or our cursor passed them (superseded). Signed readings only:
+        the last one's meter is anchored at its sequence number or later."""
         number, block_hash = self._head()
-        interval = row["interval"]
-        root = rpc.decode_output(["bytes32"], self.port.call(
-            self.contract, rpc.encode_call(contracts.ROOTS, [interval, self.sender]),
-            number))[0]
-        if root != bytes(32):
-            # ours; another root only if the outbox was lost and rebuilt (new salts)
+        call = json.loads(row["packed"])
+        if row["intervals"]:
+            word = self._view(self.contract, contracts.ROOT_OF, [bytes(row["root"])],
+                              ["uint256"], number)[0]
+            if word != 0 and word & ((1 << 160) - 1) == int(self.sender, 16):
+                return ALREADY_SUBMITTED, number, block_hash
+            cursor = self._view(self.contract, contracts.CURSOR, [self.sender],
+                                ["uint256"], number)[0]
+            if cursor >= row["interval"] + row["intervals"]:
+                return SUPERSEDED, number, block_hash
+            return None
+        if self._book is None:
+            self._book = self._view(self.contract, contracts.ANCHOR_BOOK, [], ["address"],
+                                    number)[0]
+        meter, _restart, _at, payload, _r, _s = call["anchors"][-1]
+        seq = reading.decode_payload(bytes.fromhex(payload))["seq"]
+        state = self._view(self._book, contracts.ANCHOR_OF, [self.contract, meter],
+                           contracts.ANCHOR_OF_TYPES, number)
+        if state[1] >= seq:
             return ALREADY_SUBMITTED, number, block_hash
-        settled = rpc.decode_output(["bool"], self.port.call(
-            self.contract, rpc.encode_call(contracts.SETTLED, [interval]), number))[0]
-        if settled:
-            return SETTLED_WITHOUT_US, number, block_hash
         return None
 
     # ---- the machine
@@ -190,8 +237,8 @@ class Outbox:
             state = row["state"]
             if state == "built":
                 self._sign(row, changed)
-                if changed.get(row["interval"]) == "signed":
-                    self._send(self._row(row["interval"]), changed)
+                if changed.get(row["label"]) == "signed":
+                    self._send(self._row(row["key"]), changed)
             elif state == "signed":
                 self._send(row, changed)
             elif state == "sent":
@@ -213,32 +260,33 @@ class Outbox:
 
     def _audit_anchors(self, changed):
         # confirmed without an anchor: written by an earlier version of the outbox
-        for interval, has_tx in self.conn.execute(
-                "SELECT interval, raw_tx IS NOT NULL FROM chain_outbox WHERE contract = ? AND "
-                "state = 'confirmed' AND block_number IS NULL", (self.contract,)).fetchall():
-            self._reopen(interval, has_tx, "confirmed without a block", changed)
+        for interval, part, has_tx in self.conn.execute(
+                "SELECT interval, part, raw_tx IS NOT NULL FROM chain_outbox WHERE "
+                "contract = ? AND state = 'confirmed' AND block_number IS NULL",
+                (self.contract,)).fetchall():
+            self._reopen((interval, part), has_tx, "confirmed without a block", changed)
         # highest anchor first; the sort is done before the first row comes, so the
         # updates below do not disturb the cursor
         cur = self.conn.execute(
-            "SELECT interval, raw_tx IS NOT NULL, block_number, block_hash FROM chain_outbox "
-            "WHERE contract = ? AND state = 'confirmed' AND block_number IS NOT NULL "
-            "ORDER BY block_number DESC", (self.contract,))
+            "SELECT interval, part, raw_tx IS NOT NULL, block_number, block_hash FROM "
+            "chain_outbox WHERE contract = ? AND state = 'confirmed' AND block_number IS NOT "
+            "NULL ORDER BY block_number DESC", (self.contract,))
         try:
             while batch := cur.fetchmany(64):
-                for interval, has_tx, number, block_hash in batch:
+                for interval, part, has_tx, number, block_hash in batch:
                     if self._is_block(number, block_hash):
                         return  # this block is the node's, so is every block below it
-                    self._reopen(interval, has_tx,
+                    self._reopen((interval, part), has_tx,
                                  f"block {number} is no longer the node's", changed)
         finally:
             cur.close()
 
     def _audit_nonces(self, latest, changed):
-        for interval, nonce in self.conn.execute(
-                "SELECT interval, nonce FROM chain_outbox WHERE contract = ? AND sender = ? "
-                "AND state IN ('mined', 'confirmed') AND raw_tx IS NOT NULL AND nonce >= ? "
-                "ORDER BY nonce", (self.contract, self.sender, latest)).fetchall():
-            self._reopen(interval, True,
+        for interval, part, nonce in self.conn.execute(
+                "SELECT interval, part, nonce FROM chain_outbox WHERE contract = ? AND "
+                "sender = ? AND state IN ('mined', 'confirmed') AND raw_tx IS NOT NULL AND "
+                "nonce >= ? ORDER BY nonce", (self.contract, self.sender, latest)).fetchall():
+            self._reopen((interval, part), True,
                          f"the node has not mined nonce {nonce} (its next is {latest})",
                          changed)
 
@@ -266,43 +314,56 @@ class Outbox:
         log.warning("nonce hole filled with an empty transaction", extra={"fields": {
             "nonce": nonce, "tx": "0x" + signed.tx_hash.hex()}})
 
-    def _reopen(self, interval, has_tx, reason, changed):
+    def _reopen(self, key, has_tx, reason, changed):
         if has_tx:  # the same signed transaction goes again
-            self._update(interval, state="sent", sent_at=None, block_number=None,
+            self._update(key, state="sent", sent_at=None, block_number=None,
                          block_hash=None, gas_used=None, outcome=None)
-            changed[interval] = "sent"
+            changed[label(*key)] = "sent"
         else:  # found on chain without a transaction of ours: simulated again
-            self._update(interval, state="built", block_number=None, block_hash=None,
+            self._update(key, state="built", block_number=None, block_hash=None,
                          gas_used=None, outcome=None)
-            changed[interval] = "built"
+            changed[label(*key)] = "built"
         log.warning("submission lost by the node; submitting it again", extra={"fields": {
-            "interval": interval, "reason": reason}})
+            "interval": key[0], "part": key[1], "reason": reason}})
 
     # ---- rows
 
     def _sign(self, row, changed):
-        interval = row["interval"]
+        key, name = row["key"], row["label"]
         data = self.call_data(row)
         try:
             gas = self.port.estimate_gas(self.sender, self.contract, data)
         except RpcError as e:
             message = str(e)
-            if "interval not over" in message:
+            if "interval not over" in message or "boundary in the future" in message:
                 return  # the node's clock is behind ours: later
-            if "revert" not in message.lower() and "execution" not in message.lower():
+            if _has(message, _TOO_BIG) and "revert" not in message.lower():
+                gas = contracts.TX_GAS_CAP + 1  # over the cap: split below
+            elif "revert" not in message.lower() and "execution" not in message.lower():
                 raise  # node trouble, not a refusal
-            found = self._on_chain(row)
-            if found is not None:
-                self._found(interval, found, changed)
-            elif _has(message, _ALREADY):
-                # the refusal says it is there, the contract at a fixed block says not
-                log.warning("refusal not confirmed by the contract; trying again",
-                            extra={"fields": {"interval": interval, "error": message}})
             else:
-                self._update(interval, state="failed", error=message[:500])
-                changed[interval] = "failed"
-                log.error("submission refused", extra={"fields": {
-                    "interval": interval, "error": message}})
+                found = self._on_chain(row)
+                if found is not None:
+                    self._found(key, found, changed)
+                elif _has(message, _ALREADY):
+                    # the refusal says it is there, the contract at a fixed block says not
+                    log.warning("refusal not confirmed by the contract; trying again",
+                                extra={"fields": {"interval": key[0], "part": key[1],
+                                                  "error": message}})
+                else:
+                    self._update(key, state="failed", error=message[:500])
+                    changed[name] = "failed"
+                    log.error("submission refused", extra={"fields": {
+                        "interval": key[0], "part": key[1], "error": message}})
+                return
+        if gas > contracts.TX_GAS_CAP * 0.95:  # no room left for estimate drift
+            if self._split(*key):
+                changed[name] = "split"
+                return
+            self._update(key, state="failed",
+                         error=f"needs {gas} gas, more than a transaction may use "
+                               f"({contracts.TX_GAS_CAP}), and cannot be split")
+            changed[name] = "failed"
             return
         fees = self.port.suggest_fees()
         chain_nonce = self.port.get_nonce(self.sender, "latest")
@@ -316,13 +377,14 @@ class Outbox:
             nonce = max(chain_nonce, -1 if top is None else top + 1)
             signed = rpc.sign_transaction(
                 self.key, chain_id=self.port.chain_id, nonce=nonce, to=self.contract,
-                data=data, gas=int(gas * self.gas_margin), fees=fees)
-            self._update(interval, state="signed", sender=self.sender, nonce=nonce,
+                data=data, gas=min(int(gas * self.gas_margin), contracts.TX_GAS_CAP),
+                fees=fees)
+            self._update(key, state="signed", sender=self.sender, nonce=nonce,
                          raw_tx=signed.raw, tx_hash=signed.tx_hash, sent_at=None,
                          block_number=None, block_hash=None, outcome=None,
                          attempts=0, error=None)
-        changed[interval] = "signed"
-        self._hook("signed", interval)
+        changed[name] = "signed"
+        self._hook("signed", name)
 
     def _broadcast(self, row):
         """Send the stored raw tx. Returns "sent", "mined" (a receipt exists),
@@ -341,57 +403,57 @@ class Outbox:
         return "nonce_used"
 
     def _send(self, row, changed):
-        interval = row["interval"]
+        key, name = row["key"], row["label"]
         result = self._broadcast(row)
-        self._hook("broadcast", interval)
+        self._hook("broadcast", name)
         if result == "nonce_used":
             self._nonce_used(row, changed)
             return
         self.conn.execute(
             "UPDATE chain_outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, "
-            "updated_at = ? WHERE contract = ? AND interval = ?",
-            (self._now(), self._now(), self.contract, interval))
-        changed[interval] = "sent"
-        self._hook("sent", interval)
+            "updated_at = ? WHERE contract = ? AND interval = ? AND part = ?",
+            (self._now(), self._now(), self.contract, *key))
+        changed[name] = "sent"
+        self._hook("sent", name)
         if result == "mined":
-            self._track_sent(self._row(interval), changed)
+            self._track_sent(self._row(key), changed)
 
     def _sign_again(self, row, reason, changed):
-        interval = row["interval"]
+        key = row["key"]
         conn = self.conn
         with store.immediate(conn):
             conn.execute(
-                "INSERT INTO chain_tx_history (contract, interval, nonce, tx_hash, replaced_at,"
-                " reason) VALUES (?, ?, ?, ?, ?, ?)",
-                (self.contract, interval, row["nonce"], row["tx_hash"], self._now(), reason))
-            self._update(interval, state="built", nonce=None, raw_tx=None, tx_hash=None,
+                "INSERT INTO chain_tx_history (contract, interval, part, nonce, tx_hash, "
+                "replaced_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self.contract, *key, row["nonce"], row["tx_hash"], self._now(), reason))
+            self._update(key, state="built", nonce=None, raw_tx=None, tx_hash=None,
                          sent_at=None, block_number=None, block_hash=None, outcome=None)
-        changed[interval] = "built"
+        changed[row["label"]] = "built"
         log.warning("signing the submission again", extra={"fields": {
-            "interval": interval, "nonce": row["nonce"], "reason": reason}})
+            "interval": key[0], "part": key[1], "nonce": row["nonce"], "reason": reason}})
 
     def _nonce_used(self, row, changed):
         if self.port.get_receipt(bytes(row["tx_hash"])) is not None:
             return  # ours after all (the node indexed it late): tracked at the next step
         found = self._on_chain(row)
         if found is not None:
-            self._found(row["interval"], found, changed)
+            self._found(row["key"], found, changed)
             return
         self._sign_again(row, "nonce used by another transaction", changed)
 
-    def _found(self, interval, found, changed):
-        """The contract holds the interval (``found`` from :meth:`_on_chain`): mined at
-        the block it was read at, confirmed like a receipt."""
+    def _found(self, key, found, changed):
+        """The contract holds the row (``found`` from :meth:`_on_chain`): mined at the
+        block it was read at, confirmed like a receipt."""
         outcome, number, block_hash = found
-        self._update(interval, state="mined", outcome=outcome, block_number=number,
+        self._update(key, state="mined", outcome=outcome, block_number=number,
                      block_hash=block_hash, error=None)
-        changed[interval] = "mined"
-        log.info("interval found on chain", extra={"fields": {
-            "interval": interval, "outcome": outcome, "block": number}})
-        self._track_mined(self._row(interval), changed)
+        changed[label(*key)] = "mined"
+        log.info("submission found on chain", extra={"fields": {
+            "interval": key[0], "part": key[1], "outcome": outcome, "block": number}})
+        self._track_mined(self._row(key), changed)
 
     def _track_sent(self, row, changed):
-        interval = row["interval"]
+        key, name = row["key"], row["label"]
         receipt = self.port.get_receipt(bytes(row["tx_hash"]))
         if receipt is None:
             if self.port.get_nonce(self.sender, "latest") > row["nonce"]:
@@ -404,69 +466,73 @@ class Outbox:
                 self._send(row, changed)
             return
         if receipt.status == 1:
-            self._update(interval, state="mined", block_number=receipt.block_number,
+            self._update(key, state="mined", block_number=receipt.block_number,
                          block_hash=receipt.block_hash, gas_used=receipt.gas_used,
                          outcome=SUBMITTED)
-            changed[interval] = "mined"
+            changed[name] = "mined"
         else:
             found = self._on_chain(row)
             if found is not None:
-                self._update(interval, gas_used=receipt.gas_used)
-                self._found(interval, found, changed)
+                self._update(key, gas_used=receipt.gas_used)
+                self._found(key, found, changed)
                 return
             self._reverted(row, receipt, changed)
             return
-        self._track_mined(self._row(interval), changed)
+        self._track_mined(self._row(key), changed)
 
     def _reverted(self, row, receipt, changed):
-        interval = row["interval"]
+        key = row["key"]
         signed = self.conn.execute(
-            "SELECT count(*) FROM chain_tx_history WHERE contract = ? AND interval = ?",
-            (self.contract, interval)).fetchone()[0] + 1
+            "SELECT count(*) FROM chain_tx_history WHERE contract = ? AND interval = ? AND "
+            "part = ?", (self.contract, *key)).fetchone()[0] + 1
         reason = f"transaction reverted in block {receipt.block_number}"
         if signed < RESIGN_LIMIT:
             self._sign_again(row, reason, changed)  # simulated again: a lasting refusal
             return  # then fails in _sign with the contract's reason
-        self._update(interval, state="failed", block_number=receipt.block_number,
+        self._update(key, state="failed", block_number=receipt.block_number,
                      block_hash=receipt.block_hash, gas_used=receipt.gas_used,
                      error=f"{reason} (signed {signed} times)")
-        changed[interval] = "failed"
+        changed[row["label"]] = "failed"
         log.error("submission reverted", extra={"fields": {
-            "interval": interval, "block": receipt.block_number, "signed": signed}})
+            "interval": key[0], "part": key[1], "block": receipt.block_number,
+            "signed": signed}})
 
     def _track_mined(self, row, changed):
-        interval = row["interval"]
+        key, name = row["key"], row["label"]
         if not self._is_block(row["block_number"], row["block_hash"]):
-            self._reopen(interval, row["raw_tx"] is not None,
+            self._reopen(key, row["raw_tx"] is not None,
                          f"block {row['block_number']} is no longer the node's", changed)
             return
         head = self.port.get_block_number()
         if head - row["block_number"] + 1 >= self.confirmations:
             self._durable(row["block_number"])
-            self._update(interval, state="confirmed")
-            changed[interval] = "confirmed"
-            self._hook("confirmed", interval)
+            self._update(key, state="confirmed")
+            changed[name] = "confirmed"
+            self._hook("confirmed", name)
 
 
 def retry(conn, contract, interval, now=None):
-    """Put a ``failed`` row back to ``built`` (it is simulated and signed again)."""
+    """Drop the ``failed`` rows from ``interval`` on, and their leaves: the batcher builds
+    those intervals again from the chain's state and the stored readings (the contract
+    may refuse the old call for good, e.g. after a meter's key changed). Spent nonces
+    stay on record. Returns False if no failed row is there."""
     now = int(time.time()) if now is None else now
     with store.immediate(conn):
-        row = conn.execute(
-            "SELECT nonce, tx_hash FROM chain_outbox WHERE contract = ? AND interval = ? AND "
-            "state = 'failed'", (contract, interval)).fetchone()
-        if row is None:
+        rows = conn.execute(
+            "SELECT interval, part, nonce, tx_hash FROM chain_outbox WHERE contract = ? AND "
+            "interval >= ? AND state = 'failed'", (contract, interval)).fetchall()
+        if not any(k == interval for k, *_ in rows):
             return False
-        if row[0] is not None:  # keep the spent nonce on record (the outbox never reuses it)
-            conn.execute(
-                "INSERT INTO chain_tx_history (contract, interval, nonce, tx_hash, "
-                "replaced_at, reason) VALUES (?, ?, ?, ?, ?, 'retried after failure')",
-                (contract, interval, row[0], row[1], now))
-        conn.execute(
-            "UPDATE chain_outbox SET state = 'built', nonce = NULL, raw_tx = NULL, "
-            "tx_hash = NULL, sent_at = NULL, block_number = NULL, block_hash = NULL, "
-            "outcome = NULL, error = NULL, updated_at = ? "
-            "WHERE contract = ? AND interval = ?", (now, contract, interval))
+        for k, part, nonce, tx_hash in rows:
+            if nonce is not None:  # keep the spent nonce on record (never reused)
+                conn.execute(
+                    "INSERT INTO chain_tx_history (contract, interval, part, nonce, tx_hash, "
+                    "replaced_at, reason) VALUES (?, ?, ?, ?, ?, ?, 'retried after failure')",
+                    (contract, k, part, nonce, tx_hash, now))
+            conn.execute("DELETE FROM chain_leaves WHERE contract = ? AND interval = ?",
+                         (contract, k))
+            conn.execute("DELETE FROM chain_outbox WHERE contract = ? AND interval = ? AND "
+                         "part = ?", (contract, k, part))
     return True
 
 
@@ -491,13 +557,13 @@ def agreement(conn, port, contract, sender, *, confirmations=1, from_block=0):
     topic = contracts.event_topic("Settlement", "Submitted")
     gateway_topic = bytes(12) + bytes.fromhex(sender.removeprefix("0x"))
     on_chain = {}
-    for entry in port.get_logs(contract, [topic, None, gateway_topic], from_block, at):
+    for entry in port.get_logs(contract, [topic, gateway_topic], from_block, at):
         decoded = contracts.decode_log("Settlement", entry)
         if decoded is not None:
-            on_chain[decoded[1]["interval"]] = bytes(decoded[1]["root"])
+            on_chain[decoded[1]["first_interval"]] = bytes(decoded[1]["root"])
     confirmed = {k: bytes(root) for k, root in conn.execute(
         "SELECT interval, root FROM chain_outbox WHERE contract = ? AND state = 'confirmed' "
-        "AND outcome IN (?, ?)", (contract, SUBMITTED, ALREADY_SUBMITTED))}
+        "AND intervals > 0 AND outcome IN (?, ?)", (contract, SUBMITTED, ALREADY_SUBMITTED))}
     missing = sorted(k for k in confirmed if k not in on_chain)
     other = sorted(k for k, root in confirmed.items() if k in on_chain and on_chain[k] != root)
     unconfirmed = sorted(k for k in on_chain if k not in confirmed)

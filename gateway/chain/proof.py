@@ -67,6 +67,7 @@ class ProvenStorage:
     block_hash: bytes
     state_root: bytes
     storage_root: bytes
+    code_hash: bytes = EMPTY_CODE_HASH
 
     @property
     def word(self):
@@ -239,10 +240,22 @@ def proven_storage(port, address, slot, block, block_hash=None):
     if isinstance(block, int) and number != block:
         raise ProofError(f"asked for block {block}, the node sent block {number}")
     response = port.get_proof(to_checksum_address(address), [slot], number)
-    _, value = verify_storage_response(state_root, address, slot, response)
+    account, value = verify_storage_response(state_root, address, slot, response)
     storage_root = _hex_bytes(response, "storageHash", 32)
     return ProvenStorage(value, to_checksum_address(address), slot, number,
-                         _hex_bytes(header, "hash", 32), state_root, storage_root)
+                         _hex_bytes(header, "hash", 32), state_root, storage_root,
+                         account.code_hash)
+
+
+def proven_code(port, proven):
+    """The code of the account of ``proven`` (a :class:`ProvenStorage`) at its block, as
+    the node sends it, checked against the proven code hash; :class:`ProofError` if it
+    does not hash to it."""
+    code = port.get_code(proven.address, proven.block_number)
+    if not isinstance(code, bytes | bytearray) or keccak(bytes(code)) != proven.code_hash:
+        raise ProofError(f"the code the node sent for {proven.address} does not hash to the"
+                         f" proven code hash 0x{proven.code_hash.hex()}")
+    return bytes(code)
 
 
 def _key_word(key):

@@ -127,6 +127,10 @@ class ChainPort:
     def get_storage_at(self, address, slot, block="latest"):
         raise NotImplementedError
 
+    def get_code(self, address, block="latest"):
+        """The code (bytes) of ``address`` at ``block``."""
+        raise NotImplementedError
+
     def get_logs(self, address, topics, from_block, to_block="latest"):
         """The logs of ``address`` matching ``topics`` (bytes, or None for any) in the
         block range, as the node sent them (hex strings)."""
@@ -262,6 +266,9 @@ class Web3Chain(ChainPort):
     def get_storage_at(self, address, slot, block="latest"):
         return _bytes(self.request("eth_getStorageAt", [address, f"0x{slot:064x}",
                                                         _block_param(block)]))
+
+    def get_code(self, address, block="latest"):
+        return _bytes(self.request("eth_getCode", [address, _block_param(block)]))
 
     def get_logs(self, address, topics, from_block, to_block="latest"):
         return self.request("eth_getLogs", [{

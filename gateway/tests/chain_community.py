@@ -51,6 +51,12 @@ class Community:
         self.node = Anvil(tmp_path / "chain").start()
         self.keys = self.node.account_keys()
         self.port = rpc.Web3Chain.connect(self.node.url, self.node.chain_id)
+        now = int(time.time())
+        # intervals well in the past: the community (contracts, meters) was set up before
+        # them, so the chain's clock goes back there for the set-up, then to now
+        self.first = now // L - past_intervals
+        self.t0 = self.first * L
+        self.port.request("evm_setTime", [self.t0 - L])
         self.admin_key = self.keys[0]
         self.gateway_key = self.keys[1]
         self.gateway = Account.from_key(self.gateway_key).address
@@ -59,7 +65,9 @@ class Community:
         self.settlement = self.deployment.settlement
         self.db = tmp_path / "gateway.sqlite3"
         self.conn = store.open_store(self.db)
-        self.members = [Member(n, self.keys[2 + i], imp, exp)
+        # owners: anvil's funded accounts while they last (a producer signs its key)
+        self.members = [Member(n, self.keys[2 + i] if 2 + i < len(self.keys)
+                               else Account.create().key, imp, exp)
                         for i, (n, imp, exp) in enumerate(members)]
         for m in self.members:
             registry.add_device(self.conn, m.meter.device_id, m.meter.pubkey, "SDM120CT",
@@ -72,10 +80,14 @@ class Community:
                 deploy.fund(self.port, self.admin_key, self.deployment.token, self.settlement,
                             m.owner, FUNDING)
         self.store = GroupStore(self.conn)
-        now = int(time.time())
-        # intervals well in the past: the contract takes them
-        self.first = now // L - past_intervals
-        self.t0 = self.first * L
+        self.port.request("evm_setTime", [now])
+        self.port.request("evm_mine", [])
+        self.view = batcher.ChainView(self.port, self.settlement, self.gateway)
+
+    def batcher(self, **kw):
+        """The gateway's batcher for this community (grace 60 s)."""
+        kw.setdefault("grace_s", 60)
+        return batcher.Batcher(self.conn, self.settlement, self.view, length=L, **kw)
 
     def member(self, name):
         return next(m for m in self.members if m.name == name)
@@ -130,6 +142,7 @@ class Community:
         """Start anvil again from its state file; returns the new port."""
         self.node.restart()
         self.port = rpc.Web3Chain.connect(self.node.url, self.node.chain_id)
+        self.view.port = self.port
         return self.port
 
     def close(self):

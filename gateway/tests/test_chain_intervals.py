@@ -1,8 +1,6 @@
-"""Per-interval import/export from cumulative counters: worked examples with exact
-numbers, floor rounding, telescoping sums, gaps marked and never filled in."""
-
-import math
-from fractions import Fraction
+"""Per-interval energy from the signed readings at interval boundaries (anchors): worked
+examples with exact numbers, windows that add up exactly to what the meter signed, gaps
+marked and never filled in, and what the chain already holds respected."""
 
 import pytest
 from hypothesis import given, settings
@@ -10,161 +8,178 @@ from hypothesis import strategies as st
 
 from gateway.chain import intervals
 from gateway.chain.errors import GatewayError, IntervalError
-from gateway.chain.intervals import COUNTER_DECREASE, GAP, OK
+from gateway.chain.intervals import (
+    COUNTER_DECREASE,
+    GAP,
+    OVERFLOW,
+    ChainAnchor,
+    Reading,
+    Series,
+    plan_meter,
+)
+from wattcore import reading as wreading
 
-T0 = 1_764_000_000  # a multiple of 900 and 1800
+L = 900
+K = 1_960_000  # an interval id: boundary K is K*900 s
+T0 = K * L
 
-
-def test_worked_example_interpolates_and_rounds_down():
-    readings = [(T0 + 850, 1000, 0), (T0 + 950, 1100, 5),
-                (T0 + 1790, 1200, 7), (T0 + 1810, 1300, 9)]
-    (mi,) = intervals.meter_intervals(readings, T0 + 900, 1)
-    # at T0+900:  ei 1000 + 100*50//100 = 1050   ee 0 + 5*50//100 = 2 (2.5 rounded down)
-    # at T0+1800: ei 1200 + 100*10//20 = 1250    ee 7 + 2*10//20 = 8
-    assert (mi.import_wh, mi.export_wh) == (200, 6)
-    assert mi.quality == OK and not mi.gap and mi.end == T0 + 1800
-
-
-def test_worked_example_telescopes_to_the_counter_difference():
-    readings = [(T0, 0, 0), (T0 + 400, 333, 0), (T0 + 1000, 1001, 10),
-                (T0 + 2000, 1700, 10), (T0 + 2700, 2000, 10)]
-    result = intervals.meter_intervals(readings, T0, 3)
-    # boundaries: T0 -> 0; T0+900 -> 333 + 668*500//600 = 889 (556.67 down);
-    # T0+1800 -> 1001 + 699*800//1000 = 1560 (559.2 down); T0+2700 -> 2000
-    assert [m.import_wh for m in result] == [889, 671, 440]
-    # export: T0+900 -> 10*500//600 = 8 (8.33 down); T0+1800 -> 10
-    assert [m.export_wh for m in result] == [8, 2, 0]
-    assert sum(m.import_wh for m in result) == 2000 - 0
-    assert sum(m.export_wh for m in result) == 10 - 0
+_ids = iter(range(1, 10**9))
 
 
-def test_reading_on_the_boundary_is_used_as_is():
-    readings = [(T0, 500, 40), (T0 + 900, 650, 41), (T0 + 1000, 10_000, 50)]
-    (mi,) = intervals.meter_intervals(readings, T0, 1)
-    assert (mi.import_wh, mi.export_wh) == (150, 1)
+def r(t, ei, ee=0, seq=None, st=0):
+    """A reading at t with counters (seq from t unless given)."""
+    return Reading(next(_ids), t - T0 + 10 if seq is None else seq, t, st, ei, ee)
 
 
-def test_fault_readings_are_skipped():
-    readings = [(T0 - 100, 100, 0), (T0, None, None), (T0 + 100, 200, 0),
-                (T0 + 899, None, None), (T0 + 900, 290, 3)]
-    (mi,) = intervals.meter_intervals(readings, T0, 1)
-    # T0 interpolated between T0-100 and T0+100 (150), the fault at T0 ignored
-    assert (mi.import_wh, mi.export_wh) == (140, 3)
-    assert mi.quality == OK
+def every(step, t_from, t_to, power_in, power_out=0):
+    """A meter reading every `step` s with constant power (W) in and out."""
+    return [r(t, 1000 + power_in * (t - T0) // 3600, 50 + power_out * (t - T0) // 3600)
+            for t in range(t_from, t_to + 1, step)]
+
+
+def test_anchor_is_the_first_usable_reading_after_the_boundary():
+    s = Series([r(T0 - 5, 1), r(T0 + 3, 2, st=wreading.ST_CLOCK_UNTRUSTED),
+                r(T0 + 7, 3, st=wreading.ST_METER_NO_REPLY),
+                Reading(99, 40, T0 + 8, wreading.ST_METER_NO_REPLY, None, None),
+                r(T0 + 9, 4), r(T0 + 12, 5)], L)
+    assert s.anchor(K).ei == 4  # before the boundary, untrusted clock, fault: skipped
+    assert Series([r(T0 + 300, 1)], L).anchor(K) is None  # 300 s late is too late
+    assert Series([r(T0 + 299, 1)], L).anchor(K).ei == 1
+
+
+def test_worked_example_an_hour_in_four_intervals():
+    # 6 kW in for an hour, a reading every 10 s: boundaries at T0, +900, ... are readings
+    s = Series(every(10, T0, T0 + 3600, 6000), L)
+    plan = plan_meter(s, ChainAnchor(), K, K + 4, 4)
+    # first ever: an anchor at K starts it, one at K+4 closes the one window
+    assert [(a.boundary, a.restart, a.before) for a in plan.anchors] == [
+        (K, True, K), (K + 4, False, K)]
+    assert plan.energy == {K + k: (1500, 0) for k in range(4)}
+    assert plan.gaps == {}
+
+
+def test_energy_is_the_difference_of_the_anchors_never_interpolated():
+    # readings at 7 s past each boundary plus noise between: the interval's energy is
+    # counter(anchor at its end) - counter(anchor at its start), not a proportion
+    readings = [r(T0 + 7, 100), r(T0 + 450, 180), r(T0 + 907, 251), r(T0 + 1807, 259),
+                r(T0 + 2707, 1000)]
+    plan = plan_meter(Series(readings, L), ChainAnchor(), K, K + 3, 4)
+    assert plan.energy == {K: (151, 0), K + 1: (8, 0), K + 2: (741, 0)}
+    assert sum(i for i, _ in plan.energy.values()) == 1000 - 100
+
+
+def test_a_window_continues_from_the_anchor_the_chain_holds():
+    s = Series(every(10, T0 + 3600, T0 + 7200, 2000, 400), L)
+    at_k4 = s.anchor(K + 4)
+    chain = ChainAnchor(K + 4, at_k4.seq, at_k4.ei, at_k4.ee)
+    plan = plan_meter(s, chain, K + 4, K + 8, 4)
+    assert [(a.boundary, a.restart) for a in plan.anchors] == [(K + 8, False)]
+    assert sum(i for i, _ in plan.energy.values()) == s.anchor(K + 8).ei - at_k4.ei
+    assert sum(e for _, e in plan.energy.values()) == s.anchor(K + 8).ee - at_k4.ee
 
 
 def test_outage_is_a_gap_never_filled_in():
-    # readings every 60 s until T0+300, nothing until T0+3000, then every 60 s again
-    readings = [(t, 10 * (t - T0) // 60, 0) for t in range(T0, T0 + 301, 60)]
-    readings += [(t, 10 * (t - T0) // 60, 0) for t in range(T0 + 3000, T0 + 5401, 60)]
-    result = intervals.meter_intervals(readings, T0, 6, max_gap=1800)
-    assert [m.quality for m in result] == [GAP, GAP, GAP, GAP, OK, OK]
-    for m in result[:4]:
-        assert m.gap and m.import_wh is None and m.export_wh is None
-    assert [m.import_wh for m in result[4:]] == [150, 150]
-    totals = intervals.interval_totals({"a": readings}, T0 + 3600)
-    assert totals.gaps == [] and totals.meters["a"].import_wh == 150
+    # readings until K+1 (+ a few s), nothing until K+3, then again
+    readings = every(10, T0, T0 + 910, 1200) + every(10, T0 + 3 * L, T0 + 6 * L, 1200)
+    plan = plan_meter(Series(readings, L), ChainAnchor(), K, K + 6, 4)
+    assert plan.gaps == {K + 1: GAP, K + 2: GAP}
+    assert set(plan.energy) == {K, K + 3, K + 4, K + 5}
+    # after the gap the meter starts afresh: its energy in the gap is never settled
+    assert [(a.boundary, a.restart) for a in plan.anchors] == [
+        (K, True), (K + 1, False), (K + 3, True), (K + 6, False)]
 
 
-def test_no_reading_after_the_end_is_a_gap():
-    readings = [(T0 - 30, 0, 0), (T0 + 600, 100, 0)]
-    (mi,) = intervals.meter_intervals(readings, T0, 1)
-    assert mi.gap and mi.quality == GAP and mi.import_wh is None
+def test_counter_going_down_ends_the_window_and_restarts():
+    readings = every(10, T0, T0 + 2 * L + 10, 3000)
+    swapped = [r(t, 5 + 3000 * (t - T0 - 2 * L) // 3600)
+               for t in range(T0 + 2 * L + 20, T0 + 4 * L + 1, 10)]
+    s = Series(readings + swapped, L)
+    plan = plan_meter(s, ChainAnchor(), K, K + 4, 4)
+    # K..K+1 settle; the boundary K+2 holds the old counter, K+3 the new: decrease, and
+    # the contract refuses lower counters than its last anchor's until the admin resets
+    assert plan.energy == {K: (750, 0), K + 1: (750, 0)}
+    assert plan.gaps == {K + 2: COUNTER_DECREASE, K + 3: COUNTER_DECREASE}
+    k2 = s.anchor(K + 2)
+    reset = ChainAnchor(K + 2, k2.seq, k2.ei, k2.ee, open=intervals.RESTART_PENDING)
+    plan = plan_meter(s, reset, K + 2, K + 4, 4)
+    assert plan.gaps == {K + 2: GAP}  # its anchor at K+2 is the old meter's
+    assert plan.energy == {K + 3: (750, 0)}  # the new meter from its own first anchor
 
 
-def test_counter_decrease_is_flagged():
-    readings = [(T0, 500, 7), (T0 + 450, 100, 7), (T0 + 900, 200, 8)]  # meter swapped
-    (mi,) = intervals.meter_intervals(readings, T0, 1)
-    assert mi.import_wh is None and mi.import_quality == COUNTER_DECREASE
-    assert mi.export_wh == 1 and mi.export_quality == OK
-    assert mi.quality == COUNTER_DECREASE and mi.gap
-    # a decrease between the readings bracketing a boundary
-    readings = [(T0 - 10, 500, 0), (T0 + 10, 100, 0), (T0 + 900, 200, 0)]
-    assert intervals.meter_intervals(readings, T0, 1)[0].import_quality == COUNTER_DECREASE
+def test_a_meter_the_chain_has_ahead_or_refuses_is_a_gap():
+    s = Series(every(10, T0, T0 + 2 * L, 900), L)
+    # the chain holds a later anchor than the boundary: nothing before it is signed anew
+    late = s.anchor(K + 1)
+    plan = plan_meter(s, ChainAnchor(K + 1, late.seq, late.ei, 0), K, K + 2, 4)
+    assert plan.gaps == {K: GAP} and set(plan.energy) == {K + 1}
+    # the chain holds higher counters (meter replaced, no reset yet): a counter decrease
+    plan = plan_meter(s, ChainAnchor(K - 4, 1, 10**9, 0), K, K + 2, 4)
+    assert plan.gaps == {K: COUNTER_DECREASE, K + 1: COUNTER_DECREASE}
+    assert plan.energy == {}
+    # ... until the admin's reset: then it starts afresh
+    plan = plan_meter(s, ChainAnchor(K - 4, 1, 10**9, 0, open=intervals.RESTART_PENDING),
+                      K, K + 2, 4)
+    assert set(plan.energy) == {K, K + 1} and plan.anchors[0].restart
 
 
-def test_meter_without_export_register_has_unknown_export():
-    readings = [(T0, 10, None), (T0 + 900, 60, None)]  # e.g. a PZEM-004T
-    (mi,) = intervals.meter_intervals(readings, T0, 1)
-    assert mi.import_wh == 50 and mi.export_wh is None
-    assert mi.export_quality == GAP and mi.gap
+def test_a_window_left_open_on_chain_is_settled_as_it_is():
+    # a submission got its anchors in (window K..K+3 open on chain) and then failed
+    s = Series(every(10, T0, T0 + 4 * L, 2000), L)
+    start, end = s.anchor(K), s.anchor(K + 4)
+    chain = ChainAnchor(K + 4, end.seq, end.ei, end.ee, 4, end.ei - start.ei,
+                        end.ee - start.ee)
+    plan = plan_meter(s, chain, K, K + 4, 4)
+    assert plan.anchors == []  # the chain has them
+    assert plan.energy == {K + k: (500, 0) for k in range(4)}
 
 
-def test_interval_totals_per_meter_and_1800_s_intervals():
-    readings = {
-        b"meter-a!": [(T0, 0, 0), (T0 + 1800, 900, 0)],
-        b"meter-b!": [(T0, 0, 0), (T0 + 600, 10, 20)],
-    }
-    totals = intervals.interval_totals(readings, T0, length=1800)
-    assert totals.meters[b"meter-a!"].import_wh == 900
-    assert totals.gaps == [b"meter-b!"]
-    assert totals.length == 1800 and totals.start == T0
+def test_more_than_a_window_can_hold_is_an_overflow():
+    s = Series([r(T0 + 1, 0), r(T0 + L + 1, 2**32)], L)
+    plan = plan_meter(s, ChainAnchor(), K, K + 1, 4)
+    assert plan.gaps == {K: OVERFLOW} and plan.energy == {}
 
 
-def test_lengths_alignment_and_input_are_checked():
-    assert intervals.interval_start(T0 + 899) == T0
-    assert intervals.interval_start(T0 + 1799, 1800) == T0
-    for bad in (600, 3600, True, "900"):
-        with pytest.raises(IntervalError, match="not allowed"):
+def test_import_only_meter_exports_nothing():
+    s = Series([Reading(1, 1, T0 + 2, 0, 10, None), Reading(2, 2, T0 + L + 2, 0, 30, None)],
+               L)
+    plan = plan_meter(s, ChainAnchor(), K, K + 1, 4)
+    assert plan.energy == {K: (20, 0)}
+
+
+def test_length_is_checked():
+    for bad in (0, 600, 3600, True):
+        with pytest.raises(IntervalError, match="must be one of 900, 1800"):
             intervals.check_length(bad)
-    with pytest.raises(IntervalError, match="not aligned"):
-        intervals.meter_intervals([], T0 + 60, 1)
-    with pytest.raises(IntervalError, match="max_gap"):
-        intervals.meter_intervals([], T0, 1, max_gap=0)
-    with pytest.raises(IntervalError, match="integers"):
-        intervals.meter_intervals([(T0, -1, 0)], T0, 1)
-    with pytest.raises(IntervalError, match=r"\(t, ei, ee\)"):
-        intervals.meter_intervals([(T0, 1)], T0, 1)
     assert issubclass(IntervalError, GatewayError)
-
-
-def _reference_at(points, b, max_gap):
-    # Independent reference: exact rational interpolation, then floor.
-    at = [v for t, v in points if t == b]
-    if at:
-        return max(at)
-    before = [(t, v) for t, v in points if t < b]
-    after = [(t, v) for t, v in points if t > b]
-    if not before or not after:
-        return None
-    (t0, v0), (t1, v1) = max(before), min(after)
-    if b - t0 > max_gap or t1 - b > max_gap:
-        return None
-    return math.floor(v0 + Fraction(v1 - v0) * (b - t0) / (t1 - t0))
-
-
-@st.composite
-def _series(draw):
-    n = draw(st.integers(1, 8))
-    length = draw(st.sampled_from([900, 1800]))
-    times = sorted(set(draw(st.lists(st.integers(1, n * length - 1), max_size=40))))
-    if draw(st.booleans()):  # readings exactly on the outer boundaries
-        times = [0] + times + [n * length]
-    readings, ei, ee = [], draw(st.integers(0, 10**9)), draw(st.integers(0, 10**6))
-    for t in times:
-        ei += draw(st.integers(0, 5000))
-        ee += draw(st.integers(0, 5000))
-        readings.append((T0 + t, ei, ee))
-    return n, length, readings
+    assert intervals.max_window(900) == 4 and intervals.max_window(1800) == 2
 
 
 @settings(max_examples=150, deadline=None)
-@given(series=_series(), max_gap=st.integers(60, 4000))
-def test_sums_telescope_and_gaps_match_a_reference(series, max_gap):
-    n, length, readings = series
-    result = intervals.meter_intervals(readings, T0, n, length, max_gap)
-    points = [(t, ei) for t, ei, _ in readings]
-    bounds = [_reference_at(points, T0 + k * length, max_gap) for k in range(n + 1)]
-    for k, mi in enumerate(result):
-        if bounds[k] is None or bounds[k + 1] is None:
-            assert mi.import_wh is None and mi.gap
-        else:
-            assert mi.import_wh == bounds[k + 1] - bounds[k] >= 0
-    # any run of known intervals sums to the difference of its outer boundary values,
-    # the raw counter difference when the outer boundaries are readings
-    known = [mi.import_wh is not None for mi in result]
-    if all(known):
-        assert sum(mi.import_wh for mi in result) == bounds[n] - bounds[0]
-        if readings and readings[0][0] == T0 and readings[-1][0] == T0 + n * length:
-            assert sum(mi.import_wh for mi in result) == readings[-1][1] - readings[0][1]
-            assert sum(mi.export_wh for mi in result) == readings[-1][2] - readings[0][2]
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 5_000), st.integers(0, 3_000),
+                          st.booleans()), min_size=1, max_size=40),
+       st.integers(1, 12))
+def test_windows_add_up_exactly_to_the_anchors(steps, count):
+    # random readings (some missing: outages) with counters that only go up
+    readings, t, ei, ee = [], T0, 1000, 0
+    for dt, di, de, present in steps:
+        t += 1 + dt * 30
+        ei += di
+        ee += de
+        if present:
+            readings.append(r(t, ei, ee))
+    s = Series(readings, L)
+    plan = plan_meter(s, ChainAnchor(), K, K + count, 4)
+    # every interval either has energy or a reason, never both
+    assert set(plan.energy) | set(plan.gaps) == set(range(K, K + count))
+    assert not set(plan.energy) & set(plan.gaps)
+    # each window (from an anchor to the next, restarts start one) adds up to the
+    # difference of its two signed counters, and lasts at most 4 intervals
+    previous = None
+    for a in plan.anchors:
+        assert s.anchor(a.boundary) == a.reading
+        if not a.restart:
+            window = range(previous.boundary, a.boundary)
+            assert 1 <= len(window) <= 4
+            assert sum(plan.energy[k][0] for k in window) == a.reading.ei - previous.reading.ei
+            assert sum(plan.energy[k][1] for k in window) == a.reading.ee - previous.reading.ee
+        previous = a
