@@ -5,6 +5,7 @@ marked and never filled in, and what the chain already holds respected."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wattcore import reading as wreading
 
 from gateway.chain import intervals
 from gateway.chain.errors import GatewayError, IntervalError
@@ -17,7 +18,6 @@ from gateway.chain.intervals import (
     Series,
     plan_meter,
 )
-from wattcore import reading as wreading
 
 L = 900
 K = 1_960_000  # an interval id: boundary K is K*900 s
