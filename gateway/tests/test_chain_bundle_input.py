@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.chain import bundle
+from gateway.chain import bundle, contracts
 from gateway.chain.errors import BundleError, RpcError
 
 SEEDS = Path(__file__).resolve().parents[2] / "tools" / "fuzz" / "corpus" / "bundle"
@@ -21,6 +21,13 @@ class RecordedNode:
 
     def get_chain_id(self):
         return self.script["chain_id"]
+
+    def get_block_number(self):
+        return self.script["head"]
+
+    def get_code(self, address, block):
+        runtime = contracts.artifact("Settlement")["bytecode_runtime"][2:]
+        return bytes.fromhex(runtime + self.script["immutables"])
 
     def get_block_header(self, block):
         return self.script["headers"][str(block)]
@@ -39,14 +46,14 @@ class RecordedNode:
 @pytest.fixture
 def recorded():
     scripts = [json.loads(p.read_text()) for p in SEEDS.iterdir()]
-    return max(scripts, key=lambda s: len(s["proofs"]))  # the one with the registry check
+    return max(scripts, key=lambda s: len(s["proofs"]))  # the one with the key check
 
 
 def test_the_recorded_bundle_verifies(recorded):
     report = bundle.verify_bundle(recorded["bundle"], RecordedNode(recorded))
     assert report.ok and [c.name for c in report.checks] == [
-        "reading", "signature", "interval", "merkle", "chain", "storage", "device key",
-        "settled"]
+        "reading", "signature", "merkle", "chain", "confirmations", "contract", "storage",
+        "interval", "device key", "settled"]
     # the submission's transaction: checked if it was recorded, else a warning, not [ok]
     settled = report.checks[-1]
     assert settled.warn == (not recorded.get("transactions"))
@@ -57,7 +64,7 @@ def test_the_recorded_bundle_verifies(recorded):
     ("gateway", "0x" + "ab" * 20 + "8", "'gateway' is not an account address"),
     ("pubkey", "04" + "00" * 64, "'pubkey' is not a P-256 public key"),
     ("contract", 42, "'contract' is not an account address"),
-    ("registry", "0xnothex", "'registry' is not an account address"),
+    ("intervals", -1, "'intervals' must be an integer"),
     ("meter_index", "3", "'meter_index' must be an integer"),
     ("siblings", "ab" * 32, "'siblings' must be a list"),
     ("salt", "zz", "'salt' is not hex"),

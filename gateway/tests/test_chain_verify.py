@@ -1,7 +1,8 @@
-"""Proof bundles on a real anvil: a genuine reading verifies (signature, Merkle path,
-root in contract storage proven from the block header, device key in the registry); a
-tampered reading, a wrong Merkle path, a forged storage proof or header, or another key
-are rejected."""
+"""Proof bundles on a real anvil: a genuine reading verifies (signature, Merkle path, the
+settlement contract's own code and the root it holds, proven from the block header, the
+device key in the registry); a tampered reading, a wrong Merkle path, a forged storage
+proof, header or code, another key, a relabelled interval, too few confirmations and two
+nodes that disagree are rejected."""
 
 import copy
 import json
@@ -9,7 +10,7 @@ import json
 import pytest
 from chain_community import Community, L
 
-from gateway.chain import batcher, bundle
+from gateway.chain import bundle
 from gateway.chain.errors import BundleError
 from gateway.chain.outbox import Outbox
 
@@ -19,26 +20,30 @@ def submitted(tmp_path_factory):
     c = Community(tmp_path_factory.mktemp("verify"))
     first = c.first
     c.store_readings(first * L, (first + 1) * L + 30)
-    b = batcher.Batcher(c.conn, c.settlement, length=L, grace_s=60)
-    b.build(first)
+    c.batcher().build(first, first + 1)
     outbox = Outbox(c.conn, c.port, c.gateway_key, c.settlement)
     for _ in range(10):
         if outbox.step().get(first) == "confirmed":
             break
     rid = c.conn.execute("SELECT reading_id FROM chain_leaves WHERE leaf_index = 37"
                          ).fetchone()[0]
-    c.bundle = bundle.export_bundle(c.conn, rid, c.port.chain_id, c.deployment.registry)
+    c.bundle = bundle.export_bundle(c.conn, rid, c.port.chain_id)
     yield c
     c.close()
 
 
 class ForgingPort:
-    def __init__(self, port, header=None, proof_response=None):
+    """The real node, with some answers forged."""
+
+    def __init__(self, port, header=None, proof_response=None, code=None, head=None):
         self.port, self.url, self.chain_id = port, port.url, port.chain_id
-        self._header, self._proof = header, proof_response
+        self._header, self._proof, self._code, self._head = header, proof_response, code, head
 
     def get_chain_id(self):
         return self.port.get_chain_id()
+
+    def get_block_number(self):
+        return self._head if self._head is not None else self.port.get_block_number()
 
     def get_block_header(self, block):
         h = copy.deepcopy(self.port.get_block_header(block))
@@ -47,6 +52,10 @@ class ForgingPort:
     def get_proof(self, address, slots, block):
         p = copy.deepcopy(self.port.get_proof(address, slots, block))
         return self._proof(p) if self._proof else p
+
+    def get_code(self, address, block):
+        code = self.port.get_code(address, block)
+        return self._code(code) if self._code else code
 
 
 def _failed(report):
@@ -59,18 +68,20 @@ def test_genuine_reading_verifies(submitted):
     report = bundle.verify_bundle(b, c.port)
     assert report.ok, bundle.format_report(report)
     assert [x.name for x in report.checks] == [
-        "reading", "signature", "interval", "merkle", "chain", "storage", "device key",
-        "settled"]
+        "reading", "signature", "merkle", "chain", "confirmations", "contract", "storage",
+        "interval", "device key", "settled"]
     assert report.warnings == []
     assert report.fields["dev"].hex() == b["device_id"]
     text = bundle.format_report(report)
     assert "VALID: the reading is signed" in text and "[warn]" not in text
     assert "import counter" in text and " kWh" in text  # human units
+    assert f"block {b['block_number']}" in text
+    assert b["root"][:16] in text  # which root holds it
 
 
 def test_a_key_not_checked_on_chain_is_a_warning_not_ok(submitted):
     c = submitted
-    b = dict(c.bundle, registry=None)
+    b = dict(c.bundle, meter_index=None)
     report = bundle.verify_bundle(b, c.port)
     assert report.ok and [w.name for w in report.warnings] == ["device key"]
     text = bundle.format_report(report)
@@ -117,6 +128,15 @@ def test_wrong_merkle_path_is_rejected(submitted):
     assert "storage" in _failed(bundle.verify_bundle(b, c.port))
 
 
+def test_a_relabelled_interval_is_rejected(submitted):
+    # the interval length and the root's intervals come from the chain, not the bundle
+    c = submitted
+    for change in ({"interval": c.bundle["interval"] + 1}, {"intervals": 2},
+                   {"gateway": c.deployment.admin}):
+        report = bundle.verify_bundle(dict(c.bundle, **change), c.port)
+        assert "storage" in _failed(report), change
+
+
 def test_forged_storage_proof_is_rejected(submitted):
     c = submitted
 
@@ -142,6 +162,16 @@ def test_forged_storage_proof_is_rejected(submitted):
         assert "rejected" in next(x.detail for x in report.checks if x.name == "storage")
 
 
+def test_forged_contract_code_is_rejected(submitted):
+    c = submitted
+    # code that does not hash to the proven code hash
+    port = ForgingPort(c.port, code=lambda code: code[:-1] + bytes([code[-1] ^ 1]))
+    assert "storage" in _failed(bundle.verify_bundle(c.bundle, port))
+    # a proven contract that is not this version's Settlement (the registry here)
+    b = dict(c.bundle, contract=c.deployment.registry)
+    assert "contract" in _failed(bundle.verify_bundle(b, c.port))
+
+
 def test_other_device_key_is_rejected(submitted):
     c = submitted
     other = next(m for m in c.members if m.meter.device_id.hex() != c.bundle["device_id"])
@@ -157,11 +187,32 @@ def test_wrong_block_hash_or_chain_is_rejected(submitted):
     assert "chain" in _failed(bundle.verify_bundle(b, c.port))
 
 
+def test_confirmations_and_a_second_node(submitted):
+    c = submitted
+    head = c.port.get_block_number()
+    depth = head - c.bundle["block_number"] + 1
+    assert bundle.verify_bundle(c.bundle, c.port, confirmations=depth).ok
+    report = bundle.verify_bundle(c.bundle, c.port, confirmations=depth + 1)
+    assert _failed(report) == {"confirmations"}
+    # a second node that agrees; one that has another block at that height refuses
+    assert bundle.verify_bundle(c.bundle, c.port, second=c.port).ok
+
+    def other_block(h):
+        h["hash"] = "0x" + "99" * 32
+        return h
+
+    report = bundle.verify_bundle(c.bundle, c.port, second=ForgingPort(c.port,
+                                                                       header=other_block))
+    assert _failed(report) == {"second node"}
+    assert "DISAGREE" in bundle.format_report(report)
+    assert [x.name for x in report.checks][-1] == "second node"  # nothing after it
+
+
 def test_unsubmitted_reading_has_no_bundle(submitted):
     c = submitted
     c.store_readings((c.first + 5) * L, (c.first + 5) * L)
     rid = c.conn.execute("SELECT max(id) FROM readings").fetchone()[0]
-    with pytest.raises(BundleError, match="no submitted interval"):
+    with pytest.raises(BundleError, match="under no root yet"):
         bundle.export_bundle(c.conn, rid, c.port.chain_id)
     with pytest.raises(BundleError, match="version"):
         bundle.verify_bundle({"version": 99}, c.port)

@@ -140,7 +140,7 @@ def bundle_seeds():
 
     from chain_community import Community, L
 
-    from gateway.chain import batcher, bundle
+    from gateway.chain import bundle, contracts
     from gateway.chain.outbox import Outbox
 
     with tempfile.TemporaryDirectory() as folder:
@@ -148,22 +148,27 @@ def bundle_seeds():
         try:
             first = c.first
             c.store_readings(first * L, (first + 1) * L + 30)
-            batcher.Batcher(c.conn, c.settlement, length=L, grace_s=60).build(first)
+            c.batcher().build(first, first + 1)
             outbox = Outbox(c.conn, c.port, c.gateway_key, c.settlement)
             for _ in range(10):
                 if outbox.step().get(first) == "confirmed":
                     break
             rid = c.conn.execute("SELECT reading_id FROM chain_leaves WHERE leaf_index = 5"
                                  ).fetchone()[0]
-            data = bundle.export_bundle(c.conn, rid, c.port.chain_id, c.deployment.registry)
+            data = bundle.export_bundle(c.conn, rid, c.port.chain_id)
             recorder = _Recorder(c.port)
             assert bundle.verify_bundle(data, recorder).ok
-            script = {"bundle": data, "chain_id": recorder.chain_id,
+            # the contract's code is this version's Settlement and its immutables: only
+            # the immutables are kept (the fuzz node adds the compiled runtime back)
+            runtime = contracts.artifact("Settlement")["bytecode_runtime"][2:]
+            assert recorder.code.startswith(runtime)
+            script = {"bundle": data, "chain_id": recorder.chain_id, "head": recorder.head,
                       "headers": recorder.headers, "proofs": recorder.proofs,
+                      "immutables": recorder.code[len(runtime):],
                       "transactions": recorder.transactions}
             _write("bundle", json.dumps(script, separators=(",", ":")).encode())
-            without_registry = dict(data, registry=None, meter_index=None)
-            script = dict(script, bundle=without_registry, proofs=recorder.proofs[:1])
+            without_index = dict(data, meter_index=None)
+            script = dict(script, bundle=without_index, proofs=recorder.proofs[:1])
             _write("bundle", json.dumps(script, separators=(",", ":")).encode())
         finally:
             c.close()
@@ -172,11 +177,20 @@ def bundle_seeds():
 class _Recorder:
     def __init__(self, port):
         self.port, self.headers, self.proofs, self.chain_id = port, {}, [], None
-        self.transactions = {}
+        self.head, self.code, self.transactions = None, None, {}
 
     def get_chain_id(self):
         self.chain_id = self.port.get_chain_id()
         return self.chain_id
+
+    def get_block_number(self):
+        self.head = self.port.get_block_number()
+        return self.head
+
+    def get_code(self, address, block):
+        code = self.port.get_code(address, block)
+        self.code = code.hex()
+        return code
 
     def get_block_header(self, block):
         header = self.port.get_block_header(block)

@@ -534,10 +534,16 @@ def gateway_toml():
 # -- proof bundles and the RPC node ------------------------------------------------------
 
 
+def _settlement_runtime():
+    from gateway.chain import contracts
+
+    return bytes.fromhex(contracts.artifact("Settlement")["bytecode_runtime"][2:])
+
+
 def bundle():
-    # The input is a JSON object {"bundle": ..., "chain_id": ..., "headers": {block:
-    # header}, "proofs": [answer, ...], "transactions": {hash: tx}}: a bundle and what a
-    # (lying) node answers.
+    # The input is a JSON object {"bundle": ..., "chain_id": ..., "head": block,
+    # "headers": {block: header}, "proofs": [answer, ...], "immutables": hex,
+    # "transactions": {hash: tx}}: a bundle and what a (lying) node answers.
     from gateway.chain import bundle as gbundle
     from gateway.chain.errors import ChainError
 
@@ -548,6 +554,21 @@ def bundle():
 
         def get_chain_id(self):
             return self.script.get("chain_id")
+
+        def get_block_number(self):
+            head = self.script.get("head")
+            if isinstance(head, bool) or not isinstance(head, int):
+                raise _NodeSaysNo("no head block")
+            return head
+
+        def get_code(self, address, block):
+            # this version's Settlement runtime and the input's immutables (the seeds
+            # stay small; a changed runtime byte fails the code hash anyway)
+            try:
+                tail = bytes.fromhex(self.script.get("immutables"))
+            except (TypeError, ValueError):
+                raise _NodeSaysNo("no code") from None
+            return _settlement_runtime() + tail
 
         def get_block_header(self, block):
             headers = self.script.get("headers")
