@@ -219,6 +219,9 @@ SCHEMA = {
                                "first start: also submit this many past intervals"),
         "state_interval_s": (_Int(30, 1, 86400),
                              "embedded anvil: write its state to the data folder this often"),
+        "batch_intervals": (_Int(0, 0, 8),
+                            "intervals per submission; 0: two hours when the community's "
+                            "signed readings for both fit one transaction, else one"),
     },
     "community": {
         "name": (_Text("Wattshare community"), "shown on the community page"),
@@ -290,6 +293,7 @@ class ChainConfig:
     rebroadcast_s: int = 60
     backfill_intervals: int = 96
     state_interval_s: int = 30
+    batch_intervals: int = 0
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,6 @@ log = logging.getLogger("wattshare.chain")
 
 MAX_ANCHORS = contracts.MAX_ANCHORS
 MAX_INTERVALS = contracts.MAX_SUBMISSION_INTERVALS
-# rows of a batch that are not confirmed, failed or superseded yet
-PENDING = ("built", "signed", "sent", "mined")
 NOT_ON_CHAIN = "not_on_chain"  # readings, but the device has no on-chain meter index
 
 
@@ -138,13 +136,14 @@ class Batcher:
     ``chain``: a :class:`ChainView` (cursor and anchors on chain)."""
 
     def __init__(self, conn, contract, chain=None, length=intervals.DEFAULT_LENGTH,
-                 grace_s=120, salt=merkle.new_salt, clock=simclock.now):
+                 grace_s=120, batch_intervals=0, salt=merkle.new_salt, clock=simclock.now):
         self.conn = conn
         self.contract = to_checksum_address(contract)
         self.chain = chain
         self.length = intervals.check_length(length)
         self.window = intervals.max_window(length)
         self.grace_s = grace_s
+        self.batch_intervals = batch_intervals  # 0: automatic (batch_size)
         self._salt = salt
         self._clock = clock
 
@@ -167,15 +166,19 @@ class Batcher:
         return (int(self._clock()) - self.grace_s - intervals.ANCHOR_DELAY) // self.length
 
     def batch_size(self, meters):
-        """Intervals per batch: two windows when the community's anchors for both fit one
-        transaction, else one."""
+        """Intervals per batch: as configured, else two windows (two hours) when the
+        community's anchors for both fit one transaction, else one."""
+        if self.batch_intervals:
+            return self.batch_intervals
         return 2 * self.window if 2 * meters <= MAX_ANCHORS else self.window
 
-    def _pending(self):
+    def _ahead(self, cursor):
+        """The rows the chain has not applied yet: not failed, from its cursor on (a node
+        that forgot blocks goes back to an older cursor: those rows go again)."""
         return self.conn.execute(
             "SELECT interval, part, packed, intervals FROM chain_outbox WHERE contract = ? "
-            f"AND state IN ({','.join('?' * len(PENDING))}) ORDER BY interval, part",
-            (self.contract, *PENDING)).fetchall()
+            "AND state != 'failed' AND interval >= ? ORDER BY interval, part",
+            (self.contract, cursor)).fetchall()
 
     def _blocked(self):
         return self.conn.execute(
@@ -183,19 +186,19 @@ class Batcher:
             (self.contract,)).fetchone()[0]
 
     def expected_cursor(self):
-        """The gateway's cursor once the rows not confirmed yet are in."""
-        cursor = self.chain.cursor()
-        for interval, _part, _packed, count in self._pending():
+        """The gateway's cursor once the rows the chain has not applied yet are in."""
+        chain = cursor = self.chain.cursor()
+        for interval, _part, _packed, count in self._ahead(chain):
             if count:
                 cursor = max(cursor, interval + count)
         return cursor
 
     def expected(self, meters):
-        """{meter: ChainAnchor} once the rows not confirmed yet are in: the chain's
-        anchors, with each pending row's anchors applied (a batch settles the windows it
-        opens in full, so none is left open)."""
+        """{meter: ChainAnchor} once the rows the chain has not applied yet are in: the
+        chain's anchors, with each such row's anchors applied (a batch settles the
+        windows it opens in full, so none is left open)."""
         state = {m: self.chain.anchor(m) for m in meters}
-        for _interval, _part, packed, _count in self._pending():
+        for _interval, _part, packed, _count in self._ahead(self.chain.cursor()):
             for a in json.loads(packed)["anchors"]:
                 m, t, seq, ei, ee = _anchor_fields(a)
                 if m in state:
@@ -203,8 +206,10 @@ class Batcher:
         return state
 
     def due(self, since):
-        """(first, end) of the next batch to build, or None (nothing closed, rows failed,
-        or no reading from the cursor on)."""
+        """(first, end) of the next batch to build, or None: nothing closed, rows failed,
+        no reading from the cursor on, or a batch still filling (readings still come in
+        and not all of its intervals are closed: it waits, a full batch costs less gas
+        per reading)."""
         if self._blocked() is not None:
             return None
         meters = meter_map(self.conn)
@@ -215,8 +220,10 @@ class Batcher:
         if row[0] is None:
             return None
         first = max(first, row[0] // self.length)
-        end = min(first + self.batch_size(len(meters)), closed, row[1] // self.length)
-        if end <= first:
+        data_end = row[1] // self.length  # the readings reach this boundary
+        size = self.batch_size(len(meters))
+        end = min(first + size, closed, data_end)
+        if end <= first or (end < first + size and data_end >= closed):
             return None
         return first, end
 

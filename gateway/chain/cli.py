@@ -61,6 +61,9 @@ def register(subparsers):
                    help=f"keystore passphrase (else ${keystore.ENV_PASSPHRASE})")
     p.add_argument("--once", action="store_true",
                    help="build what is due, drive the outbox until nothing moves, exit")
+    p.add_argument("--batch-intervals", type=int, choices=range(1, 9), metavar="1..8",
+                   help="intervals per submission (default: [chain] batch_intervals; "
+                        "fewer settle sooner, more cost less gas per reading)")
     p.set_defaults(func=_handler("cmd_run"))
 
     p = sub.add_parser("node", parents=[with_config],

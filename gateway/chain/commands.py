@@ -223,7 +223,10 @@ def cmd_run(args):
             gateway = Account.from_key(key).address
             view = batcher.ChainView(None, contract, gateway)
             b = batcher.Batcher(conn, contract, view, length=cfg.chain.interval_s,
-                                grace_s=cfg.chain.grace_s, clock=simclock.now)
+                                grace_s=cfg.chain.grace_s, clock=simclock.now,
+                                batch_intervals=args.batch_intervals
+                                if args.batch_intervals is not None
+                                else cfg.chain.batch_intervals)
             since = b.since(cfg.chain.backfill_intervals)
             box = outbox.Outbox(
                 conn, None, key, contract, confirmations=cfg.chain.confirmations,
