@@ -289,16 +289,24 @@ class Batcher:
         rows.append(row)
         return rows
 
-    def build(self, first, end=None):
-        """Plan and store the batch of intervals ``first`` .. ``end - 1`` (default: the
-        batch size) as ``built`` outbox rows with their leaves.
+    def build(self, first, end=None, planned=None):
+        """Plan (unless ``planned`` by :meth:`plan`) and store the batch of intervals
+        ``first`` .. ``end - 1`` (default: the batch size) as ``built`` outbox rows with
+        their leaves.
 
         Returns the list of :class:`Built`, or [] if the batch has no reading at all or
         is in the outbox already."""
         mapping = meter_map(self.conn)
         if end is None:
             end = first + self.batch_size(len(mapping))
-        plans, mapping, last_id = self.plan(first, end)
+        plans, mapping, last_id = planned or self.plan(first, end)
+        # trailing intervals where no meter has energy (no readings there yet) wait for a
+        # later batch, unless nothing would be left
+        while end - 1 > first and not any(end - 1 in p.energy for p in plans.values()):
+            end -= 1
+            for p in plans.values():
+                p.gaps.pop(end, None)
+                p.anchors = [a for a in p.anchors if a.before < end]
         rows = self._rows(first, end, plans, mapping)
         signed = self._signed({a.reading.id for p in plans.values() for a in p.anchors})
         energy = {k: sorted((mapping[d], *p.energy[k]) for d, p in plans.items()
@@ -399,11 +407,25 @@ class Batcher:
         return keys
 
     def build_due(self, since):
-        """Build the next due batch; returns the list of :class:`Built` ([] if none)."""
-        batch = self.due(since)
+        """Build the next due batch; returns the list of :class:`Built` ([] if none).
+
+        A batch in which no meter has energy (readings without anchors: an outage of
+        every meter, or only fault readings) is not sent: the next batch starts after it
+        (meta ``chain_skip:<contract>``), and its readings go under that batch's root."""
+        key = f"chain_skip:{self.contract}"
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        batch = self.due(max(since, row[0] if row else since))
         if batch is None:
             return []
-        return self.build(*batch)
+        first, end = batch
+        planned = self.plan(first, end)
+        if not any(p.energy for p in planned[0].values()):
+            self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                              "DO UPDATE SET value = excluded.value", (key, end))
+            log.warning("no meter has a signed reading at both ends of an interval; moving "
+                        "on", extra={"fields": {"first": first, "end": end}})
+            return []
+        return self.build(first, end, planned)
 
 
 def split_row(conn, contract, interval, part=0, length=intervals.DEFAULT_LENGTH,

@@ -189,7 +189,7 @@ def test_late_readings_are_committed_by_a_later_root_and_provable(community):
 def test_many_meters_send_their_signed_readings_first(tmp_path):
     # 20 meters: 40 signed readings for the first batch, more than one transaction takes
     members = tuple((f"m{i}", 500 + 100 * i, 3000 if i % 4 == 0 else 0) for i in range(20))
-    c = Community(tmp_path, members=members)
+    c = Community(tmp_path, members=members, past_intervals=12)
     try:
         first = c.first
         c.store_readings(first * L, (first + 4) * L)
