@@ -11,8 +11,12 @@ decimals), ``tokens_whole`` (exact, in whole tokens) and ``token`` (its symbol).
 - ``pool``: the community key gave ``wh`` of the pooled export to ``consumer``
   (``PoolAllocation``; tier 2); ``producer`` is ``pool``;
 - ``pool_contribution``: ``producer`` supplied ``wh`` to the pool in that interval
-  (``PoolContribution``); ``consumer`` is ``pool``.
+  (``PoolContribution``); ``consumer`` is ``pool``;
+- ``self_supply``: a meter that exported and imported in the same interval covered
+  ``wh`` of its own import with its own export (``SelfSupply``): its own consumption,
+  not shared energy, never paid (``producer`` = ``consumer`` = that meter, ``tokens`` 0).
 
+The shared energy of an interval (``p2p`` + ``pool``) is its ``Settled.p2p_wh``.
 Producers and consumers are meter indices of the community's MeterRegistry; ``tokens`` is
 what the consumer was charged (the ``UnpaidAllocation`` events say what was not covered).
 """
@@ -24,7 +28,7 @@ from gateway.chain import contracts
 COLUMNS = ("interval", "interval_start", "kind", "producer", "producer_name", "consumer",
            "consumer_name", "wh", "kwh", "tokens", "tokens_whole", "token")
 _KINDS = {"P2PAllocation": "p2p", "PoolAllocation": "pool",
-          "PoolContribution": "pool_contribution"}
+          "PoolContribution": "pool_contribution", "SelfSupply": "self_supply"}
 
 
 def allocation_rows(port, settlement, first, last, from_block=0):
@@ -38,6 +42,10 @@ def allocation_rows(port, settlement, first, last, from_block=0):
         if not first <= f["interval"] <= last:
             continue
         kind = _KINDS[name]
+        if kind == "self_supply":
+            rows.append({"interval": f["interval"], "kind": kind, "producer": f["meter"],
+                         "consumer": f["meter"], "wh": f["wh"], "tokens": 0})
+            continue
         rows.append({"interval": f["interval"], "kind": kind,
                      "producer": f.get("producer", "pool"),
                      "consumer": f.get("consumer", "pool"), "wh": f["wh"],
