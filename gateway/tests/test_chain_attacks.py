@@ -10,11 +10,11 @@ import time
 import pytest
 from chain_community import Community, L
 from eth_account import Account
+from wattcore import cose, reading
 
 from gateway.chain import allocations, contracts, deploy, rpc
 from gateway.chain.errors import RpcError
 from gateway.chain.outbox import Outbox
-from wattcore import cose, reading
 
 
 @pytest.fixture(scope="module")
