@@ -344,7 +344,7 @@ def cmd_status(args):
         print(f"           {len(chain.gaps)} gaps in the last {status.RECENT_INTERVALS} "
               f"intervals; latest: {g['label']} in "
               f"{units.interval_span(g['interval'], chain.interval_s, tz)}: "
-              f"{gap_reason(g['reason'], 2 * chain.interval_s)}")
+              f"{gap_reason(g['reason'])}")
     rejects = _counts(snap.rejects) or "none"
     print(f"rejects:   {rejects}")
     print(f"devices:   {len(snap.devices)}")

@@ -76,14 +76,18 @@ def deployment_block(data_dir):
         return 0
 
 
-def _outbox(conn, contract, first, last):
-    rows = conn.execute(
-        "SELECT interval, state, tx_hash, block_number, meters, leaves, gaps, error "
-        "FROM chain_outbox WHERE contract = ? AND interval BETWEEN ? AND ? ORDER BY interval",
-        (contract, first, last)).fetchall()
-    return {r[0]: {"state": r[1], "tx": "0x" + bytes(r[2]).hex() if r[2] else None,
-                   "block": r[3], "meters": r[4], "readings": r[5],
-                   "gaps": json.loads(r[6] or "{}"), "error": r[7]} for r in rows}
+def _outbox(conn, contract, first, last, length):
+    out = batcher.outbox_intervals(conn, contract, first, last)
+    for row in out.values():
+        row["readings"] = 0
+    # the readings committed (under any root: a late one under a later one), by interval
+    for k, n in conn.execute(
+            "SELECT r.t / ? AS k, count(*) FROM chain_leaves l JOIN readings r ON "
+            "r.id = l.reading_id WHERE l.contract = ? AND r.t >= ? AND r.t < ? GROUP BY k",
+            (length, contract, first * length, (last + 1) * length)):
+        if k in out:
+            out[k]["readings"] = n
+    return out
 
 
 def _unmapped_with_readings(conn, members, start, end):
@@ -133,6 +137,7 @@ def _member_entry(d, day, members, token, tariffs, state=None):
         "direct_sent_wh": day.p2p_sent_wh, "pool_sent_wh": day.pool_sent_wh,
         "direct_received_wh": day.p2p_received_wh, "pool_received_wh": day.pool_received_wh,
         "grid_import_wh": day.grid_import_wh, "grid_export_wh": day.grid_export_wh,
+        "self_supply_wh": day.self_supply_wh,
     }
     tok = {"tokens_paid": day.tokens_paid, "tokens_earned": day.tokens_earned,
            "tokens_owed": day.tokens_unpaid, "tokens_receivable": day.tokens_receivable}
@@ -187,13 +192,14 @@ def day_view(conn, cfg, chain, day=None, now=None, rpc_note=None):
     contract = cfg.chain.contract
     members = Members(conn)
     if day is None:
-        row = conn.execute("SELECT max(interval) FROM chain_outbox WHERE contract = ? AND "
+        row = conn.execute("SELECT max(interval + intervals - 1) FROM chain_outbox WHERE "
+                           "contract = ? AND part = 0 AND intervals > 0 AND "
                            "state = 'confirmed'", (contract,)).fetchone()
         t = row[0] * length if row and row[0] is not None else now
         day = units.local_day(t, tz)
     start, end = units.day_bounds(day, tz)
     first, last = start // length, (end - 1) // length
-    outbox = _outbox(conn, contract, first, last) if contract else {}
+    outbox = _outbox(conn, contract, first, last, length) if contract else {}
     settled = {}
     if chain is not None:
         blocks = [r["block"] for r in outbox.values() if r["block"] is not None]
@@ -225,6 +231,8 @@ def day_view(conn, cfg, chain, day=None, now=None, rpc_note=None):
     pairs = {}
     for s in settled.values():
         for f in s.flows:
+            if f.kind == "self_supply":  # a meter's own export used by itself: no flow
+                continue
             key = (f.kind, members.name(f.source), members.name(f.target))
             wh, tk = pairs.get(key, (0, 0))
             pairs[key] = (wh + f.wh, tk + f.tokens)
@@ -234,14 +242,13 @@ def day_view(conn, cfg, chain, day=None, now=None, rpc_note=None):
 
     # per interval: the gateway's submission, the chain's settlement, gaps and why
     unmapped = {bytes(r[0]).hex() for r in _unmapped_with_readings(conn, members, start, end)}
-    max_gap = 2 * length
     rows = []
     for k in range(first, last + 1):
         box, s = outbox.get(k), settled.get(k)
         if box is None and s is None:
             continue
         gaps = [{"name": members.by_device.get(dev, {"name": dev})["name"], "reason": q,
-                 "why": batcher.gap_reason(q, max_gap)}
+                 "why": batcher.gap_reason(q)}
                 for dev, q in sorted((box or {}).get("gaps", {}).items())]
         gaps += [{"name": members.by_device[dev]["name"], "reason": batcher.NOT_ON_CHAIN,
                   "why": batcher.gap_reason(batcher.NOT_ON_CHAIN)} for dev in sorted(unmapped)
@@ -317,12 +324,14 @@ def report_json(view, proofs):
     }
 
 
-def interval_readings(conn, contract, interval):
-    """The readings committed to ``interval``'s root: id, member, time, power, counters."""
+def interval_readings(conn, contract, interval, length):
+    """The readings of ``interval`` committed to a root (its own submission's, or a later
+    one's if they came late): id, member, time, power, counters."""
     rows = conn.execute(
-        "SELECT r.id, r.device, d.label, r.seq, r.t, r.st, r.p, r.ei, r.ee FROM chain_leaves l "
-        "JOIN readings r ON r.id = l.reading_id JOIN devices d ON d.id = r.device "
-        "WHERE l.contract = ? AND l.interval = ? ORDER BY d.label, r.t", (contract, interval))
+        "SELECT DISTINCT r.id, r.device, d.label, r.seq, r.t, r.st, r.p, r.ei, r.ee FROM "
+        "chain_leaves l JOIN readings r ON r.id = l.reading_id JOIN devices d ON "
+        "d.id = r.device WHERE l.contract = ? AND r.t >= ? AND r.t < ? ORDER BY d.label, r.t",
+        (contract, interval * length, (interval + 1) * length))
     return [{"id": r[0], "device": bytes(r[1]).hex(), "name": r[2], "seq": r[3], "t": r[4],
              "st": r[5], "p": r[6], "ei": r[7], "ee": r[8]} for r in rows]
 

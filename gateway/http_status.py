@@ -142,7 +142,7 @@ def render_page(snapshot, live, tz=None):
 
     gap_rows = "".join(
         f"<tr class='gap'><td>{g['interval']} ({e(units.interval_span(g['interval'], length, tz))})"
-        f"</td><td>{e(g['label'])}</td><td>{e(gap_reason(g['reason'], 2 * length))}</td></tr>"
+        f"</td><td>{e(g['label'])}</td><td>{e(gap_reason(g['reason']))}</td></tr>"
         for g in chain.gaps[:50]) or "<tr><td colspan='3'>none</td></tr>"
     return _PAGE.format(
         style=_STYLE,
@@ -291,7 +291,8 @@ class StatusHttp:
         cfg = self._config
         conn = store.connect(self._db_path, readonly=True)
         try:
-            return community.interval_readings(conn, cfg.chain.contract, interval)
+            return community.interval_readings(conn, cfg.chain.contract, interval,
+                                                cfg.chain.interval_s)
         finally:
             conn.close()
 
@@ -320,19 +321,13 @@ class StatusHttp:
             f"wattshare verify --bundle reading-ID.json --rpc {rpc}"), content_type="text/html")
 
     def _bundle(self, reading_id):
-        from gateway import community
         from gateway.chain import bundle
 
         cfg = self._config
-        registry = None
-        try:
-            registry = json.loads((cfg.data_dir / community.DEPLOYMENT_NAME).read_text()
-                                  )["registry"]
-        except (OSError, ValueError, KeyError):
-            pass
         conn = store.connect(self._db_path, readonly=True)
         try:
-            return bundle.export_bundle(conn, reading_id, cfg.chain.chain_id, registry)
+            # the registry is read from the settlement contract's proven code by `verify`
+            return bundle.export_bundle(conn, reading_id, cfg.chain.chain_id)
         finally:
             conn.close()
 

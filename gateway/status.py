@@ -8,7 +8,6 @@ submissions, and per device its on-chain meter index and last settled interval. 
 chain node is asked, so the status works when the node is down.
 """
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -100,7 +99,7 @@ class GatewayStatus:
 def _chain_status(conn, config, devices):
     """The chain side (:class:`ChainStatus`); fills each device's index and last
     settled interval."""
-    from gateway.chain import contracts
+    from gateway.chain import batcher  # eth_abi, not web3: imported when used
 
     chain = ChainStatus()
     if config is not None:
@@ -117,29 +116,32 @@ def _chain_status(conn, config, devices):
     chain.outbox = dict(conn.execute(
         "SELECT state, count(*) FROM chain_outbox WHERE contract = ? GROUP BY state",
         (chain.contract,)).fetchall())
-    row = conn.execute("SELECT interval, tx_hash FROM chain_outbox WHERE contract = ? AND "
-                       "state = 'confirmed' ORDER BY interval DESC LIMIT 1",
-                       (chain.contract,)).fetchone()
+    row = conn.execute("SELECT interval + intervals - 1, tx_hash FROM chain_outbox WHERE "
+                       "contract = ? AND part = 0 AND intervals > 0 AND state = 'confirmed' "
+                       "ORDER BY interval DESC LIMIT 1", (chain.contract,)).fetchone()
     if row:
         chain.last_confirmed_interval = row[0]
         chain.last_confirmed_tx = "0x" + bytes(row[1]).hex() if row[1] else None
     chain.failed = [{"interval": k, "error": e} for k, e in conn.execute(
         "SELECT interval, error FROM chain_outbox WHERE contract = ? AND state = 'failed' "
-        "ORDER BY interval", (chain.contract,))]
+        "ORDER BY interval, part", (chain.contract,))]
+    if chain.last_confirmed_interval is None:
+        return chain
     labels = {d.id: d.label for d in devices}
     by_index = {i: d for d in devices if (i := d.meter_index) is not None}
     waiting = set(by_index)
-    for k, packed, gaps in conn.execute(
-            "SELECT interval, packed, gaps FROM chain_outbox WHERE contract = ? AND state = "
-            "'confirmed' ORDER BY interval DESC LIMIT ?", (chain.contract, RECENT_INTERVALS)):
-        for dev, quality in sorted(json.loads(gaps or "{}").items()):
+    last = chain.last_confirmed_interval
+    per = batcher.outbox_intervals(conn, chain.contract, last - RECENT_INTERVALS + 1, last)
+    for k, box in sorted(per.items(), reverse=True):
+        if box["state"] != "confirmed":
+            continue
+        for dev, quality in box["gaps"].items():
             chain.gaps.append({"interval": k, "device": dev, "label": labels.get(dev, dev),
                                "reason": quality})
-        if waiting:
-            for m, _imp, _exp in contracts.unpack_totals(int(w, 16) for w in json.loads(packed)):
-                if m in waiting:
-                    by_index[m].last_settled_interval = k
-                    waiting.discard(m)
+        for m, _imp, _exp in box["entries"]:
+            if m in waiting:
+                by_index[m].last_settled_interval = k
+                waiting.discard(m)
     return chain
 
 
@@ -221,6 +223,7 @@ def device_readings(conn, device_id, limit=20, after_seq=None, span=None):
     sql = ("SELECT r.id, r.seq, r.t, r.st, r.p, r.ei, r.ee, r.received_ms, l.interval, "
            "o.state FROM readings r LEFT JOIN chain_leaves l ON l.reading_id = r.id "
            "LEFT JOIN chain_outbox o ON o.contract = l.contract AND o.interval = l.interval "
+           "AND o.part = 0 "
            f"WHERE {where} ORDER BY r.id")
     if limit:
         sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY id"

@@ -41,7 +41,7 @@ from eth_utils import to_canonical_address, to_checksum_address
 from wattcore import cose, reading
 
 from gateway import simclock, store
-from gateway.chain import contracts, intervals, merkle, rpc
+from gateway.chain import contracts, intervals, merkle
 
 log = logging.getLogger("wattshare.chain")
 
@@ -91,6 +91,32 @@ def set_meter_index(conn, device_id, index, now=None):
         "set_at = excluded.set_at", (device_id, index, now))
 
 
+def outbox_intervals(conn, contract, first, last):
+    """What the outbox says of each interval ``first..last`` it submits (a row of n
+    intervals covers n; signed-reading-only rows none): {interval: {"state", "tx",
+    "block", "row" (its row's first interval), "meters" (with energy in this interval),
+    "entries" [(meter_index, import_wh, export_wh)], "gaps" {device hex: reason},
+    "error"}}."""
+    out = {}
+    for k0, n, state, tx, block, packed, gaps, error in conn.execute(
+            "SELECT interval, intervals, state, tx_hash, block_number, packed, gaps, error "
+            "FROM chain_outbox WHERE contract = ? AND part = 0 AND interval <= ? AND "
+            "interval + intervals > ? ORDER BY interval", (contract, last, first)):
+        per = contracts.unpack_intervals(
+            [int(w, 16) for w in json.loads(packed)["intervals"]]) if packed else []
+        gaps = json.loads(gaps or "{}")
+        for j in range(n):
+            k = k0 + j
+            if not first <= k <= last:
+                continue
+            entries = per[j] if j < len(per) else []
+            out[k] = {"state": state, "tx": "0x" + bytes(tx).hex() if tx else None,
+                      "block": block, "row": k0, "meters": len(entries), "entries": entries,
+                      "gaps": {d: g[str(k)] for d, g in sorted(gaps.items()) if str(k) in g},
+                      "error": error}
+    return out
+
+
 def header_leaf(salt, contract, first, count):
     """Leaf 0 of a row's Merkle tree: binds the root to (contract, first interval,
     intervals)."""
@@ -110,6 +136,8 @@ class ChainView:
         self._book = None
 
     def _view(self, to, signature, args, types):
+        from gateway.chain import rpc  # web3: imported when used (status pages need none)
+
         return rpc.decode_output(types, self.port.call(to, rpc.encode_call(signature, args)))
 
     def cursor(self):

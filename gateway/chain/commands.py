@@ -19,8 +19,7 @@ from eth_utils import is_address, to_checksum_address
 
 from gateway import community, keystore, logs, registry, simclock, units
 from gateway import config as gwconfig
-from gateway.chain import (allocations, batcher, bundle, deploy, intervals, ledger, node,
-                           outbox, rpc)
+from gateway.chain import allocations, batcher, bundle, deploy, intervals, ledger, node, outbox, rpc
 from gateway.chain.errors import BundleError, ChainError, RpcError
 from gateway.cli import _open_db
 from gateway.errors import ConfigError, GatewayError

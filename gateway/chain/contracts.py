@@ -104,20 +104,6 @@ def pack_totals(totals):
     return words
 
 
-def decode_submit(data):
-    """Call data of :data:`SUBMIT` -> (interval, root, [(meter_index, import_wh,
-    export_wh)]): what a gateway submitted (``verify`` reads it from the transaction)."""
-    data = bytes(data)
-    if data[:4] != keccak(text=SUBMIT)[:4]:
-        raise ValueError("the transaction is not a submission (another function)")
-    try:
-        interval, root, words = eth_abi.decode(SUBMIT[SUBMIT.index("(") + 1:-1].split(","),
-                                               data[4:])
-    except DecodingError as e:
-        raise ValueError(f"the submission's call data does not decode: {e}") from None
-    return interval, root, unpack_totals(words)
-
-
 def unpack_totals(words):
     """The inverse of :func:`pack_totals`."""
     out = []

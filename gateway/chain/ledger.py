@@ -7,12 +7,15 @@ what a gateway or a simulator meant to submit. Per interval:
 - ``Settled``: the interval's totals and the transaction that settled it;
 - flows: ``P2PAllocation`` (producer -> its chosen beneficiary), ``PoolContribution``
   (producer -> community pool), ``PoolAllocation`` (pool -> consumer), ``GridExport``
-  (meter -> grid), ``GridImport`` (grid -> meter); energy in Wh and the tokens charged;
+  (meter -> grid), ``GridImport`` (grid -> meter), ``SelfSupply`` (a meter that both
+  exported and imported in the interval used that much of its own export: no one else's,
+  no tokens); energy in Wh and the tokens charged;
 - ``UnpaidAllocation`` / ``ReceivableRecorded``: the part of a charge a consumer's
   balance did not cover (its debt; the producers' receivable).
 
 Per meter this gives the contract's own identities: what it imported = P2P and pool
-received + grid import; what it exported = P2P and pool sent + grid export. A meter
+received + grid import + self-supply; what it exported = P2P and pool sent + grid export
++ self-supply. A meter
 that was a gap in an interval has no events in it.
 
 Meters are indices of the community's MeterRegistry; names belong to the caller (the
@@ -33,6 +36,7 @@ FLOW_EVENTS = {
     "PoolAllocation": "pool_out",
     "GridExport": "grid_export",
     "GridImport": "grid_import",
+    "SelfSupply": "self_supply",
 }
 _OTHER_EVENTS = ("Settled", "UnpaidAllocation", "ReceivableRecorded")
 _MAX_TOPIC_INTERVALS = 400  # beyond this, fetch every interval's logs and filter here
@@ -133,6 +137,8 @@ def _flow(name, f):
         return Flow(k, kind, POOL, f["consumer"], f["wh"], f["tokens"])
     if kind == "grid_export":
         return Flow(k, kind, f["meter"], GRID, f["wh"])
+    if kind == "self_supply":
+        return Flow(k, kind, f["meter"], f["meter"], f["wh"])
     return Flow(k, kind, GRID, f["meter"], f["wh"])
 
 
@@ -140,8 +146,9 @@ def _flow(name, f):
 class MeterDay:
     """One meter's settled energy and tokens over some intervals."""
 
-    imported_wh: int = 0  # p2p + pool received + grid import
-    exported_wh: int = 0  # p2p + pool sent + grid export
+    imported_wh: int = 0  # p2p + pool received + grid import + self-supply
+    exported_wh: int = 0  # p2p + pool sent + grid export + self-supply
+    self_supply_wh: int = 0  # its own export it used in the same interval
     p2p_sent_wh: int = 0  # to chosen beneficiaries
     pool_sent_wh: int = 0
     p2p_received_wh: int = 0  # from producers that chose this meter
@@ -195,6 +202,9 @@ def per_meter(settled):
             elif f.kind == "grid_export":
                 m(f.source).grid_export_wh += f.wh
                 seen.add(f.source)
+            elif f.kind == "self_supply":
+                m(f.source).self_supply_wh += f.wh
+                seen.add(f.source)
             else:
                 m(f.target).grid_import_wh += f.wh
                 seen.add(f.target)
@@ -205,8 +215,9 @@ def per_meter(settled):
         for meter in seen:
             m(meter).intervals += 1
     for d in out.values():
-        d.imported_wh = d.p2p_received_wh + d.pool_received_wh + d.grid_import_wh
-        d.exported_wh = d.p2p_sent_wh + d.pool_sent_wh + d.grid_export_wh
+        d.imported_wh = d.p2p_received_wh + d.pool_received_wh + d.grid_import_wh \
+            + d.self_supply_wh
+        d.exported_wh = d.p2p_sent_wh + d.pool_sent_wh + d.grid_export_wh + d.self_supply_wh
     return out
 
 

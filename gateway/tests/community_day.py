@@ -1,7 +1,8 @@
 """Test bed for the community page and view tests: three members on a real anvil (the
-producer gives 40 % to the school), two intervals settled through the gateway's own
-batcher and outbox, the household silent in the second (a gap), one more interval
-settled with every meter a gap; a gateway.toml with the community's tariffs."""
+producer gives 40 % to the school), three intervals settled through the gateway's own
+batcher and outbox in one submission (with the meters' signed boundary readings), the
+household silent after the first (a gap in the second and third); a gateway.toml with the
+community's tariffs."""
 
 import time
 
@@ -9,7 +10,7 @@ from chain_community import Community, L
 
 from gateway import community
 from gateway import config as gwconfig
-from gateway.chain import batcher, deploy, node
+from gateway.chain import deploy, node
 from gateway.chain.outbox import Outbox
 
 
@@ -23,7 +24,7 @@ def build(tmp):
     first = c.first
     c.store_readings(first * L, (first + 1) * L, [producer, school, home])
     c.store_readings((first + 1) * L + 10, (first + 3) * L, [producer, school])
-    batcher.Batcher(c.conn, c.settlement, length=L, grace_s=60).build_due(since=first)
+    c.batcher().build_due(since=first)
     outbox = Outbox(c.conn, c.port, c.gateway_key, c.settlement)
     for _ in range(100):
         outbox.step()

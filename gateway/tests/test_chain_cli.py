@@ -20,9 +20,8 @@ from wattcore import exchange
 
 from gateway import config as gwconfig
 from gateway import store
-from gateway.chain import allocations, node
+from gateway.chain import allocations, node, rpc
 from gateway.chain import anvil as anvil_mod
-from gateway.chain import rpc
 from gateway.verify import Credential, Policy, check_batch
 from gateway.writer import GroupStore
 from tools.cli import main

@@ -105,7 +105,7 @@ def test_community_page_in_a_browser(site):
     assert "40 % to school" in rows["producer"]["Member"]
     assert len(page["intervals"]) == len(view["intervals"])
     gap_row = next(r for r in page["intervals"] if "household" in r[-1])
-    assert "no reading within 30 min" in gap_row[-1]
+    assert "no signed reading within 5 min" in gap_row[-1]
     assert page["verifyCommand"] == f"wattshare verify --bundle reading-ID.json --rpc {c.node.url}"
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
@@ -116,7 +116,7 @@ def test_interval_readings_and_a_proof_that_verifies(site):
     status, _, body = _get(loop, f"{base}/community/interval/{first}")
     assert status == 200
     text = body.decode()
-    readings = community.interval_readings(c.conn, c.settlement, first)
+    readings = community.interval_readings(c.conn, c.settlement, first, L)
     assert text.count("/community/proof/") == len(readings) > 0
     rid = readings[0]["id"]
     status, headers, body = _get(loop, f"{base}/community/proof/{rid}.json")

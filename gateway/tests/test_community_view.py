@@ -49,8 +49,10 @@ def test_the_day_by_name_from_the_chain(settled):
     assert school["received_from"][0]["name"] == "producer"
     assert producer["sent_to"][0] == {"name": "school", "wh": school["direct_received_wh"]}
     for m in members.values():  # the contract's identities, per member
-        assert m["p2p_received_wh"] + m["grid_import_wh"] == m["consumed_wh"]
-        assert m["p2p_sent_wh"] + m["grid_export_wh"] == m["produced_wh"]
+        assert m["p2p_received_wh"] + m["grid_import_wh"] + m["self_supply_wh"] \
+            == m["consumed_wh"]
+        assert m["p2p_sent_wh"] + m["grid_export_wh"] + m["self_supply_wh"] \
+            == m["produced_wh"]
     assert sum(m["tokens_paid"] for m in members.values()) == sum(
         m["tokens_earned"] for m in members.values()) == sum(e["tokens"] for e in settled_events)
     assert producer["key"].startswith("40 % to school (static)")
@@ -80,8 +82,9 @@ def test_intervals_carry_their_transaction_and_gaps_say_why(settled):
     assert rows[first]["gaps"] == []
     gap = rows[first + 1]["gaps"]
     assert [g["name"] for g in gap] == ["household"]
-    assert "no reading within 30 min" in gap[0]["why"]
-    readings = community.interval_readings(c.conn, c.settlement, first)
+    assert "no signed reading within 5 min" in gap[0]["why"]
+    assert [g["name"] for g in rows[first + 2]["gaps"]] == ["household"]
+    readings = community.interval_readings(c.conn, c.settlement, first, L)
     assert {r["name"] for r in readings} == {"producer", "school", "household"}
     assert all(first * L <= r["t"] < (first + 1) * L for r in readings)
 
@@ -127,21 +130,21 @@ def test_verify_warns_when_the_readings_meter_was_a_gap(settled):
     home = c.member("household")
     rid = c.conn.execute(
         "SELECT l.reading_id FROM chain_leaves l JOIN readings r ON r.id = l.reading_id "
-        "WHERE l.interval = ? AND r.device = ?", (first + 1, home.meter.device_id)
-    ).fetchone()[0]
-    b = bundle.export_bundle(c.conn, rid, c.port.chain_id, c.deployment.registry)
+        "WHERE r.t >= ? AND r.t < ? AND r.device = ?",
+        ((first + 1) * L, (first + 2) * L, home.meter.device_id)).fetchone()[0]
+    b = bundle.export_bundle(c.conn, rid, c.port.chain_id)
     assert b["gap"] == "gap"
     report = bundle.verify_bundle(b, c.port)
     assert report.ok and [w.name for w in report.warnings] == ["settled"]
     text = bundle.format_report(report, units.zone("UTC"))
     assert f"[warn] settled: meter {home.index} was LEFT OUT of interval {first + 1}" in text
-    assert "no reading" in text and "VALID, WITH 1 WARNING" in text
+    assert "no signed reading" in text and "VALID, WITH 1 WARNING" in text
     # the same meter in an interval it was part of: no warning
     rid = c.conn.execute(
         "SELECT l.reading_id FROM chain_leaves l JOIN readings r ON r.id = l.reading_id "
-        "WHERE l.interval = ? AND r.device = ?", (first, home.meter.device_id)).fetchone()[0]
-    report = bundle.verify_bundle(
-        bundle.export_bundle(c.conn, rid, c.port.chain_id, c.deployment.registry), c.port)
+        "WHERE r.t >= ? AND r.t < ? AND r.device = ?",
+        (first * L, (first + 1) * L, home.meter.device_id)).fetchone()[0]
+    report = bundle.verify_bundle(bundle.export_bundle(c.conn, rid, c.port.chain_id), c.port)
     assert report.ok and report.warnings == []
     assert "import" in report.checks[-1].detail and report.checks[-1].name == "settled"
 
