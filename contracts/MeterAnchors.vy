@@ -110,13 +110,12 @@ _ANCHOR_BAD_STATUS: constant(uint256) = 2559
 _anchor: HashMap[address, HashMap[uint16, uint256]]
 
 
-event Anchored:
+# an anchor that starts afresh: whatever the meter measured before its
+# boundary (since its previous anchor, if any) is a gap, never settled
+event AnchorRestarted:
     settlement: indexed(address)
     meter: indexed(uint16)
     boundary: uint256
-    intervals: uint256
-    import_wh: uint256
-    export_wh: uint256
 
 event AnchorReset:
     settlement: indexed(address)
@@ -225,14 +224,8 @@ def check(
             | (export_wh << _BUDGET_E_SHIFT)
             | (gid << _GID_SHIFT)
         )
-        log Anchored(
-            settlement=msg.sender,
-            meter=meter,
-            boundary=boundary,
-            intervals=window,
-            import_wh=import_wh,
-            export_wh=export_wh,
-        )
+        if window == 0:
+            log AnchorRestarted(settlement=msg.sender, meter=meter, boundary=boundary)
 
 
 @external
