@@ -1,222 +1,210 @@
-"""Gas of one settlement interval on a local anvil chain (real transactions, receipts).
+"""Gas of the settlement contracts' heavier shapes, on a real anvil 1.7.1 (``--hardfork
+osaka``, receipts' gasUsed: base and call data included).
 
-For 10, 100 and 256 meters (every third meter a producer, the others consumers, each
-meter its own owner account, every consumer prepaid), the gas of the gateway's submit()
-that also settles the interval: first interval after deployment and steady state (third
-interval; 18th with two gateways, once the staging ring is reused), per meter and per
-reading at 90 readings per meter per 15-minute interval. Also: 256 meters where every
-producer has a tier-1 key to 8 beneficiaries (the heaviest allowed shape), and 256
-meters split over two gateways (the first submission is staged, the second settles).
-Worst case: all 256 meters import and export, none prepaid, each with an 8-beneficiary
-PERCENT_REDISTRIBUTED key, and a 256-member PERCENT_REDISTRIBUTED community key (first
-interval, when every debt and receivable slot is new).
+Every meter's device signs its boundary readings (P-256, COSE_Sign1), checked on chain
+(P256VERIFY). A window is an hour: the anchors at its boundaries, then its four
+intervals in one transaction (32 anchors at most per transaction: the rest go first, in
+transactions of their own). Consumers prepay; every third meter is a producer.
 
-    .venv/bin/python -m bench.bench_chain_contracts
+- ``meters_256_keys_8``: 256 meters, every producer with a PERCENT_REDISTRIBUTED key to 8
+  beneficiaries (the heaviest tier-1 shape); steady window (the third). Intervals that
+  would not fit one transaction go in several, as the gateway's outbox splits them.
+- ``meters_256_two_gateways``: 256 meters, half on each of two gateways: the first
+  gateway's intervals are staged, the second's settle both (the third window).
+- ``worst_case``: all 256 meters import and export, none prepaid, each with an
+  8-beneficiary PERCENT_REDISTRIBUTED key, a 256-member PERCENT_REDISTRIBUTED community
+  key; one interval, the first after deployment (every debt and receivable slot new),
+  its anchors sent before it. Measured on a node without the per-transaction cap, so the
+  figure is known even above it: ``fits_tx_cap`` says whether one transaction of Osaka
+  (2^24 gas) holds it.
+
+    .venv/bin/python -m bench chain_contracts
 """
 
-from __future__ import annotations
-
-import contextlib
-import json
-import platform
 import random
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from eth_account import Account
+from wattcore import cose, reading
 
-from contracts.allocation_reference import KEY_PERCENT_REDISTRIBUTED, pack_entries  # noqa: E402
-from contracts.boa_harness import PRICE, device_id, key_hash  # noqa: E402
+from bench.bench_chain import Meter
+from gateway.chain import contracts, deploy, rpc
+from gateway.chain.anvil import Anvil
+from gateway.chain.errors import RpcError
 
-READINGS_PER_METER = 90  # one reading per 10 s, 15-minute interval
-INTERVAL = 900
-SETTLE_DELAY = 3600
-GAS = 29_000_000
-SIZES = (10, 100, 256)
-
-
-def _anvil_binary() -> Path:
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}[platform.machine()]
-    path = REPO_ROOT / "node_modules" / "@foundry-rs" / f"anvil-linux-{arch}" / "bin" / "anvil"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: run `make setup` (npm @foundry-rs/anvil)")
-    return path
+L = 900
+READINGS_PER_METER_INTERVAL = 90  # one reading per 10 s
+PERCENT = contracts.KEY_KINDS["percent"]
 
 
-@contextlib.contextmanager
-def _anvil():
-    from web3 import Web3
+class _Uncapped(Anvil):
+    """anvil without Osaka's per-transaction cap (to measure what would not fit)."""
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [str(_anvil_binary()), "--port", str(port), "--silent", "--gas-limit", "30000000"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}"))
-        for _ in range(200):
-            if proc.poll() is not None:
-                raise RuntimeError("anvil exited at start")
-            with contextlib.suppress(Exception):
-                if w3.is_connected():
-                    break
-            time.sleep(0.05)
-        yield w3
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    def command(self, port):
+        argv = [a for a in super().command(port) if a != "--enable-tx-gas-limit"]
+        return argv + ["--gas-limit", "100000000"]
 
 
-def _artifacts() -> dict:
-    # boa's compile cache makes this quick after the first run
-    from vyper.compiler.output import build_abi_output
-
-    from contracts.boa_harness import deployer
-
-    out = {}
-    for name in ("CommunityToken", "MeterRegistry", "Settlement"):
-        data = deployer(name).compiler_data
-        out[name] = (build_abi_output(data), data.bytecode)
-    return out
+def _anchor(meter, t, ei, ee, at=0, restart=False):
+    meter.seq += 1
+    payload = reading.encode_payload({"dev": meter.device_id, "seq": meter.seq, "t": t,
+                                      "st": 0, "ei": ei, "ee": ee, "p": 0, "mdl": 1})
+    sig = cose.decode_sign1(cose.sign1(payload, meter.device_id, meter.sign)).signature
+    return (meter.index, restart, at, payload, sig[:32], sig[32:])
 
 
-class _Chain:
-    def __init__(self, w3, artifacts):
-        self.w3 = w3
-        self.artifacts = artifacts
-        self.admin, self.treasury, self.gw0, self.gw1 = w3.eth.accounts[:4]
-
-    def rpc(self, method, params):
-        response = self.w3.provider.make_request(method, params)
-        if "error" in response:
-            raise RuntimeError(f"{method}: {response['error']}")
-        return response["result"]
-
-    def receipt(self, tx_hash):
-        return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.005)
-
-    def deploy(self, name, *args):
-        abi, bytecode = self.artifacts[name]
-        factory = self.w3.eth.contract(abi=abi, bytecode=bytecode)
-        data = factory.constructor(*args).data_in_transaction
-        tx = self.rpc("eth_sendTransaction", [{"from": self.admin, "data": data, "gas": hex(GAS)}])
-        return self.w3.eth.contract(address=self.receipt(tx)["contractAddress"], abi=abi)
-
-    def send(self, contract, fn_name, args, sender):
-        data = contract.encode_abi(fn_name, args)
-        tx = self.rpc("eth_sendTransaction", [
-            {"from": sender, "to": contract.address, "data": data, "gas": hex(GAS)}])
-        receipt = self.receipt(tx)
-        if receipt["status"] != 1:
-            raise RuntimeError(f"{fn_name} reverted")
-        return receipt, len(bytes.fromhex(data[2:]))
-
-    def next_interval(self) -> int:
-        now = self.w3.eth.get_block("latest")["timestamp"]
-        interval = now // INTERVAL
-        self.rpc("evm_setNextBlockTimestamp", [(interval + 1) * INTERVAL])
-        self.rpc("evm_mine", [])
-        return interval
-
-
-def _community(chain, n_meters, n_gateways, beneficiaries, worst=False):
-    token = chain.deploy("CommunityToken", "Wattshare Sun", "SUN", 18, chain.treasury, 10**27)
-    registry = chain.deploy("MeterRegistry")
-    gateways = [chain.gw0, chain.gw1][:n_gateways]
-    for gw in gateways:
-        chain.send(registry, "add_gateway", [gw], chain.admin)
-    settlement = chain.deploy("Settlement", token.address, registry.address, INTERVAL,
-                              SETTLE_DELAY, PRICE)
-    rng = random.Random(n_meters)
-    owners = [chain.w3.to_checksum_address(rng.randbytes(20)) for _ in range(n_meters)]
-    chain.send(token, "approve", [settlement.address, 10**27], chain.treasury)
-    gateway_of = {}
-    for i, owner in enumerate(owners):
-        meter = i + 1
-        gateway_of[meter] = gateways[i * n_gateways // n_meters]
-        chain.send(registry, "register_meter",
-                   [device_id(meter), key_hash(meter), owner, gateway_of[meter]], chain.admin)
-        if meter % 3 != 1 and not worst:  # consumers prepay
-            chain.send(settlement, "deposit_for", [owner, 10**22], chain.treasury)
-    if beneficiaries:
-        consumers = [m for m in gateway_of if m % 3 != 1 or worst]
-        for p in (m for m in gateway_of if m % 3 == 1 or worst):
-            # the producer sets its own key: send from its (impersonated) account
-            chosen = rng.sample([m for m in consumers if m != p], beneficiaries)
-            weights = [10_000 // len(chosen)] * len(chosen)
-            chain.rpc("anvil_impersonateAccount", [owners[p - 1]])
-            chain.rpc("anvil_setBalance", [owners[p - 1], hex(10**18)])
-            chain.send(settlement, "set_producer_key",
-                       [p, KEY_PERCENT_REDISTRIBUTED, chosen, weights], owners[p - 1])
-    if worst:
-        chain.send(settlement, "set_community_key",
-                   [KEY_PERCENT_REDISTRIBUTED, sorted(gateway_of), [39] * n_meters], chain.admin)
-    return settlement, gateway_of
-
-
-def _measure(chain, n_meters, n_gateways=1, beneficiaries=0, intervals=3, worst=False):
-    settlement, gateway_of = _community(chain, n_meters, n_gateways, beneficiaries, worst)
-    rng = random.Random(7 * n_meters + beneficiaries)
-    gas = []
-    calldata = 0
-    for _ in range(intervals):
-        # producers export 200-1500 Wh, consumers import 100-3000 Wh per 15 min
-        entries = [(m, 0, rng.randint(200, 1500)) if m % 3 == 1 else
-                   (m, rng.randint(100, 3000), 0) for m in sorted(gateway_of)]
+class _Community:
+    def __init__(self, port, keys, n, gateways=1, beneficiaries=0, worst=False):
+        self.port, self.admin = port, keys[0]
+        self.gateway_keys = keys[1:1 + gateways]
+        gw = [Account.from_key(k).address for k in self.gateway_keys]
+        rng = random.Random(n + 17 * beneficiaries + worst)
+        now = int(time.time())
+        self.first = now // L - 40
+        port.request("evm_setTime", [self.first * L - L])  # set up before the hours settled
+        d = self.d = deploy.deploy_community(port, self.admin, gw, interval_s=L)
+        self.meters = [Meter(50_000 * n + 1000 * gateways + i) for i in range(n)]
+        self.gateway_of = {}
+        owners = [Account.create() for _ in range(n)]
+        for i, (m, owner) in enumerate(zip(self.meters, owners, strict=True)):
+            g = i * gateways // n
+            m.index = deploy.register_meter(port, self.admin, d.registry, m.device_id,
+                                            m.pubkey, owner.address, gw[g])
+            self.gateway_of[m.index] = g
+            m.ei, m.ee = 1000, 50
+            if not worst and i % 3:
+                deploy.fund(port, self.admin, d.token, d.settlement, owner.address, 10**24)
+        producers = range(n) if worst else range(0, n, 3)
+        if beneficiaries:
+            for i in producers:
+                chosen = rng.sample([j for j in range(n) if j != i and (worst or j % 3)],
+                                    beneficiaries)
+                rpc.send_transaction(port, self.admin, owners[i].address, b"", value=10**17,
+                                     gas=21_000)
+                deploy.set_producer_key(port, owners[i].key, d.settlement,
+                                        self.meters[i].index, "percent",
+                                        [self.meters[j].index for j in chosen],
+                                        [10_000 // beneficiaries] * beneficiaries)
         if worst:
-            entries = [(m, rng.randint(1000, 4000), rng.randint(1, 3000))
-                       for m in sorted(gateway_of)]
-        interval = chain.next_interval()
-        gas.append([])
-        calldata = 0
-        for gw in dict.fromkeys(gateway_of.values()):
-            mine = [e for e in entries if gateway_of[e[0]] == gw]
-            receipt, size = chain.send(settlement, "submit",
-                                       [interval, rng.randbytes(32), pack_entries(mine)], gw)
-            gas[-1].append(receipt["gasUsed"])
-            calldata += size
-    readings = n_meters * READINGS_PER_METER
-    first, steady = sum(gas[0]), sum(gas[-1])
-    return {
-        "meters": n_meters,
-        "gateways": n_gateways,
-        "tier1_beneficiaries_per_producer": beneficiaries,
-        "first_interval_gas": first,
-        "steady_interval": intervals,
-        "steady_gas": steady,
-        "steady_gas_per_tx": gas[-1],
-        "steady_gas_per_meter": round(steady / n_meters),
-        "first_gas_per_reading": round(first / readings, 1),
-        "steady_gas_per_reading": round(steady / readings, 1),
-        "calldata_bytes": calldata,
-    }
+            deploy.transact(port, self.admin, d.settlement, contracts.SET_COMMUNITY_KEY,
+                            [PERCENT, [m.index for m in self.meters], [39] * n])
+        self.worst = worst
+        self.rng = rng
+        port.request("evm_setTime", [now])
+        port.request("evm_mine", [])
+
+    def energy(self, i):
+        if self.worst:
+            return self.rng.randint(1000, 4000), self.rng.randint(1, 3000)
+        return (0, self.rng.randint(200, 1500)) if i % 3 == 0 else \
+            (self.rng.randint(100, 3000), 0)
+
+    def window(self, start, intervals=4, fresh=False):
+        """Anchors at ``start`` (when ``fresh``) and ``start + intervals``, then the
+        intervals; per gateway: anchor-only transactions, then its intervals. The gas of
+        each transaction, in sending order."""
+        per_interval = [{} for _ in range(intervals)]
+        before, after = [], []
+        for i, m in enumerate(self.meters):
+            if fresh:
+                before.append(_anchor(m, start * L, m.ei, m.ee, restart=True))
+            for k in range(intervals):
+                per_interval[k][m.index] = self.energy(i)
+            m.ei += sum(e[m.index][0] for e in per_interval)
+            m.ee += sum(e[m.index][1] for e in per_interval)
+            after.append(_anchor(m, (start + intervals) * L, m.ei, m.ee))
+        gas = []
+        for g, key in enumerate(self.gateway_keys):
+            mine = [a for a in before + after if self.gateway_of[a[0]] == g]
+            while len(mine) > contracts.MAX_ANCHORS:
+                gas.append(self._submit(key, 0, b"\0" * 32, mine[:contracts.MAX_ANCHORS], []))
+                mine = mine[contracts.MAX_ANCHORS:]
+            totals = [sorted((m, *e) for m, e in per.items() if self.gateway_of[m] == g)
+                      for per in per_interval]
+            # the rest of the anchors go before the first interval; as the gateway's
+            # outbox does, intervals that would not fit one transaction go in several
+            k, size = 0, len(totals)
+            while k < len(totals):
+                size = min(size, len(totals) - k)
+                data = rpc.encode_call(contracts.SUBMIT, [
+                    start + k, self.rng.randbytes(32), mine if k == 0 else [],
+                    contracts.pack_intervals(totals[k:k + size])])
+                if size > 1 and not self._fits(key, data):
+                    size = (size + 1) // 2
+                    continue
+                gas.append(self._send(key, data))
+                k += size
+        return gas
+
+    def _fits(self, key, data):
+        try:
+            estimate = self.port.estimate_gas(Account.from_key(key).address,
+                                              self.d.settlement, data, 0)
+        except RpcError:
+            return False
+        return estimate <= 0.95 * contracts.TX_GAS_CAP
+
+    def _send(self, key, data):
+        # the gas limit as the outbox sets it: estimate x margin, at most the cap
+        estimate = self.port.estimate_gas(Account.from_key(key).address, self.d.settlement,
+                                          data, 0)
+        gas = min(int(estimate * 1.3), max(contracts.TX_GAS_CAP, estimate))
+        return rpc.send_transaction(self.port, key, self.d.settlement, data,
+                                    gas=gas).gas_used
+
+    def _submit(self, key, first, root, anchors, words):
+        return self._send(key, rpc.encode_call(contracts.SUBMIT, [first, root, anchors, words]))
 
 
-def run() -> dict:
-    t0 = time.perf_counter()
-    artifacts = _artifacts()
-    results = {}
-    with _anvil() as w3:
-        chain = _Chain(w3, artifacts)
-        for n in SIZES:
-            results[f"meters_{n}"] = _measure(chain, n)
-        results["meters_256_keys_8"] = _measure(chain, 256, beneficiaries=8)
-        # staging reuses its ring slots (16 intervals) from the 17th interval on
-        results["meters_256_two_gateways"] = _measure(chain, 256, n_gateways=2, intervals=18)
-        results["meters_256_worst_case"] = _measure(chain, 256, beneficiaries=8, intervals=1,
-                                                    worst=True)
-    results["readings_per_meter_per_interval"] = READINGS_PER_METER
-    results["chain"] = "anvil 1.7.1, default hardfork, receipt gasUsed (includes 21000 + calldata)"
-    results["seconds"] = round(time.perf_counter() - t0, 1)
-    return results
+def _shape(port, keys, n, gateways=1, beneficiaries=0, windows=3):
+    c = _Community(port, keys, n, gateways, beneficiaries)
+    port.request("evm_setTime", [(c.first + 4 * windows) * L + 400])
+    port.request("evm_mine", [])
+    gas = [c.window(c.first + 4 * w, fresh=w == 0) for w in range(windows)]
+    steady = gas[-1]
+    readings = n * READINGS_PER_METER_INTERVAL * 4
+    return {"meters": n, "gateways": gateways, "tier1_beneficiaries_per_producer": beneficiaries,
+            "first_window_gas": sum(gas[0]), "steady_window_gas": sum(steady),
+            "steady_gas_per_tx": steady,
+            "steady_gas_per_reading": round(sum(steady) / readings, 1),
+            "max_transaction_gas": max(max(g) for g in gas)}
+
+
+def _worst(port, keys, n=256):
+    c = _Community(port, keys, n, worst=True)
+    port.request("evm_setTime", [(c.first + 1) * L + 400])
+    port.request("evm_mine", [])
+    gas = c.window(c.first, intervals=1, fresh=True)
+    return {"meters": n, "tier1_beneficiaries_per_producer": 8, "community_key_members": n,
+            "anchor_transactions_gas": gas[:-1], "interval_transaction_gas": gas[-1],
+            "fits_tx_cap": gas[-1] <= contracts.TX_GAS_CAP and max(gas) <= contracts.TX_GAS_CAP}
+
+
+def run():
+    started = time.monotonic()
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        with Anvil(Path(tmp) / "capped", accounts=3) as node:
+            port = rpc.Web3Chain.connect(node.url, node.chain_id)
+            keys = node.account_keys()
+            result["meters_256_keys_8"] = _shape(port, keys, 256, beneficiaries=8)
+            print("bench chain_contracts: keys_8 done", file=sys.stderr, flush=True)
+            result["meters_256_two_gateways"] = _shape(port, keys, 256, gateways=2)
+            print("bench chain_contracts: two gateways done", file=sys.stderr, flush=True)
+        with _Uncapped(Path(tmp) / "uncapped", accounts=3) as node:
+            port = rpc.Web3Chain.connect(node.url, node.chain_id)
+            result["worst_case"] = _worst(port, node.account_keys())
+    result["transaction_gas_cap"] = contracts.TX_GAS_CAP
+    result["readings_per_meter_per_interval"] = READINGS_PER_METER_INTERVAL
+    result["chain"] = "anvil 1.7.1 --hardfork osaka, receipts' gasUsed"
+    result["seconds"] = round(time.monotonic() - started, 1)
+    return result
 
 
 if __name__ == "__main__":
+    import json
+
     print(json.dumps(run(), indent=1))
