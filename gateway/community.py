@@ -275,7 +275,7 @@ def day_view(conn, cfg, chain, day=None, now=None, rpc_note=None):
 
     totals = {k: sum(e[k] for e in entries) for k in (
         "produced_wh", "consumed_wh", "p2p_sent_wh", "grid_import_wh", "grid_export_wh",
-        "tokens_paid", "tokens_earned")}
+        "self_supply_wh", "tokens_paid", "tokens_earned")}
     totals["intervals_settled"] = len(settled)
     totals["intervals_with_gaps"] = sum(1 for r in rows if r["gaps"])
     totals["text"] = {k: units.kwh(v) for k, v in totals.items() if k.endswith("_wh")}

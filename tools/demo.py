@@ -548,7 +548,7 @@ class Demo:
             + f"; simulated in {self.timings['simulated_day_wall_s']} s",
             f"  used {t['consumed_wh']}, surplus {t['produced_wh']}: shared between "
             f"neighbours {t['p2p_sent_wh']}, from the grid {t['grid_import_wh']}, to the "
-            f"grid {t['grid_export_wh']}",
+            f"grid {t['grid_export_wh']}, used by its own producer {t['self_supply_wh']}",
             f"  the school received {units.kwh(from_resident)} from {RESIDENT.label}; "
             f"{t['tokens_paid']} paid to producers",
             "",
