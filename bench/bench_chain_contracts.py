@@ -148,12 +148,7 @@ class _Community:
         return estimate <= 0.95 * contracts.TX_GAS_CAP
 
     def _send(self, key, data):
-        # the gas limit as the outbox sets it: estimate x margin, at most the cap
-        estimate = self.port.estimate_gas(Account.from_key(key).address, self.d.settlement,
-                                          data, 0)
-        gas = min(int(estimate * 1.3), max(contracts.TX_GAS_CAP, estimate))
-        return rpc.send_transaction(self.port, key, self.d.settlement, data,
-                                    gas=gas).gas_used
+        return rpc.send_transaction(self.port, key, self.d.settlement, data).gas_used
 
     def _submit(self, key, first, root, anchors, words):
         return self._send(key, rpc.encode_call(contracts.SUBMIT, [first, root, anchors, words]))

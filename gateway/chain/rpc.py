@@ -22,6 +22,7 @@ from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 
+from gateway.chain.contracts import TX_GAS_CAP
 from gateway.chain.errors import (
     ChainIdMismatch,
     ReceiptTimeout,
@@ -354,7 +355,10 @@ def send_transaction(port, private_key, to, data, *, value=0, gas=None,
     nonce = port.get_nonce(sender, "pending")
     fees = port.suggest_fees()
     if gas is None:
-        gas = int(port.estimate_gas(sender, to, data, value) * gas_margin)
+        estimate = port.estimate_gas(sender, to, data, value)
+        # the margin, but not above Osaka's per-transaction cap (a node refuses a gas
+        # limit above it), nor below the estimate (a chain without the cap)
+        gas = max(estimate, min(int(estimate * gas_margin), TX_GAS_CAP))
     signed = sign_transaction(private_key, chain_id=port.chain_id, nonce=nonce, to=to,
                               data=data, gas=gas, fees=fees, value=value)
     tx_hash = port.send_raw(signed.raw)

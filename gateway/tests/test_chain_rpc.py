@@ -138,3 +138,36 @@ def test_reverted_transaction_is_reported(chain, key, contract):
         rpc.send_transaction(chain, key, contract, data, gas=100_000, timeout=10)
     with pytest.raises(RpcError, match="revert"):  # estimating gas already fails
         rpc.send_transaction(chain, key, contract, data, timeout=10)
+
+
+class _Sent(Exception):
+    pass
+
+
+@pytest.mark.parametrize("estimate,gas", [(100_000, 120_000), (15_000_000, 1 << 24),
+                                          (20_000_000, 20_000_000)])
+def test_gas_limit_has_a_margin_within_the_per_transaction_cap(monkeypatch, estimate, gas):
+    # estimate x 1.2, but never above Osaka's 2^24 (the node would refuse the transaction)
+    # nor below the estimate
+    asked = {}
+
+    class Port:
+        chain_id, url = 1, "fake"
+
+        def get_nonce(self, sender, block):
+            return 0
+
+        def suggest_fees(self):
+            return None
+
+        def estimate_gas(self, sender, to, data, value=0):
+            return estimate
+
+    def sign(private_key, **kw):
+        asked.update(kw)
+        raise _Sent
+
+    monkeypatch.setattr(rpc, "sign_transaction", sign)
+    with pytest.raises(_Sent):
+        rpc.send_transaction(Port(), b"\x01" * 32, GATEWAY, b"")
+    assert asked["gas"] == gas
