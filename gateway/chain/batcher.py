@@ -102,8 +102,10 @@ def outbox_intervals(conn, contract, first, last):
             "SELECT interval, intervals, state, tx_hash, block_number, packed, gaps, error "
             "FROM chain_outbox WHERE contract = ? AND part = 0 AND interval <= ? AND "
             "interval + intervals > ? ORDER BY interval", (contract, last, first)):
-        per = contracts.unpack_intervals(
-            [int(w, 16) for w in json.loads(packed)["intervals"]]) if packed else []
+        call = json.loads(packed) if packed else {}
+        if isinstance(call, list):  # a row of the one-interval format (schema 3)
+            call = {"intervals": [hex(len(call)), *call]}
+        per = contracts.unpack_intervals([int(w, 16) for w in call.get("intervals", [])])
         gaps = json.loads(gaps or "{}")
         for j in range(n):
             k = k0 + j
@@ -112,7 +114,9 @@ def outbox_intervals(conn, contract, first, last):
             entries = per[j] if j < len(per) else []
             out[k] = {"state": state, "tx": "0x" + bytes(tx).hex() if tx else None,
                       "block": block, "row": k0, "meters": len(entries), "entries": entries,
-                      "gaps": {d: g[str(k)] for d, g in sorted(gaps.items()) if str(k) in g},
+                      "gaps": {d: g if isinstance(g, str) else g[str(k)]
+                               for d, g in sorted(gaps.items())
+                               if isinstance(g, str) or str(k) in g},
                       "error": error}
     return out
 

@@ -8,6 +8,7 @@ state."""
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -345,6 +346,28 @@ def test_store_migration_adds_chain_tables(tmp_path):
     columns = {r[1] for r in conn.execute("PRAGMA table_info(chain_outbox)")}
     assert {"part", "intervals", "anchors"} <= columns
     assert Path(tmp_path / "g.sqlite3").exists()
+
+
+def test_a_schema_3_outbox_row_still_reads_after_the_migration(tmp_path):
+    # a row of the one-interval format (packed: a list of words; gaps: device -> reason)
+    # reads per interval after migration 4, for the status and community pages
+    conn = sqlite3.connect(tmp_path / "g.sqlite3", isolation_level=None)
+    for number in range(3):
+        for statement in store.MIGRATIONS[number]:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 3")
+    words = contracts.pack_totals([(1, 10, 0), (2, 0, 20)])
+    conn.execute(
+        "INSERT INTO chain_outbox (contract, interval, length, state, root, packed, meters, "
+        "leaves, gaps, last_reading_id, built_at, updated_at) VALUES (?, 7, 900, "
+        "'confirmed', ?, ?, 2, 5, ?, 9, 0, 0)",
+        ("0x" + "ab" * 20, bytes(32), json.dumps([hex(w) for w in words]),
+         json.dumps({"aa" * 8: "gap"})))
+    conn.close()
+    conn = store.open_store(tmp_path / "g.sqlite3")
+    (row,) = batcher.outbox_intervals(conn, "0x" + "ab" * 20, 0, 100).items()
+    assert row[0] == 7 and row[1]["entries"] == [(1, 10, 0), (2, 0, 20)]
+    assert row[1]["gaps"] == {"aa" * 8: "gap"} and row[1]["state"] == "confirmed"
 
 
 class _Stop(Exception):
