@@ -41,7 +41,7 @@ from tools.meter_sim import (
 )
 
 SIM_START = 1750161600.0  # 2025-06-17 12:00 UTC: the PV meter exports
-SPEED = 30.0  # device seconds per real second: a reading every 1/3 s per device
+SPEED = 40.0  # device seconds per real second: four readings a second per device
 LOSS = Impairment(loss=0.30, duplicate=0.05, reorder=0.10, delay_ms=(0.0, 15.0),
                   hold_ms=300.0)
 SEED = 13
@@ -221,11 +221,13 @@ def test_lossy_network_loses_nothing_and_stores_nothing_twice(site):
             assert shown["last_reading"]["signature_valid"]
             assert not shown["state"]["rejects"], shown["state"]
 
-        # the network was as bad as it says, in both directions
+        # the network was as bad as it says, in both directions. The decisions are the
+        # seed's, datagram after datagram: with SEED, any first 80..600 datagrams of a
+        # direction lose 27..37 % and include duplicates and held-back ones
         for direction in ("up", "down"):
             got = stats[direction]
-            assert got["received"] > 100, stats
-            assert 0.2 <= got["dropped"] / got["received"] <= 0.4, stats
+            assert got["received"] >= 80, stats
+            assert 0.25 <= got["dropped"] / got["received"] <= 0.4, stats
             for kind in ("duplicated", "reordered", "delayed"):
                 assert got[kind] > 0, (direction, kind, stats)
     except AssertionError:
