@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
 import signal
 import socket
@@ -271,6 +270,9 @@ class ProxyThread:
 
         with ProxyThread(LossyProxy(("127.0.0.1", 5683), Impairment(loss=0.3))) as proxy:
             port = proxy.address[1]
+
+    or :meth:`start` and :meth:`close`. Other servers of the test (meter simulators) may
+    run on the same loop: :meth:`run`.
     """
 
     def __init__(self, proxy: LossyProxy):
@@ -279,13 +281,12 @@ class ProxyThread:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                         name="lossy-proxy")
 
-    def __enter__(self) -> LossyProxy:
+    def start(self) -> LossyProxy:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop).result(10)
-        return self.proxy
+        return self.run(self.proxy.start(), 10)
 
     def run(self, coro, timeout: float = 30.0):
-        """Run ``coro`` on the proxy's loop (e.g. a meter simulator's server)."""
+        """Run ``coro`` on the proxy's loop; its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -294,11 +295,20 @@ class ProxyThread:
             return {d: dict(c) for d, c in self.proxy.stats.items()}
         return self.run(copy(), 10)
 
-    def __exit__(self, *exc) -> None:
-        with contextlib.suppress(Exception):
-            self.loop.call_soon_threadsafe(self.proxy.close)
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self.loop.call_soon_threadsafe(self.proxy.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+    def __enter__(self) -> LossyProxy:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # ---- command line ---------------------------------------------------------------------

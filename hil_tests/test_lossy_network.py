@@ -84,7 +84,7 @@ class Site:
         self.logs.add("gateway", self.tmp / "gateway" / "gateway.log")
         self.proxy_thread = ProxyThread(LossyProxy(("127.0.0.1", self.gateway.coap_port),
                                                    LOSS, seed=SEED))
-        self.proxy = self.proxy_thread.__enter__()
+        self.proxy = self.proxy_thread.start()
         self.logs.add_text("lossy proxy", self.proxy.summary)
         for n, (meter_id, profile, label) in enumerate(METERS):
             self.devices.append(self._device(n, meter_id, profile, label))
@@ -133,7 +133,7 @@ class Site:
         if self.proxy_thread is not None:
             for server in self.servers:
                 self.proxy_thread.loop.call_soon_threadsafe(server.close)
-            self.proxy_thread.__exit__(None, None, None)
+            self.proxy_thread.close()
         if self.gateway is not None:
             self.gateway.stop()
 

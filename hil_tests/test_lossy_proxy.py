@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from hil_tests.lossy_proxy import DOWN, UP, Impairer, Impairment, LossyProxy, main
+from hil_tests.lossy_proxy import DOWN, UP, Impairer, Impairment, LossyProxy, ProxyThread, main
 
 N = 400
 
@@ -243,3 +243,23 @@ def test_impairment_rates_are_checked():
         Impairment(delay_ms=(10, 5))
     with pytest.raises(SystemExit):
         main(["--upstream", "127.0.0.1:5683", "--loss", "2"])
+
+
+def test_proxy_thread_serves_a_synchronous_caller():
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    upstream.bind(("127.0.0.1", 0))
+    upstream.settimeout(5)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(5)
+    thread = ProxyThread(LossyProxy(upstream.getsockname(), Impairment(), seed=0))
+    try:
+        with thread as proxy:
+            client.sendto(b"reading", proxy.address)
+            data, flow = upstream.recvfrom(100)
+            upstream.sendto(b"ack", flow)
+            assert (data, client.recvfrom(100)[0]) == (b"reading", b"ack")
+            stats = thread.stats()
+        assert stats[UP]["sent"] == stats[DOWN]["sent"] == 1
+    finally:
+        upstream.close()
+        client.close()
