@@ -317,6 +317,18 @@ def test_sdm630_reports_each_phase_and_the_phases_add_up_to_the_total(profile, t
                                                              phase["current_mA"][0])
 
 
+def test_sdm630_reversed_ct_flips_every_phase():
+    slave = _slave("sdm630ct", "pv-producer", MONDAY_NOON)
+    meter = slave.model.meter
+    words = slave.model.read_registers(4, 0, 76, reversed_ct=True)
+    true = slave.model.sample()
+    watts = [_value(words, 0, r, meter.per_phase["power_W"].kind, 1, 1)
+             for r in meter.per_phase["power_W"].registers]
+    total = _fields_from(meter, 0, words)["power_W"]
+    assert true.power_W < 0 < total and all(w > 0 for w in watts)
+    assert sum(watts) == pytest.approx(total, rel=1e-5)
+
+
 def test_single_phase_meters_have_one_phase_equal_to_the_total():
     for meter_id in ("sdm120ct", "pzem004t-v3"):
         sample = _slave(meter_id, "household", MONDAY_EVENING).model.sample()
