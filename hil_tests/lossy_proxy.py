@@ -355,12 +355,12 @@ def main(argv=None) -> int:
     async def serve() -> None:
         proxy = await LossyProxy(args.upstream, impairment, seed=args.seed,
                                  listen=args.listen).start()
-        host, port = proxy.address
-        print(f"lossy_proxy: listening udp {host}:{port} -> {args.upstream[0]}:"
-              f"{args.upstream[1]}", flush=True)
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        host, port = proxy.address
+        print(f"lossy_proxy: listening udp {host}:{port} -> {args.upstream[0]}:"
+              f"{args.upstream[1]}", flush=True)
         await stop.wait()
         proxy.close()
         print(f"lossy_proxy: {proxy.summary()}", flush=True)

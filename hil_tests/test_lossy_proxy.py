@@ -3,8 +3,13 @@ loopback. Each impairment is seen on the wire (missing, doubled, out of order, l
 matches the proxy's counters, and the same seed gives the same outcome."""
 
 import asyncio
+import contextlib
+import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -261,5 +266,38 @@ def test_proxy_thread_serves_a_synchronous_caller():
             stats = thread.stats()
         assert stats[UP]["sent"] == stats[DOWN]["sent"] == 1
     finally:
+        upstream.close()
+        client.close()
+
+
+def test_command_line_proxies_and_reports_what_it_did():
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    upstream.bind(("127.0.0.1", 0))
+    upstream.settimeout(10)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hil_tests.lossy_proxy", "--upstream",
+         f"127.0.0.1:{upstream.getsockname()[1]}", "--loss", "0.5", "--seed", "3"],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("lossy_proxy: listening udp 127.0.0.1:"), line
+        port = int(line.split()[3].rpartition(":")[2])
+        for i in range(40):
+            client.sendto(b"%d" % i, ("127.0.0.1", port))
+        arrived = 0
+        with contextlib.suppress(TimeoutError):
+            upstream.settimeout(2)
+            while arrived < 40:
+                upstream.recv(100)
+                arrived += 1
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=10)
+        assert f"up: received 40, dropped {40 - arrived}, " in out, (arrived, out)
+        assert 0 < arrived < 40
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
         upstream.close()
         client.close()
