@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup setup-gateway test demo bench fuzz check firmware clean help
+.PHONY: setup setup-gateway test demo bench fuzz check firmware clean help hil-bench hil-bench-virtual
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -65,6 +65,18 @@ chromium:
 
 test: setup ## run every test (CPython, MicroPython VM, contracts, hardware-in-the-loop on emulated devices)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The hardware-in-the-loop suite on the boards of a bench (docs/hil.md): BENCH names the
+# bench file (default hil-bench.toml at the root); HIL_TESTS narrows the scenarios.
+BENCH ?= hil-bench.toml
+HIL_TESTS ?= hil_tests
+hil-bench: setup ## hardware-in-the-loop scenarios on real boards (BENCH=file, default hil-bench.toml; docs/hil.md)
+	@$(PY) -m hil_tests.bench_mode check $(BENCH)
+	WATTSHARE_HIL=bench WATTSHARE_BENCH_CONFIG=$(abspath $(BENCH)) $(PY) -m pytest $(HIL_TESTS) $(PYTEST_ARGS)
+
+hil-bench-virtual: setup ## make hil-bench on a rack of virtual boards (out/hil-rack), no hardware needed
+	$(PY) -m hil_tests.bench_mode virtual-rack out/hil-rack
+	$(MAKE) --no-print-directory hil-bench BENCH=out/hil-rack/bench.toml
 
 demo: setup ## run the most complete end-to-end path on emulated hardware
 	$(PY) -m tools.demo

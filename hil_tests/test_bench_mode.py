@@ -1,0 +1,308 @@
+"""The bench mode, run: two virtual boards on pseudo-terminals (the code path of a real
+serial port) in a rack switched by the virtual relay, made with the command docs/hil.md
+gives, are deployed and provisioned by the bench adapter with the installer's real
+commands against a real gateway; their readings arrive verified; a power cut through the
+relay command loses no reading and reuses no sequence number. Everything is checked
+through the gateway's CLI (``--json``), never its tables.
+
+The bench file's validation, the relay, and ``make hil-bench`` 's refusal of a missing
+bench file are tested here too (fast)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from hil_tests import bench_mode
+from hil_tests.bench_mode import BenchDevices, load_config
+from tools import virtual_board
+from tools.errors import ConfigError
+from tools.local_site import GatewayProcess
+from tools.meter_sim import FaultPlan, MeterModel, MeterSlave, SimClock, get_meter
+
+REPO = Path(__file__).resolve().parent.parent
+OWNER = "0x52908400098527886E0F7030069857D2E4169EE7"
+INTERVAL_S = 2  # seconds between readings on the rack's boards
+
+
+def run(*argv: str, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=timeout)
+
+
+def meter_slave(meter_id: str, seed: int) -> MeterSlave:
+    meter = get_meter(meter_id)
+    model = MeterModel(meter, "household", SimClock(time.time(), 1.0), seed=seed)
+    plan = FaultPlan([], seed=seed, meter=meter, slave=meter.default_slave)
+    return MeterSlave(model, meter.default_slave, plan)
+
+
+class Loop:
+    """The event loop serving the meter simulators, in a thread (as the rig's)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def close(self, servers):
+        for server in servers:
+            self.loop.call_soon_threadsafe(server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """A virtual rack made with docs/hil.md's command, a real gateway, the bench adapter."""
+    folder = tmp_path_factory.mktemp("bench")
+    rack = folder / "rack"
+    made = run("-m", "hil_tests.bench_mode", "virtual-rack", str(rack), "--interval",
+               str(INTERVAL_S))
+    assert made.returncode == 0, made.stderr
+    config = load_config(rack / "bench.toml", environ={})
+    env = bench_mode._plain_env()
+    gateway = GatewayProcess(folder / "gateway", env=env)
+    loop = Loop()
+    site = SimpleNamespace(folder=folder, gateway=gateway, env=env, run=loop.run, servers=[])
+    maker = BenchDevices(site, config)
+    try:
+        yield SimpleNamespace(maker=maker, gateway=gateway, rack=rack, config=config,
+                              site=site)
+    finally:
+        maker.close()
+        loop.close(site.servers)
+        gateway.stop()
+        if os.environ.get("WATTSHARE_KEEP_LOGS") is None:
+            print((folder / "bench.log").read_text() if (folder / "bench.log").exists()
+                  else "", file=sys.stderr)
+
+
+@pytest.fixture(scope="module")
+def boards(bench):
+    """The rack's two boards, installed side by side (as two installers would) and
+    started."""
+    with ThreadPoolExecutor(2) as pool:
+        made = list(pool.map(lambda args: bench.maker.add(*args), [
+            ("Bench bakery", "sdm120ct", meter_slave("sdm120ct", 1), OWNER),
+            ("Bench school", "sdm120ct", meter_slave("sdm120ct", 2), OWNER)]))
+    for dev in made:
+        dev.start()
+    return made
+
+
+def wattshare_json(gateway, *args):
+    return json.loads(gateway.wattshare(*args, "--json").stdout)
+
+
+def gateway_seqs(gateway, device_id: str) -> list[int]:
+    """The sequence numbers the gateway stored for a device, in arrival order."""
+    rows = wattshare_json(gateway, "device", "readings", device_id, "--limit", "0")
+    return [r["seq"] for r in rows]
+
+
+def spooled(lines: list[str]) -> list[int]:
+    return [int(x.split("seq=")[1].split()[0]) for x in lines
+            if x.startswith("wattshare: spooled seq=")]
+
+
+def test_two_boards_deployed_and_provisioned_with_the_installer_commands(bench, boards):
+    log = (bench.site.folder / "bench.log").read_text()
+    for dev in boards:
+        port = dev.spec.port
+        # the real commands, on the board's serial port (a pty behind the rack's link)
+        assert f"bench: wattshare meter deploy --port {port} --board esp32-devkitc-max485 " \
+               "--meter sdm120ct" in log
+        assert f"bench: wattshare meter provision --port {port} --gateway 127.0.0.1:" in log
+        assert os.path.realpath(port).startswith("/dev/pts/")
+    assert log.count("verified on the board") == 2  # deploy checked every copied file
+    registry = {d["id"]: d for d in wattshare_json(bench.gateway, "device", "list")}
+    assert {d.device_id for d in boards} <= set(registry)
+    for dev in boards:
+        shown = wattshare_json(bench.gateway, "device", "show", dev.device_id)
+        assert shown["enrolled"] and shown["label"] == dev.label
+        record = shown["commissioning"]
+        assert record["signature_valid"] and record["record"]["installer"] == "hil bench"
+        assert all(c["ok"] for c in record["record"]["checks"].values())
+
+
+def test_readings_of_both_boards_arrive_verified_at_the_gateway(bench, boards):
+    first = {d.device_id: max(gateway_seqs(bench.gateway, d.device_id)) for d in boards}
+
+    def arrived(dev):
+        return len([s for s in gateway_seqs(bench.gateway, dev.device_id)
+                    if s > first[dev.device_id]]) >= 3
+
+    for dev in boards:
+        assert dev.wait_for(lambda dev=dev: arrived(dev), 60), dev.output()[-20:]
+        last = wattshare_json(bench.gateway, "device", "show", dev.device_id)["last_reading"]
+        assert last["signature_valid"] and last["p_w"] > 0
+        # the console, read from the board's serial port, tells what it stored
+        assert set(spooled(dev.output())) & set(gateway_seqs(bench.gateway, dev.device_id))
+
+
+def test_power_cut_through_the_relay_command_loses_nothing_and_reuses_no_number(bench, boards):
+    dev = boards[0]
+    assert "power_cut" in dev.capabilities
+    assert dev.wait_for(lambda: len(spooled(dev.output())) >= 2, 30), dev.output()[-20:]
+    dev.power_cut()  # `python -m tools.virtual_board relay --rack DIR off board1`
+    assert not os.path.exists(dev.spec.port)  # unplugged, as a USB board without power
+    before = spooled(dev.output())
+    stored = gateway_seqs(bench.gateway, dev.device_id)
+    time.sleep(2 * INTERVAL_S)
+    assert gateway_seqs(bench.gateway, dev.device_id) == stored  # it really was off
+
+    dev.start()  # relay on: the board boots into the firmware
+    assert os.path.realpath(dev.spec.port).startswith("/dev/pts/")
+    assert dev.wait_for(lambda: len(spooled(dev.output())) >= len(before) + 3, 60), \
+        dev.output()[-20:]
+    after = spooled(dev.output())[len(before):]
+    assert min(after) > max(before), "a sequence number was reused after the power cut"
+    dev.stop()  # clean: a quiet moment, then the relay off
+    everything = spooled(dev.output())
+    assert dev.wait_for(lambda: set(everything) <= set(gateway_seqs(bench.gateway,
+                                                                    dev.device_id)), 30)
+    seqs = gateway_seqs(bench.gateway, dev.device_id)
+    assert len(seqs) == len(set(seqs)), "a reading stored twice"
+    assert set(everything) <= set(seqs), f"lost: {sorted(set(everything) - set(seqs))}"
+    assert not any("ALARM 4.09" in x for x in dev.output())  # no seq with other bytes
+    status = wattshare_json(bench.gateway, "gateway", "status")
+    device = next(d for d in status["devices"] if d["id"] == dev.device_id)
+    assert device["rejects"] == {}, device  # nothing refused (a reused number: 4.09)
+
+
+# ---- the bench file, the relay, make hil-bench (fast) ------------------------------------
+
+GOOD = """
+[bench]
+power = "relayctl --board 2"
+gateway_host = "192.168.4.1"
+wifi = "bench:secret"
+
+[[board]]
+name = "bakery"
+port = "/dev/ttyUSB0"
+meter = "sdm120ct"
+meter_serial = "/dev/ttyUSB1"
+relay = "1"
+
+[[board]]
+name = "garage"
+port = "/dev/ttyUSB2"
+board = "esp32-s3-devkitc"
+meter = "pzem004t-v3"
+meter_serial = "/dev/ttyUSB3"
+slave = 1
+relay = "2"
+"""
+
+
+def test_a_bench_file_describes_the_boards(tmp_path):
+    path = tmp_path / "hil-bench.toml"
+    path.write_text(GOOD)
+    config = load_config(path, environ={})
+    assert config.power == ("relayctl", "--board", "2")
+    assert [(b.name, b.port, b.board, b.meter, b.meter_serial, b.relay)
+            for b in config.boards] == [
+        ("bakery", "/dev/ttyUSB0", "esp32-devkitc-max485", "sdm120ct", "/dev/ttyUSB1", "1"),
+        ("garage", "/dev/ttyUSB2", "esp32-s3-devkitc", "pzem004t-v3", "/dev/ttyUSB3", "2")]
+    # the relay command from the environment wins (WATTSHARE_BENCH_POWER)
+    assert load_config(path, environ={"WATTSHARE_BENCH_POWER": "usbrelay -x"}).power == (
+        "usbrelay", "-x")
+
+
+@pytest.mark.parametrize("change, message", [
+    (("", 'name = "bakery"\nname = "x"'), "not valid TOML"),
+    (('meter = "sdm120ct"', 'meter = "sdm999"'),
+     "board[0].meter = \"sdm999\": must be one of pzem004t-v3, sdm120ct, sdm630ct"),
+    (('meter_serial = "/dev/ttyUSB1"', 'meter_serial = "/dev/ttyUSB2"'),
+     "board[1].port = \"/dev/ttyUSB2\": already used as board[0].meter_serial"),
+    (('relay = "1"\n', ""), "board[0].relay: missing (required: [bench] power is set"),
+    (('meter_serial = "/dev/ttyUSB1"', 'meter_tcp = "nowhere"'),
+     "board[0].meter_tcp = \"nowhere\": must be HOST:PORT"),
+    (('meter_serial = "/dev/ttyUSB1"', ""), "board[0].meter_serial: exactly one of"),
+    (('slave = 1', 'slave = 300'), "board[1].slave = 300: must be an integer 1..247"),
+    (('gateway_host', 'gatway_host'), "bench.gatway_host: unknown key; allowed keys:"),
+    (('name = "garage"', 'name = "bakery"'), "board[1].name = \"bakery\": must be unique"),
+])
+def test_a_wrong_bench_file_is_refused_naming_the_file_and_key(tmp_path, change, message):
+    path = tmp_path / "hil-bench.toml"
+    old, new = change
+    assert old in GOOD
+    path.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value), str(caught.value)
+
+
+def test_no_bench_file_no_boards(tmp_path):
+    path = tmp_path / "hil-bench.toml"
+    with pytest.raises(ConfigError, match=f"{path}: no such file .the bench file: write it"):
+        load_config(path, environ={})
+    path.write_text("[bench]\n")
+    with pytest.raises(ConfigError, match=r"board: at least one \[\[board\]\] table"):
+        load_config(path, environ={})
+
+
+def test_what_a_bench_lacks_is_skipped_with_the_reason(tmp_path):
+    path = tmp_path / "hil-bench.toml"
+    path.write_text(GOOD.replace('power = "relayctl --board 2"', ""))
+    site = SimpleNamespace(folder=tmp_path, gateway=None, env={}, run=None, servers=[])
+    maker = BenchDevices(site, load_config(path, environ={}))
+    # no relay command: no power cut; and never a torn write at a chosen flash write
+    assert maker.capabilities == {"console", "board_link"}
+    with pytest.raises(pytest.skip.Exception, match="no free board with a sdm630ct meter"):
+        maker.add("Workshop", "sdm630ct", None, OWNER)
+    dev = bench_mode.BenchDevice(maker.config.boards[0], None, "00" * 8, "Bakery",
+                                 maker.capabilities)
+    with pytest.raises(pytest.skip.Exception, match="a power cut needs the bench's relay"):
+        dev.power_cut()
+    fast = SimpleNamespace(folder=tmp_path, gateway=None, run=None, servers=[],
+                           env={"WATTSHARE_SIM_CLOCK": "1750161600,1765000000,50"})
+    with pytest.raises(pytest.skip.Exception, match="keep real time .* at 50x"):
+        BenchDevices(fast, maker.config).add("Bakery", "sdm120ct", None, OWNER)
+
+
+def test_the_virtual_relay_switches_a_rack_board(tmp_path):
+    rack = tmp_path / "rack"
+    relay = ("-m", "tools.virtual_board", "relay", "--rack", str(rack))
+    on = run(*relay, "on", "board1")
+    try:
+        assert on.returncode == 0, on.stderr
+        port = rack / "board1" / "serial"
+        first = os.path.realpath(port)
+        assert first.startswith("/dev/pts/")
+        assert "already on" in run(*relay, "on", "board1").stdout  # a relay that is on
+        pid = int((rack / "board1" / "power.pid").read_text())
+        assert run(*relay, "off", "board1").returncode == 0
+        assert not port.exists() and virtual_board._running(rack / "board1") is None
+        assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(f"/proc/{pid}/stat").read_bytes()
+        assert "already off" in run(*relay, "off", "board1").stdout
+        assert run(*relay, "on", "board1").returncode == 0  # the same board again
+        assert (rack / "board1" / "board.json").exists() and port.exists()
+    finally:
+        run(*relay, "off", "board1")
+    wrong = run(*relay, "off", "../elsewhere")
+    assert wrong.returncode == 2 and "relay id '../elsewhere'" in wrong.stderr
+
+
+def test_make_hil_bench_refuses_a_missing_bench_file(tmp_path):
+    missing = tmp_path / "nowhere.toml"
+    proc = subprocess.run(["make", "--no-print-directory", "hil-bench", f"BENCH={missing}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode != 0
+    assert f"bench: error: {missing}: no such file" in proc.stderr, proc.stderr
