@@ -580,6 +580,7 @@ def virtual_rack(folder: Path, meters: list[str], interval_s: int = 10,
              f"interval_s = {interval_s}", f"polls = {polls}"]
     for i, meter in enumerate(meters, 1):
         name = f"board{i}"
+        virtual_board.power_off(folder / name)  # left on by an earlier run: rewired off
         meter_tcp = f"127.0.0.1:{free_tcp_port()}"
         port = virtual_board.wire(folder / name, meter_tcp)
         lines += ["", "[[board]]", f'name = "{name}"', f"port = {show(str(port))}",
