@@ -74,9 +74,10 @@ hil-bench: setup ## hardware-in-the-loop scenarios on real boards (BENCH=file, d
 	@$(PY) -m hil_tests.bench_mode check $(BENCH)
 	WATTSHARE_HIL=bench WATTSHARE_BENCH_CONFIG=$(abspath $(BENCH)) $(PY) -m pytest $(HIL_TESTS) $(PYTEST_ARGS)
 
-hil-bench-virtual: setup ## make hil-bench on a rack of virtual boards (out/hil-rack), no hardware needed
-	$(PY) -m hil_tests.bench_mode virtual-rack out/hil-rack
-	$(MAKE) --no-print-directory hil-bench BENCH=out/hil-rack/bench.toml
+RACK ?= out/hil-rack
+hil-bench-virtual: setup ## make hil-bench on a rack of virtual boards (RACK=dir, default out/hil-rack), no hardware needed
+	$(PY) -m hil_tests.bench_mode virtual-rack $(RACK)
+	$(MAKE) --no-print-directory hil-bench BENCH=$(RACK)/bench.toml
 
 demo: setup ## run the most complete end-to-end path on emulated hardware
 	$(PY) -m tools.demo

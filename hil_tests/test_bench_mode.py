@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -33,11 +35,50 @@ from tools.meter_sim import FaultPlan, MeterModel, MeterSlave, SimClock, get_met
 REPO = Path(__file__).resolve().parent.parent
 OWNER = "0x52908400098527886E0F7030069857D2E4169EE7"
 RACK_INTERVAL_S = 2  # seconds between readings on the virtual rack's boards
+DOC = REPO / "docs" / "hil.md"
+DOC_RACK = "out/hil-rack"
+DOC_BENCH = "hil-bench.toml"
+# every command of docs/hil.md, by how it starts; each is run by a test below
+DOC_COMMANDS = ["python -m hil_tests.bench_mode check", "make hil-bench-virtual",
+                "python -m hil_tests.bench_mode virtual-rack",
+                "python -m tools.virtual_board relay", "mpremote connect",
+                "make hil-bench BENCH="]
+
+
+def doc_commands() -> list[str]:
+    """The commands in docs/hil.md's sh blocks."""
+    return [" ".join(line.split()) for block in re.findall(r"```sh\n(.*?)```", DOC.read_text(),
+                                                           re.S)
+            for line in block.splitlines() if line.strip()]
+
+
+def doc(start: str, **values: str) -> list[str]:
+    """The one doc command that begins with ``start``, example values replaced, as argv."""
+    found = [c for c in doc_commands() if c.startswith(start)]
+    assert len(found) == 1, f"docs/hil.md: {len(found)} commands start with {start!r}"
+    text = found[0]
+    for old, new in values.items():
+        assert old in text, f"docs/hil.md: {old!r} not in {text!r}"
+        text = text.replace(old, new)
+    argv = shlex.split(text)
+    if argv[:2] == ["python", "-m"]:
+        return [sys.executable, *argv[1:]]
+    if argv[0] == "mpremote":
+        return [str(Path(sys.executable).parent / "mpremote"), *argv[1:]]
+    return argv
+
+
+def doc_toml() -> str:
+    """The example bench file of docs/hil.md."""
+    blocks = re.findall(r"```toml\n(.*?)```", DOC.read_text(), re.S)
+    assert len(blocks) == 1
+    return blocks[0]
 
 
 def run(*argv: str, env=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=timeout)
+    argv = (sys.executable, *argv) if argv[0].startswith("-") else argv
+    return subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=timeout)
 
 
 def meter_slave(meter_id: str, seed: int) -> MeterSlave:
@@ -67,8 +108,8 @@ class Loop:
 
 def make_rack(folder: Path) -> Path:
     """A rack of two virtual boards, made with docs/hil.md's command; its bench file."""
-    made = run("-m", "hil_tests.bench_mode", "virtual-rack", str(folder), "--interval",
-               str(RACK_INTERVAL_S))
+    made = run(*doc("python -m hil_tests.bench_mode virtual-rack", **{DOC_RACK: str(folder)}),
+               "--interval", str(RACK_INTERVAL_S))
     assert made.returncode == 0, made.stderr
     return folder / "bench.toml"
 
@@ -292,30 +333,80 @@ def test_what_a_bench_lacks_is_skipped_with_the_reason(tmp_path):
 
 def test_the_virtual_relay_switches_a_rack_board(tmp_path):
     rack = tmp_path / "rack"
-    relay = ("-m", "tools.virtual_board", "relay", "--rack", str(rack))
-    on = run(*relay, "on", "board1")
+    path = make_rack(rack)
+    config = load_config(path, environ={})
+    off = doc("python -m tools.virtual_board relay", **{DOC_RACK: str(rack)})
+    on = [*off[:-2], "on", off[-1]]
+    port = rack / "board1" / "serial"
+    assert config.boards[0].port == str(port) and config.power[-1] == str(rack)
     try:
-        assert on.returncode == 0, on.stderr
-        port = rack / "board1" / "serial"
-        first = os.path.realpath(port)
-        assert first.startswith("/dev/pts/")
-        assert "already on" in run(*relay, "on", "board1").stdout  # a relay that is on
+        assert run(*on).returncode == 0
+        assert os.path.realpath(port).startswith("/dev/pts/")
+        proc = run(*doc("mpremote connect", **{DOC_RACK: str(rack)}))
+        assert proc.returncode == 0 and proc.stdout == "2\n", proc.stderr
+        assert "already on" in run(*on).stdout  # a relay that is on
         pid = int((rack / "board1" / "power.pid").read_text())
-        assert run(*relay, "off", "board1").returncode == 0
+        assert run(*off).returncode == 0
         assert not port.exists() and virtual_board._running(rack / "board1") is None
-        assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(f"/proc/{pid}/stat").read_bytes()
-        assert "already off" in run(*relay, "off", "board1").stdout
-        assert run(*relay, "on", "board1").returncode == 0  # the same board again
-        assert (rack / "board1" / "board.json").exists() and port.exists()
+        assert not Path(f"/proc/{pid}").exists() or " Z " in Path(f"/proc/{pid}/stat").read_text()
+        assert "already off" in run(*off).stdout
+        assert run(*on).returncode == 0  # the same board again, its flash kept
+        assert (rack / "board1" / "flash" / "boot.py").exists() and port.exists()
     finally:
-        run(*relay, "off", "board1")
-    wrong = run(*relay, "off", "../elsewhere")
+        run(*off)
+    wrong = run(*off[:-1], "../elsewhere")
     assert wrong.returncode == 2 and "relay id '../elsewhere'" in wrong.stderr
+
+
+def test_the_doc_bench_file_and_its_errors(tmp_path):
+    path = tmp_path / DOC_BENCH
+    path.write_text(doc_toml())
+    proc = run(*doc("python -m hil_tests.bench_mode check", **{DOC_BENCH: str(path)}))
+    assert proc.returncode == 0, proc.stderr
+    assert "2 boards, gateway at 192.168.4.1, power /usr/local/bin/bench-power off|on ID" \
+        in proc.stdout
+    assert "garage: esp32-devkitc-max485 on /dev/ttyUSB2, pzem004t-v3 on /dev/ttyUSB3, " \
+        "relay 2" in proc.stdout
+    # the two errors the doc shows, as they are printed
+    shown = re.findall(r"^(hil-bench.toml: .*)$", DOC.read_text(), re.M)
+    assert len(shown) == 2
+    bad_meter = doc_toml().replace('meter = "pzem004t-v3"', 'meter = "sdm999"')
+    no_relay = doc_toml().replace('relay = "1"', "")
+    for text, message in zip((bad_meter, no_relay), shown, strict=True):
+        path.write_text(text)
+        proc = run(*doc("python -m hil_tests.bench_mode check", **{DOC_BENCH: str(path)}))
+        assert proc.returncode == 2
+        assert proc.stderr == f"bench: error: {tmp_path}/{message}\n"
+
+
+@pytest.mark.slow
+def test_make_hil_bench_virtual_runs_the_suite_in_bench_mode(tmp_path):
+    # the fast tests of this file, in bench mode on a rack: the make chain end to end
+    # (the rack's slow scenarios are the ones above, run in-process)
+    rack = tmp_path / "rack"
+    argv = [*doc("make hil-bench-virtual"), "--no-print-directory", f"RACK={rack}",
+            "HIL_TESTS=hil_tests/test_bench_mode.py", "PYTEST_ARGS=-m 'not slow' -q"]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"bench file: {rack}/bench.toml" in proc.stdout
+    assert f"board2: esp32-devkitc-max485 on {rack}/board2/serial" in proc.stdout
+    assert f"WATTSHARE_HIL=bench WATTSHARE_BENCH_CONFIG={rack}/bench.toml" in proc.stdout
+    assert re.search(r"\d+ passed, \d+ deselected", proc.stdout), proc.stdout[-2000:]
 
 
 def test_make_hil_bench_refuses_a_missing_bench_file(tmp_path):
     missing = tmp_path / "nowhere.toml"
-    proc = subprocess.run(["make", "--no-print-directory", "hil-bench", f"BENCH={missing}"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    argv = doc("make hil-bench BENCH=", **{DOC_BENCH: str(missing)})
+    proc = subprocess.run([*argv, "--no-print-directory"], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
     assert proc.returncode != 0
     assert f"bench: error: {missing}: no such file" in proc.stderr, proc.stderr
+
+
+def test_every_command_of_the_doc_is_run_by_a_test():
+    commands = doc_commands()
+    for c in commands:
+        assert any(c.startswith(start) for start in DOC_COMMANDS), (
+            f"docs/hil.md: {c!r} is run by no test")
+    for start in DOC_COMMANDS:
+        assert sum(c.startswith(start) for c in commands) == 1, start
