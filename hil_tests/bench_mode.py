@@ -54,7 +54,8 @@ DEFAULT_BOARD = "esp32-devkitc-max485"
 SITES = ("consumer", "producer")
 POWER_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 300.0
-QUIET_S = 1.0  # a clean stop waits for this long without a console line
+QUIET_S = 1.0  # a clean stop waits this long without a console line (half an interval
+# at most: the firmware prints a line per reading)
 # The settings `meter provision` writes itself; any other device.json setting a scenario
 # asks for goes in through the board link afterwards.
 PROVISION_SETTINGS = ("interval_s", "exports_allowed")
@@ -294,8 +295,9 @@ class BenchDevice:
     """A provisioned board on the bench, as the rig's Device interface drives it."""
 
     def __init__(self, spec: BoardSpec, relay: Relay | None, device_id: str, label: str,
-                 capabilities: frozenset[str]):
+                 capabilities: frozenset[str], interval_s: int = 10):
         self.spec = spec
+        self.interval_s = interval_s
         self.relay = relay
         self.device_id = device_id
         self.label = label
@@ -337,10 +339,11 @@ class BenchDevice:
         (without a relay: the firmware is interrupted and the board waits at its REPL)."""
         if not self.running_firmware:
             return
-        deadline = time.monotonic() + 10 * QUIET_S
+        quiet = min(QUIET_S, self.interval_s / 2)
+        deadline = time.monotonic() + 10 * quiet
         seen = len(self.output())
         while time.monotonic() < deadline:
-            time.sleep(QUIET_S)
+            time.sleep(quiet)
             now = len(self.output())
             if now == seen:
                 break
@@ -519,7 +522,8 @@ class BenchDevices:
         found = re.search(r"commissioned: ([0-9a-f]{16}) enrolled", out)
         if not found:
             raise BenchError(f"{spec.name}: provision printed no device id:\n{out}")
-        dev = BenchDevice(spec, self.relay, found.group(1), label, self.capabilities)
+        dev = BenchDevice(spec, self.relay, found.group(1), label, self.capabilities,
+                          interval)
         self.devices.append(dev)
         settings = {k: v for k, v in device_json.items() if k not in PROVISION_SETTINGS}
         if gateway_port is not None and gateway_port != gateway.coap_port:

@@ -34,7 +34,7 @@ from tools.meter_sim import FaultPlan, MeterModel, MeterSlave, SimClock, get_met
 
 REPO = Path(__file__).resolve().parent.parent
 OWNER = "0x52908400098527886E0F7030069857D2E4169EE7"
-RACK_INTERVAL_S = 2  # seconds between readings on the virtual rack's boards
+RACK_INTERVAL_S = 1  # seconds between readings on the virtual rack's boards
 DOC = REPO / "docs" / "hil.md"
 DOC_RACK = "out/hil-rack"
 DOC_BENCH = "hil-bench.toml"
@@ -106,6 +106,46 @@ class Loop:
         self.thread.join(5)
 
 
+class SerialLine:
+    """A serial adapter with a wire to a virtual board's meter bus: a pty pair (``path``
+    is the adapter's port, as ``/dev/ttyUSB1`` on a bench) whose other end is joined to
+    the TCP port the board's bus is wired to. The simulator served on ``path`` then
+    answers the board through a serial port, as on a bench."""
+
+    def __init__(self, loop: Loop, host: str, port: int):
+        import tty
+
+        self.master, self._tty = os.openpty()
+        tty.setraw(self._tty)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self._tty)
+        self.carried = 0  # bytes from the board to the adapter
+        self._loop = loop.loop
+        self._writer = None
+        self.server = loop.run(asyncio.start_server(self._connected, host, port))
+        self._loop.call_soon_threadsafe(self._loop.add_reader, self.master, self._from_adapter)
+
+    async def _connected(self, reader, writer):
+        self._writer = writer
+        while data := await reader.read(4096):
+            self.carried += len(data)
+            os.write(self.master, data)
+
+    def _from_adapter(self):
+        try:
+            data = os.read(self.master, 4096)
+        except OSError:
+            return
+        if self._writer is not None:
+            self._writer.write(data)
+
+    def close(self):
+        self._loop.remove_reader(self.master)
+        self.server.close()
+        os.close(self.master)
+        os.close(self._tty)
+
+
 def make_rack(folder: Path) -> Path:
     """A rack of two virtual boards, made with docs/hil.md's command; its bench file."""
     made = run(*doc("python -m hil_tests.bench_mode virtual-rack", **{DOC_RACK: str(folder)}),
@@ -119,20 +159,32 @@ def bench(tmp_path_factory):
     """The bench adapter on a real gateway: in bench mode (make hil-bench) on the boards of
     the bench file; otherwise (make test) on a rack of virtual boards made here."""
     folder = tmp_path_factory.mktemp("bench")
+    loop = Loop()
+    lines: list[SerialLine] = []
     if os.environ.get("WATTSHARE_HIL") == "bench":
         config = load_config()
     else:
-        config = load_config(make_rack(folder / "rack"), environ={})
+        # board1's meter on TCP, as a virtual board takes it; board2's on a serial port
+        # wired to its bus, as a bench's USB-RS485 adapter (meter_serial)
+        path = make_rack(folder / "rack")
+        wired = load_config(path, environ={}).boards[1].meter_tcp
+        lines.append(SerialLine(loop, *wired))
+        text = path.read_text().replace(f'meter_tcp = "{wired[0]}:{wired[1]}"',
+                                        f'meter_serial = "{lines[0].path}"')
+        path.write_text(text)
+        config = load_config(path, environ={})
+        assert config.boards[1].meter_serial == lines[0].path
     env = bench_mode._plain_env()
     gateway = GatewayProcess(folder / "gateway", env=env)
-    loop = Loop()
     site = SimpleNamespace(folder=folder, gateway=gateway, env=env, run=loop.run, servers=[])
     maker = BenchDevices(site, config)
     try:
         yield SimpleNamespace(maker=maker, gateway=gateway, config=config, site=site,
-                              wait_s=max(60, 8 * config.interval_s))
+                              wait_s=max(60, 8 * config.interval_s), lines=lines)
     finally:
         maker.close()
+        for line in lines:
+            loop.loop.call_soon_threadsafe(line.close)
         loop.close(site.servers)
         gateway.stop()
 
@@ -143,11 +195,12 @@ def boards(bench):
     would, and started."""
     specs = bench.config.boards[:2]
     labels = ["Bench bakery", "Bench school"]
+    slaves = [meter_slave(spec.meter, i + 1) for i, spec in enumerate(specs)]
     with ThreadPoolExecutor(2) as pool:
-        made = list(pool.map(lambda i: bench.maker.add(
-            labels[i], specs[i].meter, meter_slave(specs[i].meter, i + 1), OWNER),
-            range(len(specs))))
-    for dev in made:
+        made = list(pool.map(lambda i: bench.maker.add(labels[i], specs[i].meter, slaves[i],
+                                                       OWNER), range(len(specs))))
+    for dev, slave in zip(made, slaves, strict=True):
+        dev.slave = slave
         dev.start()
     return made
 
@@ -178,6 +231,9 @@ def test_two_boards_deployed_and_provisioned_with_the_installer_commands(bench, 
         assert f"bench: wattshare meter provision --port {port} --gateway " \
                f"{bench.config.gateway_host}:{bench.gateway.coap_port}" in log
         assert "--code CODE" in log  # the one-time code itself stays out of the log
+        assert dev.slave.stats["replies"] >= bench.config.polls  # its meter answered it
+    for line in bench.lines:  # the meter served on a serial port carried the board's polls
+        assert line.carried > 0
     assert log.count("verified on the board") == len(boards)  # every copied file checked
     registry = {d["id"]: d for d in wattshare_json(bench.gateway, "device", "list")}
     assert {d.device_id for d in boards} <= set(registry)
@@ -224,11 +280,14 @@ def test_power_cut_through_the_relay_command_loses_nothing_and_reuses_no_number(
         dev.output()[-20:]
     after = spooled(dev.output())[len(before):]
     assert min(after) > max(before), "a sequence number was reused after the power cut"
-    dev.stop()  # clean: a quiet moment, then the relay off
+    # while it runs, its spool drains: whatever it stored before the cut and had not sent,
+    # and what it stored since, all reach the gateway
     everything = spooled(dev.output())
     assert dev.wait_for(lambda: set(everything) <= set(gateway_seqs(bench.gateway,
                                                                     dev.device_id)),
-                        bench.wait_s)
+                        bench.wait_s), sorted(set(everything) - set(gateway_seqs(
+                            bench.gateway, dev.device_id)))
+    dev.stop()  # clean: a quiet moment, then the relay off
     seqs = gateway_seqs(bench.gateway, dev.device_id)
     assert len(seqs) == len(set(seqs)), "a reading stored twice"
     assert set(everything) <= set(seqs), f"lost: {sorted(set(everything) - set(seqs))}"
