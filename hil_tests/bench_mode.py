@@ -400,9 +400,12 @@ class _Linked:
 
     def __exit__(self, *exc) -> None:
         assert self.link is not None
-        reset = not self.link.transport.in_raw_repl if self.link._transport else False
+        try:
+            running = not self.link.transport.in_raw_repl  # after link.hard_reset()
+        except BoardLinkError:
+            running = False  # closed: the board went away
         self.link.close()
-        if reset:  # hard_reset() left the firmware running: keep reading its console
+        if running:  # the firmware runs again: keep reading its console
             self.dev.console.resume()
 
 
