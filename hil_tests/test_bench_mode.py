@@ -2,8 +2,13 @@
 serial port) in a rack switched by the virtual relay, made with the command docs/hil.md
 gives, are deployed and provisioned by the bench adapter with the installer's real
 commands against a real gateway; their readings arrive verified; a power cut through the
-relay command loses no reading and reuses no sequence number. Everything is checked
-through the gateway's CLI (``--json``), never its tables.
+relay command, with readings held in the board's flash spool (the gateway away), loses no
+reading and reuses no sequence number. Everything is checked through the gateway's CLI
+(``--json``), never its tables. One board's meter is served on a serial port wired to
+its bus (a bench's USB-RS485 adapter, ``meter_serial``), the other's on TCP.
+
+Under ``make hil-bench`` (``WATTSHARE_HIL=bench``) the same tests run on the first two
+boards of the bench file.
 
 The bench file's validation, the relay, and ``make hil-bench`` 's refusal of a missing
 bench file are tested here too (fast)."""
