@@ -51,7 +51,6 @@ ENV_CONFIG = "WATTSHARE_BENCH_CONFIG"
 ENV_POWER = "WATTSHARE_BENCH_POWER"  # overrides [bench] power
 DEFAULT_CONFIG = REPO / "hil-bench.toml"
 DEFAULT_BOARD = "esp32-devkitc-max485"
-SITES = ("consumer", "producer")
 POWER_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 300.0
 QUIET_S = 1.0  # a clean stop waits this long without a console line (half an interval
@@ -79,7 +78,6 @@ class BoardSpec:
     meter_tcp: tuple[str, int] | None  # a virtual board: its meter bus is this TCP port
     slave: int | None
     relay: str | None  # its channel for the power command
-    site: str
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,7 @@ class BenchConfig:
 
 _BENCH_KEYS = ("power", "gateway_host", "wifi", "interval_s", "polls")
 _BOARD_KEYS = ("name", "port", "board", "meter", "meter_serial", "meter_tcp", "slave",
-               "relay", "site")
+               "relay")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 
 
@@ -185,9 +183,8 @@ def load_config(path=None, environ=None) -> BenchConfig:
         if power and relay is None:
             t.fail("relay", "missing (required: [bench] power is set, so each board names "
                             "its relay channel)")
-        site = t.choice("site", SITES) if t.has("site") else "consumer"
         boards.append(BoardSpec(name, port, board, meter, meter_serial, meter_tcp, slave,
-                                relay, site))
+                                relay))
     return BenchConfig(Path(path), power, gateway_host, wifi, interval_s, polls,
                        tuple(boards))
 
@@ -442,13 +439,18 @@ def _wait_for_port(spec: BoardSpec, timeout: float = 15.0) -> None:
         time.sleep(0.1)
 
 
-def accelerated(env: dict) -> float | None:
-    """The speed of the simulated clock in ``env``, None when it runs in real time."""
+def simulated_time(env: dict) -> str | None:
+    """How the simulated clock in ``env`` differs from real time (None: it does not)."""
     value = env.get(simclock.ENV)
     if not value:
         return None
-    speed = float(value.split(",")[2])
-    return None if speed == 1 else speed
+    epoch0, real0, speed = (float(x) for x in value.split(","))
+    if speed != 1:
+        return f"runs the gateway's clock at {speed:g}x"
+    if abs(epoch0 - real0) > 60:
+        day = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch0))
+        return f"runs the gateway's clock from another time ({day} at its start)"
+    return None
 
 
 class BenchDevices:
@@ -492,10 +494,9 @@ class BenchDevices:
         provisioned with the installer's commands; not started (at its REPL)."""
         import pytest
 
-        speed = accelerated(self.site.env)
-        if speed:
-            pytest.skip(f"bench boards keep real time (RTC, NTP); this scenario runs the "
-                        f"gateway's clock at {speed:g}x")
+        differs = simulated_time(self.site.env)
+        if differs:
+            pytest.skip(f"bench boards keep real time (RTC, NTP); this scenario {differs}")
         if device_json.pop("register", True) is False or device_json.pop("firmware", None):
             pytest.skip("a bench board is installed as an installer does it: it cannot be "
                         "left unregistered nor run another firmware than the deployed one")
@@ -511,7 +512,9 @@ class BenchDevices:
                                    "--meter", meter_id, "--json", env=_plain_env(gateway.env))
         code = json.loads(invite.stdout)["code"]
         interval = int(device_json.get("interval_s", self.config.interval_s))
-        site = "producer" if device_json.get("exports_allowed") else spec.site
+        # the site type follows the scenario's meter: exports allowed (the firmware's
+        # default) is a producer; a site that never exports gets its CT direction checked
+        site = "producer" if device_json.get("exports_allowed", True) else "consumer"
         argv = [*WATTSHARE, "meter", "provision", "--port", spec.port,
                 "--gateway", f"{self.config.gateway_host}:{gateway.coap_port}",
                 "--gateway-http", gateway.http_url, "--code", code, "--meter", meter_id,

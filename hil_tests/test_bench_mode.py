@@ -202,8 +202,10 @@ def boards(bench):
     labels = ["Bench bakery", "Bench school"]
     slaves = [meter_slave(spec.meter, i + 1) for i, spec in enumerate(specs)]
     with ThreadPoolExecutor(2) as pool:
+        # households that never export: provision checks their CT's direction
         made = list(pool.map(lambda i: bench.maker.add(labels[i], specs[i].meter, slaves[i],
-                                                       OWNER), range(len(specs))))
+                                                       OWNER, exports_allowed=False),
+                             range(len(specs))))
     for dev, slave in zip(made, slaves, strict=True):
         dev.slave = slave
         dev.start()
@@ -247,7 +249,8 @@ def test_two_boards_deployed_and_provisioned_with_the_installer_commands(bench, 
         assert shown["enrolled"] and shown["label"] == dev.label
         record = shown["commissioning"]
         assert record["signature_valid"] and record["record"]["installer"] == "hil bench"
-        assert all(c["ok"] for c in record["record"]["checks"].values())
+        checks = record["record"]["checks"]
+        assert all(c["ok"] for c in checks.values()) and checks["ct_orientation"]["checked"]
 
 
 @pytest.mark.slow
@@ -417,6 +420,9 @@ def test_what_a_bench_lacks_is_skipped_with_the_reason(tmp_path):
     fast = SimpleNamespace(folder=tmp_path, gateway=None, run=None, servers=[],
                            env={"WATTSHARE_SIM_CLOCK": "1750161600,1765000000,50"})
     with pytest.raises(pytest.skip.Exception, match="keep real time .* at 50x"):
+        BenchDevices(fast, maker.config).add("Bakery", "sdm120ct", None, OWNER)
+    fast.env = {"WATTSHARE_SIM_CLOCK": f"1813050000,{time.time()},1"}
+    with pytest.raises(pytest.skip.Exception, match="another time .2027-06-15 09:00 UTC"):
         BenchDevices(fast, maker.config).add("Bakery", "sdm120ct", None, OWNER)
 
 
