@@ -568,6 +568,9 @@ class BenchDevices:
 
 # ---- a rack of virtual boards -----------------------------------------------------------
 
+RACK_METERS = ("sdm120ct", "sdm120ct", "sdm630ct", "pzem004t-v3")  # a virtual rack's boards
+
+
 def free_tcp_port() -> int:
     import socket
 
@@ -611,8 +614,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("virtual-rack",
                        help="wire a rack of virtual boards in DIR and write DIR/bench.toml")
     p.add_argument("folder", type=Path)
-    p.add_argument("--meters", default="sdm120ct,sdm120ct", metavar="ID,ID",
-                   help="one board per meter model (default sdm120ct,sdm120ct)")
+    p.add_argument("--meters", default=",".join(RACK_METERS), metavar="ID,ID",
+                   help=f"one board per meter model (default {','.join(RACK_METERS)})")
     p.add_argument("--interval", type=int, default=10, metavar="S",
                    help="seconds between readings (default 10)")
     args = ap.parse_args(argv)
