@@ -228,13 +228,11 @@ class Console:
         self._partial = b""
         self._lock = threading.Lock()
         self._run = threading.Event()
-        self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
     def resume(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._run.set()
-            self._closed.clear()
             self._thread = threading.Thread(target=self._read, daemon=True,
                                             name=f"console {self.port}")
             self._thread.start()
