@@ -440,6 +440,18 @@ def _running(folder: Path) -> int | None:
     return pid
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` has not finished dying (zombies have)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone while we looked
+        if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 def power_on(folder: Path) -> str:
     """Switch a rack board on (nothing if it runs); what happened, for the relay's log."""
     folder = Path(folder)
@@ -485,7 +497,7 @@ def power_off(folder: Path) -> str:
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + 5
-    while _running(folder) and time.monotonic() < deadline:
+    while _group_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
     (folder / POWER_PID).unlink(missing_ok=True)
     (folder / PORT_LINK).unlink(missing_ok=True)  # its USB port goes away with the power
