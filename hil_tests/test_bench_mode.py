@@ -272,6 +272,21 @@ def test_readings_of_both_boards_arrive_verified_at_the_gateway(bench, boards):
         assert set(spooled(dev.output())) & set(gateway_seqs(bench.gateway, dev.device_id))
 
 
+@pytest.mark.slow
+def test_the_board_link_reads_a_running_board_and_puts_it_back_to_work(bench, boards):
+    dev = boards[-1]
+    with dev.link() as link:  # the console steps aside; the firmware is interrupted
+        data = {e.name for e in link.ls("/data")}
+        config = json.loads(link.read_file("/config/device.json"))
+        link.hard_reset()  # back to metering
+    assert {"key", "seq.0", "enrolled"} <= data  # its key, sequence slots, enrolment
+    assert config["gateway_port"] == bench.gateway.coap_port
+    assert config["interval_s"] == bench.config.interval_s
+    newest = max(gateway_seqs(bench.gateway, dev.device_id))
+    assert dev.wait_for(lambda: max(gateway_seqs(bench.gateway, dev.device_id)) > newest,
+                        bench.wait_s), dev.output()[-10:]
+
+
 def gateway_down(gateway) -> None:
     gateway.stop()
 
