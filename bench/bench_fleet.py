@@ -2,7 +2,8 @@
 
 The gateway is the installed one: `wattshare gateway init` (defaults: one ingest process
 per core, `max_datagrams_per_source = 200`), the meters registered with `wattshare device
-import` (one CSV), then `wattshare gateway run` in its own process. The meters are
+import` (one CSV), then `python -m gateway run` (= `wattshare gateway run`, as the service
+unit starts it) in its own process. The meters are
 simulated in Python in a separate load-generator process, each with its own P-256 key,
 its own address (127.1.x.y: loopback answers all of 127/8) and its own UDP port. Every
 reading is a real COSE_Sign1 (ES256) signed before the clock starts, so the load
@@ -262,7 +263,9 @@ class Gateway:
         return proc.stdout
 
     def start(self, perf=False):
-        command = [*WATTSHARE, "gateway", "run"]
+        # as the service runs it (gateway/deploy/wattshare-gateway.service): `python -m
+        # gateway run` is `wattshare gateway run` without the other command groups
+        command = [sys.executable, "-m", "gateway", "run"]
         if perf:
             self.perf_file = self.folder / f"perf-{time.monotonic_ns()}.csv"
             command = ["perf", "stat", "-x,", "-I", "1000", "-e", ",".join(FSYNC_EVENTS),
@@ -612,13 +615,17 @@ def run_outage(gw, fleet, workdir, spool):
     pool = workdir / "outage.pickle"
     with open(pool, "wb") as f:
         pickle.dump([(d, o) for d, _, o, _ in fleet], f)
+    loadavg_before = round(os.getloadavg()[0], 2)  # other work on the machine
     before = gw.metrics()
+    pids = gw.pids()
+    cpu0 = _cpu_seconds(pids)
     proc = _loadgen("outage", {"port": gw.coap_port, "pool": str(pool),
                                "max_s": OUTAGE_MAX_S}, workdir)
     out, _ = proc.communicate(timeout=OUTAGE_MAX_S + 120)
     if proc.returncode != 0:
         raise RuntimeError("outage load generator failed")
     result = json.loads(out.strip().splitlines()[-1])
+    gateway_cpu_s = _cpu_seconds(pids) - cpu0
     time.sleep(1.5)  # the ingest processes report their metrics once a second
     after = gw.metrics()
     # What the gateway says it stored, per device (its CLI, not its tables).
@@ -667,6 +674,11 @@ def run_outage(gw, fleet, workdir, spool):
         "p50_ms": round(result["p50_ms"], 1),
         "p99_ms": round(result["p99_ms"], 1),
         "loadgen_cpu_share": round(result["loadgen_cpu_s"] / max(result["drain_s"], 1e-9), 2),
+        # the gateway's CPU (all its processes) per second of the drain, and readings per
+        # CPU second: on a shared machine the cores it got say what the rate means
+        "gateway_cores_used": round(gateway_cpu_s / max(result["drain_s"], 1e-9), 2),
+        "readings_per_gateway_cpu_s": round(total / gateway_cpu_s) if gateway_cpu_s else None,
+        "loadavg_before": loadavg_before,
     }
     if sample_problems:
         outage["lost"] = max(outage["lost"], sample_problems)
