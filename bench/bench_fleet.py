@@ -24,6 +24,11 @@ its `/metrics`, never its tables.
   every stored seq from `device readings --limit 0 --json`); ``duplicates``: readings
   stored more than once (the same counts, in the other direction).
   ``retransmissions``/``busy_answers``: what the meters had to resend.
+  ``gateway_cores_used`` (CPU seconds of the gateway's processes per second of the
+  drain) and ``readings_per_gateway_cpu_s`` say what the rate rests on: the drain is
+  bound by the CPU the gateway gets, so on this machine, shared with other work (see
+  ``loadavg_before``), the rate moves with the cores left to it while the readings per
+  CPU second stay put.
 - ``steady``: after a restart of the gateway, every meter sends one reading every 10 s
   (each in its own message, as a meter with an empty spool does), the meters' phases
   spread evenly over the 10 s, for ``duration_s`` (after a warm-up of ``warmup_s``).
