@@ -21,7 +21,8 @@ OUT = REPO / "out" / "bench"
 DOC = REPO / "docs" / "benchmarks.md"
 
 # What each benchmark must show (the targets from the issues), for the summary.
-TARGETS = {
+Target = tuple[str, str, float, str]  # (key, op, bound, what)
+TARGETS: dict[str, Target | list[Target]] = {
     "signing": ("speedup", ">=", 3.0, "table method vs plain double-and-add in the MicroPython VM"),
     "firmware": ("peak_heap_above_idle_bytes", "<", 48 * 1024, "heap above idle during a cycle"),
     "ingest": ("ratio_per_core_at_8", ">=", 0.5, "readings/s per core at 8/msg vs verify limit"),
@@ -50,7 +51,7 @@ def available() -> list[str]:
     return sorted(p.stem[len("bench_") :] for p in (REPO / "bench").glob("bench_*.py"))
 
 
-def _targets(name: str) -> list[tuple]:
+def _targets(name: str) -> list[Target]:
     """A benchmark's targets: (key, op, bound, what); a key may name a nested value
     ("a.b" is result["a"]["b"])."""
     t = TARGETS.get(name, [])
