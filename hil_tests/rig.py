@@ -1,7 +1,13 @@
 """The hardware-in-the-loop rig: real parts, driven the way their users drive them.
 
-Building blocks shared by the scenarios (``hil_tests/conftest.py`` puts them together):
-
+- :class:`Site`: one community on this machine, shared by a test module's scenarios:
+  the real gateway (``wattshare gateway run``, its own process), the embedded anvil with
+  the contracts deployed (``wattshare chain deploy``) and ``wattshare chain run``
+  settling interval by interval, meter simulators, and devices (:mod:`hil_tests.devices`:
+  the real firmware in MicroPython VMs, or boards on a bench) registered through the CLI,
+  all on one simulated clock (:mod:`gateway.simclock`) in accelerated time. Scenarios
+  look only where users look: ``--json`` CLI outputs, the status API, ``/metrics``, the
+  chain's events, balances and proofs, and the devices' console;
 - :class:`ProcessLogs`: every part's log file, printed when a scenario fails;
 - :func:`chain_events`: the settlement contract's events, decoded with the contracts'
   ABI (what a community member can read from any node).
@@ -47,7 +53,7 @@ class ProcessLogs:
     def add_text(self, name: str, produce) -> None:
         self.extra[name] = produce
 
-    def report(self, tail: int = 4000) -> str:
+    def report(self, tail: int = 4000, quiet: bool = False) -> str:
         parts = [f"==== logs of every part are in {self.folder} ===="]
         for name, path in self.files.items():
             try:
@@ -63,7 +69,8 @@ class ProcessLogs:
                 text = f"(failed: {type(e).__name__}: {e})"
             parts.append(f"---- {name}\n{text[-tail:]}")
         text = "\n".join(parts)
-        print(text, file=sys.stderr)
+        if not quiet:
+            print(text, file=sys.stderr)
         return text
 
 
@@ -94,3 +101,345 @@ def chain_events(url: str, data_dir: Path, contract: str = "Settlement") -> list
         if decoded is not None:
             out.append(decoded)
     return out
+
+
+# ---- the site: gateway, chain, meters and devices on one simulated clock -------------------
+
+INTERVAL_S = 900
+SPEED = 300.0  # simulated seconds per real second: an interval closes every 3 s
+READING_S = 30  # each device reads its meter every 30 simulated seconds
+GATEWAY_PASSPHRASE = "local site passphrase"  # tools.local_site.GatewayProcess's
+RESIDENT_ACCOUNT = 3  # the PV resident signs its own producer key: an anvil dev account
+FUND = 1000 * 10**18  # each member's prepaid settlement balance (token units)
+
+
+def owner_address(n: int) -> str:
+    """A member's account (the PV resident's is an anvil development account)."""
+    from eth_account import Account
+
+    return Account.from_key(bytes.fromhex(f"{0xB000 + n:064x}")).address
+
+
+class Timeout(AssertionError):
+    """A bounded wait ran out: the message says what was awaited and what was seen."""
+
+
+def wait_until(predicate, timeout: float, what: str, seen=None, poll: float = 0.2):
+    """Poll ``predicate()`` until it returns something true (returned) or ``timeout`` real
+    seconds pass: then :class:`Timeout` naming ``what`` and ``seen()``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = ""
+            if seen is not None:
+                try:
+                    extra = f"; seen: {seen()}"
+                except Exception as e:  # noqa: BLE001 - the timeout is the failure to show
+                    extra = f"; (seen failed: {e})"
+            raise Timeout(f"waited {timeout:.0f} s for {what}{extra}")
+        time.sleep(poll)
+
+
+class Site:
+    """A community on this machine (see the module docstring). ``chain=False``: the
+    gateway alone (scenarios about the device-gateway path only)."""
+
+    def __init__(self, folder: Path, *, speed: float = SPEED, start: str = "09:00",
+                 chain: bool = True, mode: str | None = None):
+        import asyncio
+        import os
+        import threading
+
+        from gateway import simclock, units
+        from hil_tests import devices as devmod
+        from tools.demo import demo_day
+        from tools.local_site import GatewayProcess
+
+        self.folder = Path(folder)
+        self.logs = ProcessLogs(self.folder)
+        self.procs: dict[str, object] = {}
+        # a school day with a high sun, ahead of the chain's own clock (the settlement
+        # contract takes no interval from before its deployment)
+        self.day = demo_day()
+        day_start, _ = units.day_bounds(self.day, units.zone("UTC"))
+        hours, minutes = (int(x) for x in start.split(":"))
+        self.clock = simclock.start(speed, day_start + hours * 3600 + minutes * 60)
+        self.speed = speed
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("WATTSHARE_")}
+        self.env.update(WATTSHARE_SIM_CLOCK=self.clock.value(), PYTHONUNBUFFERED="1")
+        self.chain = chain
+        self.loop = asyncio.new_event_loop()  # the meter simulators
+        threading.Thread(target=self.loop.run_forever, name="meters", daemon=True).start()
+        self.data = self.folder / "gateway"
+        self.gateway = GatewayProcess(self.data, self.env, configure=self._configure)
+        self.env = self.gateway.env  # with WATTSHARE_CONFIG
+        self.logs.add("gateway", self.data / "gateway.log")
+        if chain:
+            self.start_chain_run()
+        self.site = devmod.Site(self.folder, self.gateway, self.env, self.run)
+        self.devices = devmod.maker(self.site, mode)
+        self.members: dict[str, dict] = {}  # label -> device, owner, meter index, model
+        for name in ("gateway status", "chain status"):
+            self.logs.add_text(name, lambda n=name: self.cli(*n.split(), check=False).stdout
+                               if self.chain or n.startswith("gateway") else "")
+
+    # ---- set-up
+
+    def _configure(self, config: Path) -> None:
+        """Settings for a fast run, as a technician would edit gateway.toml; then the
+        contracts (before the gateway runs: it reads the contract from the file)."""
+        import subprocess
+
+        from gateway import config as gwconfig
+        from tools import toml_schema
+
+        doc, _ = toml_schema.read(config)
+        doc["ingest"] = dict(doc.get("ingest", {}), processes=0)  # one process: 2 cores
+        doc["log"] = {"level": "info", "format": "kv"}
+        # poll_s is real time, the others simulated: the chain link looks for work 20
+        # times a second, builds an interval 5 simulated minutes after its last anchor
+        # could arrive, and re-sends a transaction only after a simulated hour
+        doc["chain"] = dict(doc.get("chain", {}), poll_s=0.05, grace_s=300,
+                            rebroadcast_s=3600, batch_intervals=1)
+        text = gwconfig.render(doc)
+        gwconfig.parse(text, config)
+        config.write_text(text)
+        if self.chain:
+            env = dict(self.env, WATTSHARE_CONFIG=str(config),
+                       WATTSHARE_KEY_PASSPHRASE=GATEWAY_PASSPHRASE)
+            proc = subprocess.run([PY, "-m", "tools.cli", "chain", "deploy"], env=env,
+                                  cwd=REPO, capture_output=True, text=True, timeout=180)
+            if proc.returncode != 0:
+                raise RuntimeError(f"wattshare chain deploy failed:\n{proc.stdout}{proc.stderr}")
+
+    def run(self, coro, timeout: float = 30):
+        """Run ``coro`` on the meters' event loop; its result."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start_chain_run(self) -> None:
+        """``wattshare chain run``: it runs the embedded anvil (restarting it when it
+        exits) and publishes its URL in ``anvil.url`` for the other commands."""
+        self.start_process("chain run", "chain", "run", "--batch-intervals", "1")
+        wait_until(self._node_answers, 90, "chain run to publish its node (anvil.url)",
+                   lambda: self.log_tail("chain run"))
+
+    def _node_answers(self) -> bool:
+        try:
+            rpc(self.rpc_url, "eth_blockNumber", [])
+        except (OSError, RuntimeError, ValueError):
+            return False
+        return True
+
+    @property
+    def rpc_url(self) -> str:
+        return (self.data / "anvil.url").read_text().strip()
+
+    def start_process(self, name: str, *args: str):
+        import subprocess
+
+        log_path = self.folder / f"{name.replace(' ', '-')}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([PY, "-m", "tools.cli", *args], cwd=REPO, env=self.env,
+                                    stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        self.logs.add(name, log_path)
+        return proc
+
+    def stop_process(self, name: str, kill: bool = False) -> None:
+        import subprocess
+
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def log_tail(self, name: str, size: int = 1500) -> str:
+        try:
+            return self.logs.files[name].read_text(errors="replace")[-size:]
+        except (KeyError, OSError):
+            return "(no log)"
+
+    def meter(self, meter_id: str, profile: str = "household", faults=(), seed: int = 1,
+              frozen: bool = False):
+        """A meter simulator's (model, slave) on the site's clock (``frozen``: its clock
+        stands still: constant values, for exact comparisons)."""
+        from tools.meter_sim import (
+            FaultPlan,
+            ManualClock,
+            MeterModel,
+            MeterSlave,
+            SharedClock,
+            get_meter,
+            parse_fault,
+        )
+
+        meter = get_meter(meter_id)
+        clock = ManualClock(self.clock.now()) if frozen else SharedClock(self.clock)
+        model = MeterModel(meter, profile, clock, seed=seed)
+        plan = FaultPlan([parse_fault(f) for f in faults], seed=seed, meter=meter,
+                         slave=meter.default_slave)
+        return model, MeterSlave(model, meter.default_slave, plan)
+
+    def add(self, label: str, meter_id: str = "sdm120ct", profile: str = "household", *,
+            faults=(), seed: int = 1, frozen: bool = False, owner: str | None = None,
+            on_chain: bool = False, **device_json):
+        """A member's device with its meter simulator, registered at the gateway with
+        ``wattshare device add`` (and on chain with ``community add-meter`` if
+        ``on_chain``); not started. ``device_json``: firmware settings."""
+        model, slave = self.meter(meter_id, profile, faults, seed, frozen)
+        owner = owner or owner_address(len(self.members) + 1)
+        device_json.setdefault("interval_s", READING_S)
+        dev = self.devices.add(label, meter_id, slave, owner, **device_json)
+        dev.model = model
+        self.members[label] = {"device": dev, "owner": owner, "index": None}
+        self.logs.add_text(f"console of {label}", lambda d=dev: "\n".join(d.output()[-60:]))
+        if on_chain:
+            self.add_on_chain(label)
+        return dev
+
+    def add_on_chain(self, *labels: str) -> None:
+        """``wattshare community add-meter`` for these members."""
+        import re
+
+        ids = [self.members[label]["device"].device_id for label in labels]
+        out = self.cli("community", "add-meter", "--device", *ids).stdout
+        found = dict(re.findall(r"device ([0-9a-f]{16}) .* is meter (\d+)", out))
+        for label in labels:
+            dev_id = self.members[label]["device"].device_id
+            assert dev_id in found, f"add-meter did not name {dev_id}:\n{out}"
+            self.members[label]["index"] = int(found[dev_id])
+
+    def resident_owner(self) -> str:
+        from eth_account import Account
+
+        from gateway.chain.anvil import Anvil
+
+        return Account.from_key(Anvil(self.data).account_keys()[RESIDENT_ACCOUNT]).address
+
+    # ---- what users see
+
+    def cli(self, *args: str, check: bool = True):
+        """A ``wattshare`` command on the gateway (CompletedProcess)."""
+        return self.gateway.wattshare(*args, check=check)
+
+    def cli_json(self, *args: str):
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def status(self) -> dict:
+        """The status API (``/status.json``, what ``gateway status --json`` shows)."""
+        with urllib.request.urlopen(self.gateway.http_url + "/status.json", timeout=20) as r:
+            return json.loads(r.read())
+
+    def device_status(self, label: str) -> dict:
+        dev_id = self.members[label]["device"].device_id
+        return next(d for d in self.status()["devices"] if d["id"] == dev_id)
+
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` as {'name{labels}': value}."""
+        with urllib.request.urlopen(self.gateway.http_url + "/metrics", timeout=20) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def metric(self, prefix: str, **labels: str) -> float:
+        """The sum of the samples of ``prefix`` whose labels include ``labels``."""
+        total = 0.0
+        for name, value in self.metrics().items():
+            if name == prefix or name.startswith(prefix + "{"):
+                if all(f'{k}="{v}"' in name for k, v in labels.items()):
+                    total += value
+        return total
+
+    def readings(self, label: str) -> list[dict]:
+        """``wattshare device readings ID --limit 0 --json``: every stored reading of the
+        member's device, in the order they arrived."""
+        dev_id = self.members[label]["device"].device_id
+        return self.cli_json("device", "readings", dev_id, "--limit", "0")
+
+    def events(self, contract: str = "Settlement") -> list:
+        return chain_events(self.rpc_url, self.data, contract)
+
+    def settled(self) -> dict[int, dict]:
+        """interval -> the fields of its ``Settled`` event; an interval settled twice
+        fails here."""
+        out: dict[int, dict] = {}
+        for name, fields in self.events():
+            if name == "Settled":
+                assert fields["interval"] not in out, f"interval {fields['interval']} settled twice"
+                out[fields["interval"]] = fields
+        return out
+
+    def interval_now(self) -> int:
+        return int(self.clock.now()) // INTERVAL_S
+
+    def wait_sim(self, seconds: float) -> None:
+        """Let ``seconds`` of simulated time pass."""
+        import time
+
+        time.sleep(seconds / self.speed)
+
+    # ---- the end
+
+    def power_off(self) -> None:
+        """Power cut every running device (between scenarios)."""
+        for member in self.members.values():
+            dev = member["device"]
+            if getattr(dev, "running", lambda: True)():
+                dev.power_cut()
+
+    def close(self) -> None:
+        self.devices.close()
+        for name in list(self.procs):
+            self.stop_process(name)
+        self.gateway.stop()
+        for server in self.site.servers:
+            self.loop.call_soon_threadsafe(server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def settlement_logs(url: str, data_dir: Path) -> list[tuple[str, dict, int]]:
+    """(event name, fields, block number) of the Settlement contract, in chain order."""
+    from gateway.chain import contracts
+    from gateway.chain.deploy import DEPLOYMENT_NAME, Deployment
+
+    d = Deployment.load(Path(data_dir) / DEPLOYMENT_NAME)
+    logs = rpc(url, "eth_getLogs", [{"address": d.settlement, "fromBlock": "0x0",
+                                     "toBlock": "latest"}])
+    out = []
+    for log in logs:
+        decoded = contracts.decode_log("Settlement", log)
+        if decoded is not None:
+            out.append((*decoded, int(log["blockNumber"], 16)))
+    return out
+
+
+def settlement_balance(url: str, data_dir: Path, account: str, block: int) -> int:
+    """``Settlement.balance_of(account)`` at ``block`` (a member's prepaid balance)."""
+    import eth_abi
+    from eth_utils import keccak
+
+    from gateway.chain.deploy import DEPLOYMENT_NAME, Deployment
+
+    d = Deployment.load(Path(data_dir) / DEPLOYMENT_NAME)
+    data = keccak(text="balance_of(address)")[:4] + eth_abi.encode(["address"], [account])
+    out = rpc(url, "eth_call", [{"to": d.settlement, "data": "0x" + data.hex()}, hex(block)])
+    return int(out, 16)

@@ -35,7 +35,9 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
 class GatewayProcess:
     """A gateway on loopback: CoAP on ``coap_port``, HTTP (status, API) on ``http_port``."""
 
-    def __init__(self, folder: Path, env: dict | None = None):
+    def __init__(self, folder: Path, env: dict | None = None, configure=None):
+        """``configure(config_path)``, if given, edits gateway.toml between ``gateway
+        init`` and ``gateway run``."""
         self.folder = Path(folder)
         self.coap_port = free_port(socket.SOCK_DGRAM)
         self.http_port = free_port(socket.SOCK_STREAM)
@@ -44,7 +46,14 @@ class GatewayProcess:
                         WATTSHARE_KEY_PASSPHRASE="local site passphrase")
         self.wattshare("gateway", "init", "--data", str(self.folder), "--coap-port",
                        str(self.coap_port), "--http-port", str(self.http_port))
-        self.log = open(self.folder / "gateway.log", "wb")  # noqa: SIM115 - closed in stop()
+        if configure is not None:
+            configure(self.config)
+        self.start()
+
+    def start(self) -> None:
+        """``wattshare gateway run`` (again, after :meth:`stop` or :meth:`kill`); returns
+        once its web server answers."""
+        self.log = open(self.folder / "gateway.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([*WATTSHARE, "gateway", "run"], env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + 30
@@ -91,6 +100,13 @@ class GatewayProcess:
 
     def log_text(self) -> str:
         return (self.folder / "gateway.log").read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: the gateway dies wherever it is (a power cut of the gateway)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
