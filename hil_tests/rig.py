@@ -184,9 +184,8 @@ class Site:
         self.site = devmod.Site(self.folder, self.gateway, self.env, self.run)
         self.devices = devmod.maker(self.site, mode)
         self.members: dict[str, dict] = {}  # label -> device, owner, meter index, model
-        for name in ("gateway status", "chain status"):
-            self.logs.add_text(name, lambda n=name: self.cli(*n.split(), check=False).stdout
-                               if self.chain or n.startswith("gateway") else "")
+        for name in ("gateway status", "chain status") if chain else ("gateway status",):
+            self.logs.add_text(name, lambda n=name: self.cli(*n.split(), check=False).stdout)
 
     # ---- set-up
 
