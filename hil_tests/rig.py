@@ -442,3 +442,56 @@ def settlement_balance(url: str, data_dir: Path, account: str, block: int) -> in
     data = keccak(text="balance_of(address)")[:4] + eth_abi.encode(["address"], [account])
     out = rpc(url, "eth_call", [{"to": d.settlement, "data": "0x" + data.hex()}, hex(block)])
     return int(out, 16)
+
+
+class Link:
+    """A device's network link to the gateway that can be cut and restored (its Wi-Fi
+    down): a UDP relay on loopback that forwards both ways while ``up`` and drops every
+    datagram while not. Give ``link.port`` to the device as its gateway port."""
+
+    def __init__(self, site: Site):
+        import asyncio
+
+        self.up = True
+        self.dropped = 0
+        gateway = ("127.0.0.1", site.gateway.coap_port)
+        link = self
+
+        class Upstream(asyncio.DatagramProtocol):
+            def __init__(self, device_addr):
+                self.device_addr = device_addr
+
+            def datagram_received(self, data, addr):
+                if link.up:
+                    link._front.sendto(data, self.device_addr)
+                else:
+                    link.dropped += 1
+
+        class Front(asyncio.DatagramProtocol):
+            def __init__(self):
+                self.upstream = {}  # device address -> transport to the gateway
+
+            def datagram_received(self, data, addr):
+                if not link.up:
+                    link.dropped += 1
+                    return
+                up = self.upstream.get(addr)
+                if up is None:
+                    asyncio.ensure_future(self._open(addr, data))
+                else:
+                    up.sendto(data)
+
+            async def _open(self, addr, data):
+                loop = asyncio.get_running_loop()
+                up, _ = await loop.create_datagram_endpoint(
+                    lambda: Upstream(addr), remote_addr=gateway)
+                self.upstream[addr] = up
+                up.sendto(data)
+
+        async def start():
+            loop = asyncio.get_running_loop()
+            return await loop.create_datagram_endpoint(Front, local_addr=("127.0.0.1", 0))
+
+        self._front, _ = site.run(start())
+        self.port = self._front.get_extra_info("sockname")[1]
+        site.site.servers.append(self._front)
