@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,8 +157,6 @@ class EmulatedDevice:
 def _start_with(vm: emu.EmulatedDevice, device_mjs: Path, cut_at_write: int, seed: int):
     """``vm.start`` with another copy of ``tools/mpvm/device.mjs`` (and the firmware
     files next to it)."""
-    import threading
-
     cmd = emu.device_command(vm.storage, vm.meter_tcp, None, vm.hwid, cut_at_write, seed)
     cmd[1] = str(device_mjs)
     vm.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -193,6 +192,7 @@ class EmulatedDevices:
         self.site = site
         self.devices: list[EmulatedDevice] = []
         self._next = 0
+        self._lock = threading.Lock()  # devices may be made from several threads
 
     def add(self, label: str, meter_id: str, slave: MeterSlave, owner: str,
             gateway_port: int | None = None, firmware: Path | None = None,
@@ -200,16 +200,22 @@ class EmulatedDevices:
         """See :meth:`DeviceMaker.add`. ``firmware``: a ``device.mjs`` from
         :func:`firmware_copy`; ``register=False`` leaves the device unknown to the
         gateway (a forged device)."""
-        self._next += 1
-        hwid = f"a4c1{os.getpid() % 0xFFFF:04x}{self._next:04x}"
+        with self._lock:
+            self._next += 1
+            n = self._next
+        hwid = f"a4c1{os.getpid() % 0xFFFF:04x}{n:04x}"
         slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "device"
-        storage = self.site.folder / "devices" / f"{self._next:02d}-{slug}"
+        storage = self.site.folder / "devices" / f"{n:02d}-{slug}"
         server = self.site.run(serve_tcp(slave, "127.0.0.1", 0))
         self.site.servers.append(server)
         meter_tcp = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
         port = self.site.gateway.coap_port if gateway_port is None else gateway_port
+        # reply_timeout_ms is the meter bus's, in real milliseconds (the emulated UART
+        # is not accelerated): loopback TCP answers in well under 150 ms, and a meter
+        # that never answers costs 3 x 150 ms per poll, within the watchdog's
+        # 600 simulated seconds
         config = {"gateway_host": "127.0.0.1", "gateway_port": port, "interval_s": 10,
-                  "reply_timeout_ms": 2000, "watchdog_s": 600}
+                  "reply_timeout_ms": 150, "watchdog_s": 600}
         config.update(device_json)
         emu.write_config(storage, meter_id, config)
         vm = emu.EmulatedDevice(storage, meter_tcp, hwid, self.site.env)

@@ -311,6 +311,14 @@ class Site:
             self.add_on_chain(label)
         return dev
 
+    def add_many(self, specs: list[tuple[tuple, dict]]) -> list:
+        """:meth:`add` for each ``(args, kwargs)``, two at a time (provisioning starts a
+        VM per device: two cores)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(lambda spec: self.add(*spec[0], **spec[1]), specs))
+
     def add_on_chain(self, *labels: str) -> None:
         """``wattshare community add-meter`` for these members."""
         import re
