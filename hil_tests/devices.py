@@ -196,14 +196,16 @@ class EmulatedDevices:
 
     def add(self, label: str, meter_id: str, slave: MeterSlave, owner: str,
             gateway_port: int | None = None, firmware: Path | None = None,
-            register: bool = True, **device_json) -> EmulatedDevice:
+            register: bool = True, hwid: str | None = None,
+            **device_json) -> EmulatedDevice:
         """See :meth:`DeviceMaker.add`. ``firmware``: a ``device.mjs`` from
         :func:`firmware_copy`; ``register=False`` leaves the device unknown to the
-        gateway (a forged device)."""
+        gateway; ``hwid`` (12 hex digits) gives it another device's hardware id, so its
+        device id (a forger with its own key)."""
         with self._lock:
             self._next += 1
             n = self._next
-        hwid = f"a4c1{os.getpid() % 0xFFFF:04x}{n:04x}"
+        hwid = hwid or f"a4c1{os.getpid() % 0xFFFF:04x}{n:04x}"
         slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "device"
         storage = self.site.folder / "devices" / f"{n:02d}-{slug}"
         server = self.site.run(serve_tcp(slave, "127.0.0.1", 0))
@@ -226,6 +228,7 @@ class EmulatedDevices:
                 "--model", meter_id, "--owner", owner, "--label", label)
         dev = EmulatedDevice(vm, device_id.hex(), label, firmware)
         dev.public_key = public_key.hex()
+        dev.hwid = hwid
         self.devices.append(dev)
         return dev
 

@@ -462,6 +462,7 @@ class Link:
 
         self.up = True
         self.dropped = 0
+        self.captured: list[bytes] = []  # the device's datagrams (the last 200)
         gateway = ("127.0.0.1", site.gateway.coap_port)
         link = self
 
@@ -483,6 +484,7 @@ class Link:
                 if not link.up:
                     link.dropped += 1
                     return
+                link.captured = [*link.captured[-199:], data]
                 up = self.upstream.get(addr)
                 if up is None:
                     asyncio.ensure_future(self._open(addr, data))
@@ -503,3 +505,27 @@ class Link:
         self._front, _ = site.run(start())
         self.port = self._front.get_extra_info("sockname")[1]
         site.site.servers.append(self._front)
+
+
+def replay(gateway_port: int, datagram: bytes, timeout: float = 5.0):
+    """Send ``datagram`` to the gateway from a new socket, as an attacker who recorded
+    it would; the decoded CoAP response (``wattcore.coap.Message``)."""
+    import socket
+
+    from wattcore import coap
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(datagram, ("127.0.0.1", gateway_port))
+        return coap.decode(s.recv(2048))
+
+
+def posted_readings(datagram: bytes) -> list[bytes]:
+    """The signed readings in a device's ``POST /r`` datagram ([] for anything else)."""
+    from wattcore import coap, exchange
+
+    m = coap.decode(datagram)
+    if m.code != coap.POST or not m.payload:
+        return []
+    path = [v for n, v in m.options if n == 11]  # Uri-Path
+    return exchange.decode_batch(m.payload) if path == [b"r"] else []
