@@ -19,7 +19,12 @@ device lacks is skipped with the reason (only bench devices lack any):
   middle of the N-th flash write;
 - ``"flash"``: the device's flash folder can be read from the host (``storage``);
 - ``"firmware_override"``: the device can run another copy of the firmware files
-  (``firmware=`` of :meth:`EmulatedDevices.add`), e.g. a deliberately broken one.
+  (``firmware=`` of :meth:`EmulatedDevices.add`), e.g. a deliberately broken one;
+- ``"forge"``: the maker can make a device the gateway does not know
+  (``register=False``), or one with another device's hardware id (``hwid=``).
+
+Scenarios also give ``gateway_port=`` (a :class:`hil_tests.rig.Link` between the device
+and the gateway) and read ``dev.model`` (the meter simulator's model, set by the rig).
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from typing import Protocol, runtime_checkable
 from tools import emulated_device as emu
 from tools.meter_sim import MeterSlave, serve_tcp
 
-EMULATED_CAPABILITIES = frozenset({"console", "torn_write", "flash", "firmware_override"})
+EMULATED_CAPABILITIES = frozenset({"console", "torn_write", "flash", "firmware_override",
+                                   "forge"})
 
 
 @runtime_checkable

@@ -63,7 +63,6 @@ def test_nothing_is_signed_before_the_clock_is_trusted(gateway_site):
         wait_until(lambda: any("boot:" in x for x in dev.output()), 30,
                    "the device to boot", dev.output)
         site.wait_sim(10 * 60)  # 20 readings' worth of time
-        assert dev.running(), dev.output()[-10:]
         assert spooled(dev.output()) == [], "signed a reading with an untrusted clock"
     finally:
         back_at = site.clock.now()

@@ -37,6 +37,7 @@ import signal
 from pathlib import Path
 
 from contracts import allocation_reference as ref
+from hil_tests.conftest import require
 from hil_tests.devices import spooled
 from hil_tests.rig import (
     FUND,
@@ -194,6 +195,7 @@ def meters_in(logs, interval: int) -> set[int]:
 
 def test_forged_replayed_and_revoked_readings_are_refused_and_not_settled(chain_site):
     site = chain_site
+    require(site, "forge")
     honest_link, revoked_link = Link(site), Link(site)
     honest, leaving = site.add_many([
         (("honest", "sdm120ct", "household"), dict(seed=40, gateway_port=honest_link.port)),
