@@ -26,15 +26,15 @@ PY = sys.executable
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from tools.local_site import free_port
+
+    return free_port(socket.SOCK_DGRAM)
 
 
 def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from tools.local_site import free_port
+
+    return free_port(socket.SOCK_STREAM)
 
 
 class ProcessLogs:

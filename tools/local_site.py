@@ -26,10 +26,31 @@ REPO = Path(__file__).resolve().parent.parent
 WATTSHARE = [sys.executable, "-m", "tools.cli"]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing holds now, below the kernel's ephemeral range: a port from that
+    range can be handed to any other process's socket (a load generator opens
+    thousands) between this check and the server's bind."""
+    import random
+
+    lo, _ = _ephemeral_range()
+    pick = random.SystemRandom()
+    for _ in range(500):
+        port = pick.randrange(10000, lo) if lo > 11000 else 0
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("0.0.0.0", port))  # noqa: S104 - checks the port for any address
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port below the ephemeral range")
 
 
 class GatewayProcess:
