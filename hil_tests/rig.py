@@ -126,19 +126,24 @@ class Timeout(AssertionError):
 
 def wait_until(predicate, timeout: float, what: str, seen=None, poll: float = 0.2):
     """Poll ``predicate()`` until it returns something true (returned) or ``timeout`` real
-    seconds pass: then :class:`Timeout` naming ``what`` and ``seen()``."""
+    seconds pass: then :class:`Timeout` naming ``what`` and ``seen()``. A predicate that
+    cannot reach a part (OSError: a node or gateway being restarted) counts as not yet."""
     import time
 
     deadline = time.monotonic() + timeout
+    unreachable = None
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except OSError as e:
+            value, unreachable = None, e
         if value:
             return value
         if time.monotonic() > deadline:
-            extra = ""
+            extra = f"; last unreachable: {unreachable}" if unreachable else ""
             if seen is not None:
                 try:
-                    extra = f"; seen: {seen()}"
+                    extra += f"; seen: {seen()}"
                 except Exception as e:  # noqa: BLE001 - the timeout is the failure to show
                     extra = f"; (seen failed: {e})"
             raise Timeout(f"waited {timeout:.0f} s for {what}{extra}")
