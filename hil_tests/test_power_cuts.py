@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 
-from hil_tests.conftest import require
 from hil_tests.devices import spooled
 from hil_tests.rig import Link, wait_until
 
@@ -89,10 +88,10 @@ def check_power_cuts(site, dev) -> None:
 
 def test_power_cuts_lose_nothing_and_reuse_no_sequence_number(gateway_site):
     site = gateway_site
-    require(site, "torn_write")
     link = Link(site)
     dev = site.add("power cuts", "sdm120ct", "pv-household", seed=4, gateway_port=link.port)
     torn = power_cuts(site, dev, link, CUTS, seed=7)
-    assert torn >= 1, "no cut tore a flash write"
+    if "torn_write" in dev.capabilities:  # a bench relay cuts between writes, wherever
+        assert torn >= 1, "no cut tore a flash write"
     assert link.dropped > 0, "the link was never down while the device sent"
     check_power_cuts(site, dev)
