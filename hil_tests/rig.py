@@ -154,7 +154,7 @@ class Site:
     """A community on this machine (see the module docstring). ``chain=False``: the
     gateway alone (scenarios about the device-gateway path only)."""
 
-    def __init__(self, folder: Path, *, speed: float = SPEED, start: str = "09:00",
+    def __init__(self, folder: Path, *, speed: float | None = None, start: str = "09:00",
                  chain: bool = True, mode: str | None = None):
         import asyncio
         import os
@@ -173,10 +173,18 @@ class Site:
         self.day = demo_day()
         day_start, _ = units.day_bounds(self.day, units.zone("UTC"))
         hours, minutes = (int(x) for x in start.split(":"))
-        self.clock = simclock.start(speed, day_start + hours * 3600 + minutes * 60)
+        # $WATTSHARE_HIL_SPEED: 1 runs in real time, no simulated clock (boards that keep
+        # their own time); the default accelerates every part alike
+        speed = speed or float(os.environ.get("WATTSHARE_HIL_SPEED", SPEED))
         self.speed = speed
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("WATTSHARE_")}
-        self.env.update(WATTSHARE_SIM_CLOCK=self.clock.value(), PYTHONUNBUFFERED="1")
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("WATTSHARE_") or k.startswith("WATTSHARE_BENCH")}
+        self.env["PYTHONUNBUFFERED"] = "1"
+        if speed == 1:
+            self.clock = simclock.start(1.0)
+        else:
+            self.clock = simclock.start(speed, day_start + hours * 3600 + minutes * 60)
+            self.env["WATTSHARE_SIM_CLOCK"] = self.clock.value()
         self.chain = chain
         self.loop = asyncio.new_event_loop()  # the meter simulators
         threading.Thread(target=self.loop.run_forever, name="meters", daemon=True).start()
