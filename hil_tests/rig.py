@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import sys
@@ -197,6 +198,7 @@ class Site:
         self.site = devmod.Site(self.folder, self.gateway, self.env, self.run)
         self.devices = devmod.maker(self.site, mode)
         self.members: dict[str, dict] = {}  # label -> device, owner, meter index, model
+        self._owners = itertools.count(1)  # each member its own account (thread-safe)
         for name in ("gateway status", "chain status") if chain else ("gateway status",):
             self.logs.add_text(name, lambda n=name: self.cli(*n.split(), check=False).stdout)
 
@@ -314,7 +316,7 @@ class Site:
         ``wattshare device add`` (and on chain with ``community add-meter`` if
         ``on_chain``); not started. ``device_json``: firmware settings."""
         model, slave = self.meter(meter_id, profile, faults, seed, frozen)
-        owner = owner or owner_address(len(self.members) + 1)
+        owner = owner or owner_address(next(self._owners))
         device_json.setdefault("interval_s", READING_S)
         dev = self.devices.add(label, meter_id, slave, owner, **device_json)
         dev.model = model

@@ -86,6 +86,7 @@ def test_a_small_neighbourhood_settles_interval_by_interval(chain_site, tmp_path
     site.cli("community", "producer-key", "--meter", RESIDENT, "--static", f"{SCHOOL}=4000",
              "--anvil-account", "3")
     owners = {site.members[x]["index"]: site.members[x]["owner"] for x in labels}
+    assert len(set(owners.values())) == len(labels), owners
     site.cli("community", "fund", "--account", *owners.values(), "--amount", str(FUND))
     started_in = site.interval_now()  # the site's earlier intervals are not ours
     for label in labels:
