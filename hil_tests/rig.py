@@ -8,6 +8,8 @@
   all on one simulated clock (:mod:`gateway.simclock`) in accelerated time. Scenarios
   look only where users look: ``--json`` CLI outputs, the status API, ``/metrics``, the
   chain's events, balances and proofs, and the devices' console;
+- :class:`Link`: a device's network link that can be cut (a UDP relay on loopback),
+  which also records what the device sent (for :func:`replay`);
 - :class:`ProcessLogs`: every part's log file, printed when a scenario fails;
 - :func:`chain_events`: the settlement contract's events, decoded with the contracts'
   ABI (what a community member can read from any node).
