@@ -480,6 +480,8 @@ class Link:
         self.up = True
         self.dropped = 0
         self.captured: list[bytes] = []  # the device's datagrams (the last 200)
+        # called (on the meters' loop) with each datagram just forwarded to the gateway
+        self.on_forward = None
         gateway = ("127.0.0.1", site.gateway.coap_port)
         link = self
 
@@ -506,14 +508,20 @@ class Link:
                 if up is None:
                     asyncio.ensure_future(self._open(addr, data))
                 else:
-                    up.sendto(data)
+                    self._send(up, data)
 
             async def _open(self, addr, data):
                 loop = asyncio.get_running_loop()
                 up, _ = await loop.create_datagram_endpoint(
                     lambda: Upstream(addr), remote_addr=gateway)
                 self.upstream[addr] = up
+                self._send(up, data)
+
+            @staticmethod
+            def _send(up, data):
                 up.sendto(data)
+                if link.on_forward is not None:
+                    link.on_forward(data)
 
         async def start():
             loop = asyncio.get_running_loop()

@@ -6,10 +6,10 @@ readings (``wattshare device readings --json``), the status API and ``/metrics``
 
 from __future__ import annotations
 
-import time
+import threading
 
 from hil_tests.devices import spooled
-from hil_tests.rig import wait_until
+from hil_tests.rig import Link, posted_readings, wait_until
 
 ST_CLOCK_UNTRUSTED = 0x0001
 MAX_BATCH = 8  # readings per message (docs/protocol.md)
@@ -108,24 +108,32 @@ def test_after_a_long_outage_the_spool_drains_oldest_first(gateway_site):
 
 def test_gateway_killed_in_the_middle_of_a_catch_up(gateway_site):
     site = gateway_site
-    dev = site.add("killed catch-up", "sdm120ct", "household", seed=6, interval_s=10)
+    link = Link(site)
+    dev = site.add("killed catch-up", "sdm120ct", "household", seed=6, interval_s=10,
+                   gateway_port=link.port)
     dev.start()
     wait_until(lambda: site.device_status("killed catch-up")["readings"] >= 3, 60,
                "the first readings stored", lambda: dev.output()[-10:])
     site.gateway.stop()
     site.wait_sim(OUTAGE_S)
     backlog = len(spooled(dev.output()))
-    accepted = site_accepted = None
+    posts: list[bytes] = []
+    killed = threading.Event()
+
+    def kill_at_third_post(datagram: bytes) -> None:
+        # SIGKILL while the gateway holds the catch-up's third message (just forwarded)
+        if posted_readings(datagram) and not killed.is_set():
+            posts.append(datagram)
+            if len(posts) == 3:
+                site.gateway.proc.kill()
+                killed.set()
+
     site.gateway.start()
-    site_accepted = site.metric("wattshare_readings_accepted_total")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # kill at the first readings of the catch-up
-        accepted = site.metric("wattshare_readings_accepted_total")
-        if accepted >= site_accepted + MAX_BATCH:
-            break
-        time.sleep(0.005)
+    link.on_forward = kill_at_third_post
+    wait_until(killed.is_set, 60, "the catch-up's third message", lambda: len(posts))
+    link.on_forward = None
     site.gateway.kill()
-    at_kill = {r["seq"] for r in site.readings("killed catch-up")}
+    at_kill = {r["seq"] for r in site.readings("killed catch-up")}  # read from its files
     assert len(at_kill) < backlog - MAX_BATCH, \
         f"the catch-up was over before the kill ({len(at_kill)} of {backlog} stored)"
     site.gateway.start()
