@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup setup-gateway test demo bench fuzz check firmware clean help
+.PHONY: setup setup-gateway test demo bench fuzz check firmware clean help hil-bench hil-bench-virtual
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 # A gateway (Raspberry Pi OS Bookworm, 64-bit): the runtime only, no browser, no test
 # tools; Node (20) only with CHAIN=1, for the embedded local chain (anvil). docs/gateway.md
-setup-gateway: $(VENV)/.gateway-installed $(if $(CHAIN),node_modules/.installed) ## gateway runtime only (no browser, no test tools); CHAIN=1 adds Node's embedded anvil
+setup-gateway: $(VENV)/.gateway-installed $(if $(CHAIN),node_modules/.gateway-installed) ## gateway runtime only (no browser, no test tools); CHAIN=1 adds Node's embedded anvil and ECharts
 
 $(VENV)/.gateway-installed: requirements-gateway.lock pyproject.toml
 	@echo "setup-gateway: runtime Python environment in $(VENV) (requirements-gateway.lock)"
@@ -34,11 +34,25 @@ $(VENV)/.gateway-installed: requirements-gateway.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-node_modules/.installed: package.json package-lock.json
-	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' || { \
+NODE_20 := node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' || { \
 	  echo "setup: Node $$(node --version) is too old: Node 20 is needed (docs/gateway.md)"; exit 1; }
+
+node_modules/.installed: package.json package-lock.json
+	@$(NODE_20)
 	@echo "setup: Node tools in node_modules (pinned by package-lock.json)"
 	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# A gateway's Node packages: package.json's dependencies only (anvil, ECharts), not the
+# developer's (the MicroPython VM, playwright). A developer's full install already has them.
+node_modules/.gateway-installed: package.json package-lock.json
+	@$(NODE_20)
+	@if [ -e node_modules/.installed ] && [ node_modules/.installed -nt package-lock.json ]; then \
+	  echo "setup-gateway: node_modules already holds the full developer install"; \
+	else \
+	  echo "setup-gateway: anvil and ECharts in node_modules (package-lock.json, no devDependencies)"; \
+	  npm ci --omit=dev --no-audit --no-fund --loglevel=error; \
+	fi
 	touch $@
 
 # The status-page tests drive Debian's chromium headless (playwright-core from
@@ -51,6 +65,19 @@ chromium:
 
 test: setup ## run every test (CPython, MicroPython VM, contracts, hardware-in-the-loop on emulated devices)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The hardware-in-the-loop suite on the boards of a bench (docs/hil.md): BENCH names the
+# bench file (default hil-bench.toml at the root); HIL_TESTS narrows the scenarios.
+BENCH ?= hil-bench.toml
+HIL_TESTS ?= hil_tests
+hil-bench: setup ## hardware-in-the-loop scenarios on real boards (BENCH=file, default hil-bench.toml; docs/hil.md)
+	@$(PY) -m hil_tests.bench_mode check $(BENCH)
+	WATTSHARE_HIL=bench WATTSHARE_BENCH_CONFIG=$(abspath $(BENCH)) $(PY) -m pytest $(HIL_TESTS) $(PYTEST_ARGS)
+
+RACK ?= out/hil-rack
+hil-bench-virtual: setup ## make hil-bench on a rack of virtual boards (RACK=dir, default out/hil-rack), no hardware needed
+	$(PY) -m hil_tests.bench_mode virtual-rack $(RACK)
+	$(MAKE) --no-print-directory hil-bench BENCH=$(RACK)/bench.toml
 
 demo: setup ## run the most complete end-to-end path on emulated hardware
 	$(PY) -m tools.demo

@@ -1,8 +1,9 @@
 """Run the benchmarks: `python -m bench [NAME ...]` (NAME: signing, firmware, ingest, chain,
-provision, flood, demo).
+provision, flood, demo, fleet, ...).
 
-Each bench/bench_NAME.py has `run() -> dict`. Results go to out/bench/NAME.json and
-docs/benchmarks.md is rewritten from every JSON file present under out/bench/.
+Each bench/bench_NAME.py has `run() -> dict`. Results go to out/bench/NAME.json; in
+docs/benchmarks.md the table rows and the section of each benchmark run are rewritten
+from its JSON, and the other benchmarks' are kept as they were.
 Figures are ratios measured in one run where possible; absolute times depend on
 the machine.
 """
@@ -32,6 +33,16 @@ TARGETS = {
     "provision": ("wall_s", "<=", 120, "blank virtual board to first verified reading, s"),
     "flood": ("one_source_p50_ms", "<", 100, "honest meter's p50 under a 60k/s flood (was 412 ms)"),
     "demo": ("simulated_day_wall_s", "<", 180, "make demo: the simulated day, wall seconds"),
+    "fleet": [
+        ("outage.day_outage_drain_min", "<=", 15,
+         "a day's spools of 1,000 meters drained, minutes, from the measured rate"),
+        ("outage.lost", "<=", 0, "readings lost in the drain"),
+        ("outage.duplicates", "<=", 0, "readings stored twice in the drain"),
+        ("steady.cpu_share", "<=", 0.05,
+         "1,000 meters every 10 s: gateway CPU, share of one core"),
+        ("steady.rss_mb", "<=", 150, "the same: resident memory of every gateway process, MB"),
+        ("steady.fsyncs_per_reading", "<=", 0.1, "the same: fsyncs per reading"),
+    ],
 }
 
 
@@ -81,41 +92,89 @@ def _module_doc(name: str) -> str:
     return (module.__doc__ or "").strip()
 
 
-def write_summary() -> None:
-    lines = [
-        "# Benchmarks",
-        "",
-        "Written by `make bench` (`python -m bench`) from the JSON files under `out/bench/`.",
-        "Ratios are measured against a baseline in the same run; absolute figures come from",
-        "one 2-core machine and move with it.",
-        "",
-        "| benchmark | target | value | status |",
-        "|---|---|---|---|",
-    ]
-    details = []
-    for path in sorted(OUT.glob("*.json")):
-        name = path.stem
+HEADER = [
+    "# Benchmarks",
+    "",
+    "Written by `make bench` (`python -m bench`) from the JSON files under `out/bench/`.",
+    "Ratios are measured against a baseline in the same run; absolute figures come from",
+    "one 2-core machine and move with it.",
+    "",
+    "| benchmark | target | value | status |",
+    "|---|---|---|---|",
+]
+
+
+def _parse_summary(text: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """An existing summary: its table rows and its sections (the lines after "## NAME"),
+    each by benchmark name."""
+    rows: dict[str, list[str]] = {}
+    sections: dict[str, list[str]] = {}
+    current = None
+    fenced = False  # inside a ``` block (a JSON result): no headings there
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if line.startswith("## ") and not fenced:
+            current = line[3:].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+        elif line.startswith("| ") and not line.startswith(("| benchmark |", "|---")):
+            rows.setdefault(line.split("|")[1].strip(), []).append(line)
+    for lines in sections.values():  # the blank lines around a section are the writer's
+        while lines and not lines[0].strip():
+            lines.pop(0)
+        while lines and not lines[-1].strip():
+            lines.pop()
+    return rows, sections
+
+
+def _rows(name: str, result: dict) -> list[str]:
+    return [f"| {name} | `{key}` {op} {bound} ({what}) | {_value(result, key)} | "
+            f"{_check(result, target)} |"
+            for target in _targets(name) for key, op, bound, what in [target]]
+
+
+def _section(name: str, result: dict) -> list[str]:
+    lines = []
+    doc = _module_doc(name)
+    if doc:
+        lines += [f"What `bench/bench_{name}.py` measures:", "", doc, ""]
+    return lines + ["```json", json.dumps(result, indent=1), "```"]
+
+
+def write_summary(names: list[str], out: Path = OUT, doc: Path = DOC) -> None:
+    """Update ``doc`` for the benchmarks ``names`` (the ones just run) from their JSON
+    under ``out``: their table rows and sections are written anew, every other
+    benchmark's are kept as they are, so `python -m bench NAME` changes only NAME's.
+    Results of other tools summarised here (out/bench/fuzz.json of `make fuzz`: no
+    bench module) are refreshed from their JSON on every run."""
+    rows, sections = _parse_summary(doc.read_text()) if doc.exists() else ({}, {})
+    benches = set(available())
+    update = set(names) | {p.stem for p in out.glob("*.json") if p.stem not in benches}
+    for name in sorted(update):
+        path = out / f"{name}.json"
+        if not path.exists():
+            continue
         result = json.loads(path.read_text())
-        for target in _targets(name):
-            key, op, bound, what = target
-            lines.append(f"| {name} | `{key}` {op} {bound} ({what}) | "
-                         f"{_value(result, key)} | {_check(result, target)} |")
-        details += ["", f"## {name}", ""]
-        doc = _module_doc(name)
-        if doc:
-            details += [f"What `bench/bench_{name}.py` measures:", "", doc, ""]
-        details += ["```json", json.dumps(result, indent=1), "```"]
-    DOC.write_text("\n".join(lines + details) + "\n")
+        rows[name] = _rows(name, result)
+        sections[name] = _section(name, result)
+    lines = list(HEADER)
+    for name in sorted(rows):
+        lines += rows[name]
+    for name in sorted(sections):
+        lines += ["", f"## {name}", ""] + sections[name]
+    doc.write_text("\n".join(lines) + "\n")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {available()})")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     names = args.names or available()
     unknown = [n for n in names if n not in available()]
     if unknown:
@@ -133,8 +192,8 @@ def main() -> int:
         print(f"bench {name}: {time.monotonic() - t0:.1f} s -> out/bench/{name}.json {status}")
         if status == "NOT met":
             failed.append(name)
-    write_summary()
-    print(f"summary: {DOC.relative_to(REPO)}")
+    write_summary(names, OUT, DOC)
+    print(f"summary: {DOC.relative_to(REPO) if DOC.is_relative_to(REPO) else DOC}")
     if failed:
         print(f"targets not met: {failed}", file=sys.stderr)
         return 1

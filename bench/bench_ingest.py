@@ -469,6 +469,10 @@ def _loadgen(params):
                 send(m, now)
         poll(0.01, recording)
     window = time.perf_counter() - measure_from
+    if not stats["acked"]:
+        raise RuntimeError(
+            f"no reading was acknowledged in the {window:.1f} s measuring window: the gateway "
+            "is stuck or the machine is too loaded to measure (run the benchmark alone)")
     max_rate = stats["acked"] / window
     gateway_cores = (_cpu_seconds(gateway) - cpu_from[0]) / window
     loadgen_cores = (time.process_time() - cpu_from[1]) / window

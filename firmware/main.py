@@ -177,7 +177,11 @@ async def commission_async(polls, adapters, scan_timeout_ms=_SCAN_TIMEOUT_MS):
     report.update(poller.link)
     if ok:
         report["serial"] = await poller.serial_number()
-    answered = ok or poller.link["exceptions"] or poller.link["crc_errors"]
+    # a meter that answered with values the device refuses (a reversed CT at a consumer's
+    # site, a value out of range) is at its address: no scan, its flags say what is wrong
+    link = poller.link
+    failed = link["crc_errors"] + link["no_reply"] + link["exceptions"] + link["wrong_address"]
+    answered = ok or link["exceptions"] or link["crc_errors"] or poller.requests > failed
     if not answered:
         # the model's default address first, then every address; one meter per bus: the
         # first that answers is the suggestion

@@ -35,7 +35,6 @@ from gateway.coap_lean import bind_udp
 from gateway.commissioning import CommissioningResource
 from gateway.enrolment import EnrolmentResource
 from gateway.errors import GatewayError
-from gateway.http_status import StatusHttp
 from gateway.ingest import Ingest
 from gateway.metrics import GatewayMetrics
 from gateway.verify import Policy
@@ -66,7 +65,7 @@ class IngestService:
         cfg = self.config
         self.writer = ReadingWriter(
             cfg.db_path, cfg.ingest.commit_linger_ms / 1000.0, cfg.ingest.commit_max_rows,
-            self.metrics,
+            self.metrics, window_s=cfg.ingest.commit_window_ms / 1000.0,
         )
         self.writer.start()  # opens and migrates the database
         self._registry_conn = store.connect(cfg.db_path)
@@ -93,6 +92,10 @@ class IngestService:
             await self.coap.start()
         except OSError as e:
             raise port_error(cfg, e) from None
+        if cfg.coap.front_end == "lean":
+            # while a small group waits for its commit window, the datagrams wait in the
+            # socket: read in one go when it ends (gateway.writer, "window")
+            self.writer.on_window = self.coap.pause_reading
 
     def refresh_registry(self):
         version = registry.registry_version(self._registry_conn)
@@ -306,6 +309,9 @@ class Gateway:
             await self.service.start()
         self._registry_conn = store.connect(cfg.db_path, readonly=True)
         if self._http_enabled:
+            # imported here: the ingest processes never load aiohttp (~15 MB each)
+            from gateway.http_status import StatusHttp
+
             http = StatusHttp(cfg.db_path, _MetricsView(self), self.live, cfg.http.bind,
                               cfg.http.port, config=cfg)
             try:

@@ -118,6 +118,16 @@ def add_device_commands(dev_sub):
                    help="current transformer rating in A (default: the model's, 100 A)")
     p.set_defaults(func=_guard(cmd_device_add))
 
+    p = dev_sub.add_parser(
+        "import", parents=[with_config], help="register many meters from a CSV file",
+        description="Register every meter of a CSV file in one transaction: all of them, "
+                    "or none if any line is wrong (the error names the line). The first "
+                    "line names the columns: id, pubkey, model, owner, label and optionally "
+                    "ct_rating_a, with the values `device add` takes.")
+    p.add_argument("file", metavar="FILE", help="the CSV file (- for standard input)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_guard(cmd_device_import))
+
     p = dev_sub.add_parser("list", parents=[with_config], help="list registered meters")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_guard(cmd_device_list))
@@ -414,6 +424,69 @@ def cmd_device_add(args):
         conn.close()
     print(f"added {d.id.hex()} ({d.label}, {d.model}, owner {d.owner}, "
           f"CT {d.ct_rating_a:g} A)")
+    return 0
+
+
+IMPORT_COLUMNS = ("id", "pubkey", "model", "owner", "label")
+IMPORT_OPTIONAL = ("ct_rating_a",)
+
+
+def cmd_device_import(args):
+    import csv
+
+    if args.file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidDevice(f"{args.file}: cannot read: {e}") from None
+    rows = list(csv.reader(text.splitlines()))
+    if not rows:
+        raise InvalidDevice(f"{args.file}: empty; the first line names the columns "
+                            f"{', '.join(IMPORT_COLUMNS + IMPORT_OPTIONAL)}")
+    header = [h.strip().lower() for h in rows[0]]
+    missing = [c for c in IMPORT_COLUMNS if c not in header]
+    unknown = [h for h in header if h not in IMPORT_COLUMNS + IMPORT_OPTIONAL]
+    if missing or unknown or len(set(header)) != len(header):
+        raise InvalidDevice(
+            f"{args.file} line 1: columns {', '.join(header) or '(none)'}; expected "
+            f"{', '.join(IMPORT_COLUMNS)} and optionally {', '.join(IMPORT_OPTIONAL)}, "
+            "each once")
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    added = 0
+    try:
+        with store.immediate(conn):
+            for number, row in enumerate(rows[1:], start=2):
+                if not any(cell.strip() for cell in row):
+                    continue  # a blank line
+                if len(row) != len(header):
+                    raise InvalidDevice(f"{args.file} line {number}: {len(row)} values for "
+                                        f"{len(header)} columns")
+                values = {h: v.strip() for h, v in zip(header, row, strict=True)}
+                try:
+                    rating = values.get("ct_rating_a") or None
+                    if rating is not None:
+                        try:
+                            rating = float(rating)
+                        except ValueError:
+                            raise InvalidDevice(f"ct_rating_a {rating!r}: not a number") from None
+                    registry.add_device(
+                        conn, registry.parse_device_id(values["id"]),
+                        registry.parse_pubkey(values["pubkey"]),
+                        registry.parse_model(values["model"]),
+                        registry.parse_owner(values["owner"]), values["label"], rating)
+                except GatewayError as e:
+                    raise type(e)(f"{args.file} line {number}: {e}; nothing was added") from None
+                added += 1
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps({"added": added}))
+    else:
+        print(f"added {added} devices; the running gateway accepts their readings within a "
+              "second")
     return 0
 
 

@@ -71,6 +71,11 @@ SOURCES_MAX = 4096
 # keeps its rate.
 REJECT_WEIGHT = 20
 READ_BATCH = 64  # datagrams read per wakeup of the event loop, at most
+# While paused (pause_reading, the writer's commit window) the socket is not read; past
+# this long reading resumes by itself whatever the caller does.
+PAUSE_MAX_S = 2.0
+# What one resume reads before going back to the event loop, at most (READ_BATCH each).
+RESUME_READS = 64
 _RECV_SIZE = MAX_DATAGRAM + 1
 
 _CON, _NON, _ACK, _RST = coap.CON, coap.NON, coap.ACK, coap.RST
@@ -143,6 +148,7 @@ class LeanCoapServer(asyncio.DatagramProtocol):
         self._clock = clock
         self._limiter = RateLimiter(window=60.0, global_max=10)
         self._sock = None  # after start()
+        self._paused = None  # while paused: the timer that resumes reading regardless
         self._transport = None  # when driven as a DatagramProtocol
         self._sendto = None  # (bytes, address) -> None
         self._tasks = set()
@@ -167,9 +173,44 @@ class LeanCoapServer(asyncio.DatagramProtocol):
         self._sendto = self._send_datagram
         self.port = sock.getsockname()[1]
 
+    def pause_reading(self, paused):
+        """Stop reading the socket (``paused``), or read what came meanwhile and go on.
+
+        The writer pauses reading while a small group of readings waits for its commit
+        window (:class:`gateway.writer.ReadingWriter`): the datagrams wait in the
+        socket's receive buffer instead of waking the event loop one by one, and are
+        read in one go when the window ends, so they join its COMMIT. Not paused while
+        under pressure (a burst or a flood: the buffer must not fill), and never for
+        more than PAUSE_MAX_S. Only with the socket read by :meth:`start`."""
+        if self._sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        if paused:
+            if self._paused is None and not self.under_pressure:
+                loop.remove_reader(self._sock.fileno())
+                self._paused = loop.call_later(PAUSE_MAX_S, self.pause_reading, False)
+            return
+        if self._paused is None:
+            return
+        self._paused.cancel()
+        self._paused = None
+        for _ in range(RESUME_READS):
+            self._read_ready()
+            if not self.under_pressure or self._sock is None:
+                break
+        if self._sock is not None:
+            loop.add_reader(self._sock.fileno(), self._read_ready)
+
+    @property
+    def paused(self):
+        return self._paused is not None
+
     async def close(self):
         """Stop reading, give requests in the handler ``drain_s`` to be answered, then
         cancel the rest and close the socket."""
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
         if self._sock is not None:
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
         elif self._transport is not None:

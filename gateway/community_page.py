@@ -5,9 +5,9 @@ are drawn by ``gateway/web/community.js`` with Apache ECharts from the same data
 the page carries as JSON. Two ways to ship the scripts:
 
 - ``served``: the gateway's web server (``/community``) links ``/assets/...``: ECharts
-  from ``node_modules/echarts`` (pinned in package.json, installed by ``make setup``,
-  which the gateway needs anyway for the embedded anvil), the page script and style
-  from ``gateway/web/``;
+  from ``node_modules/echarts`` (pinned in package.json, installed by
+  ``make setup-gateway CHAIN=1`` with the embedded anvil, or ``make setup``), the page
+  script and style from ``gateway/web/``;
 - ``inline``: everything inside one file (the demo's ``report.html``): it opens
   offline, from a file, with nothing else.
 
@@ -45,8 +45,9 @@ def asset(name):
     try:
         return path.read_bytes()
     except OSError:
-        raise AssetMissing(f"{path} is missing: run `make setup` (it installs ECharts from "
-                           "package.json into node_modules)") from None
+        raise AssetMissing(f"{path} is missing: run `make setup-gateway CHAIN=1` on a gateway, "
+                           "`make setup` on a developer machine (either installs ECharts "
+                           "from package.json into node_modules)") from None
 
 
 def _e(value):

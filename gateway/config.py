@@ -189,6 +189,10 @@ SCHEMA = {
         "commit_linger_ms": (_Number(0.0, 0.0, 100.0),
                              "group commit: wait this long for more readings before COMMIT "
                              "(0 = commit what one turn of the event loop verified)"),
+        "commit_window_ms": (_Number(250.0, 0.0, 2000.0),
+                             "group commit: wait up to this long for other meters' readings "
+                             "when their recent rate says some will come (one fsync for all: "
+                             "SD card wear); 0 = never wait"),
         "commit_max_rows": (_Int(2000, 1, 100000), "group commit: at most this many rows"),
         "max_pending_readings": (_Int(20000, 100, 10_000_000),
                                  "above this backlog answer 5.03 Service Unavailable"),
@@ -255,6 +259,7 @@ class IngestConfig:
     voltage_max_v: float
     processes: object  # "auto" or int
     commit_linger_ms: float
+    commit_window_ms: float
     commit_max_rows: int
     max_pending_readings: int
     overload_max_age_s: int

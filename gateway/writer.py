@@ -327,6 +327,14 @@ class ReadingWriter:
     reaches ``max_rows``. Under load a loop turn handles everything the front end read
     in one wakeup, so groups grow with the load by themselves.
 
+    Many meters each sending now and then (1,000 meters every 10 s) would make every
+    reading a COMMIT of its own, and every COMMIT an fsync: the SD card of a gateway
+    wears by writes. So a group that starts small waits up to ``window_s`` for more when
+    readings of OTHER meters are expected meanwhile (their rate over the last second
+    says at least one will come): one fsync then holds them all. A group of
+    ``GROUP_ENOUGH`` readings or more goes at once (the fsync is shared enough), and a
+    meter alone waits for nobody. Acknowledgements still follow the COMMIT.
+
     The checks and INSERTs run in the event loop; the COMMIT (the wait for the disk)
     runs in a helper thread while the loop goes on verifying the next requests (SQLite
     releases the GIL meanwhile), and the next group starts when it has returned.
@@ -341,10 +349,28 @@ class ReadingWriter:
     # chain link or the CLI: retry soon and often (a failed BEGIN costs microseconds).
     RETRY_FIRST_S = 0.0005
     RETRY_MAX_S = 0.002
+    # A group this large shares its fsync well enough: it does not wait for the window.
+    GROUP_ENOUGH = 32
 
-    def __init__(self, db_path, linger_s=0.0, max_rows=2000, metrics=None, lock_timeout_s=10.0):
+    def __init__(self, db_path, linger_s=0.0, max_rows=2000, metrics=None, lock_timeout_s=10.0,
+                 window_s=0.0, clock=time.monotonic):
         self._db_path = Path(db_path)
         self._linger = linger_s
+        self._window = window_s
+        self._clock = clock
+        self._windowed = False  # the scheduled commit waits for the window
+        # on_window(True) when a group starts waiting for the window, on_window(False)
+        # when it ends, just before the COMMIT: the front end stops reading meanwhile and
+        # then reads what came, so it joins this COMMIT (one wakeup per window instead
+        # of one per datagram). Set by the app.
+        self.on_window = None
+        self._draining = False  # inside on_window(False): no new group is scheduled
+        # readings and distinct devices submitted in the current second, and the rate
+        # of readings of "other" devices measured over the second before
+        self._second = None
+        self._second_rows = 0
+        self._second_devices = set()
+        self._others_per_s = 0.0
         self._max_rows = max_rows
         self._metrics = metrics
         self._lock_timeout = lock_timeout_s
@@ -399,6 +425,8 @@ class ReadingWriter:
         self._conn = None
 
     def submit(self, device_id, readings, received_ms):
+        if self._window > 0:
+            self._count_rate(device_id, len(readings))
         future = asyncio.get_running_loop().create_future()
         self._next_job += 1
         job = self._next_job
@@ -423,18 +451,70 @@ class ReadingWriter:
         if self._committing is None:
             self._schedule()
 
+    def _count_rate(self, device_id, rows):
+        second = int(self._clock())
+        if second != self._second:
+            devices = len(self._second_devices)
+            # readings/s of devices other than any one of them, over the last full second
+            recent = second - 1 == self._second and devices > 1
+            self._others_per_s = self._second_rows * (devices - 1) / devices if recent else 0.0
+            self._second = second
+            self._second_rows = 0
+            self._second_devices.clear()
+        self._second_rows += rows
+        self._second_devices.add(device_id)
+
+    @property
+    def others_per_s(self):
+        """Readings per second of devices other than any one of them, over the last
+        full second (what a group waiting for the window can expect to gather)."""
+        return self._others_per_s
+
+    def _wait_s(self):
+        # How long a new group waits before its COMMIT: the linger if configured, the
+        # window while other meters' readings are expected within it, else no time.
+        if self._linger > 0:
+            return self._linger
+        if (self._window > 0 and self._group_rows < self.GROUP_ENOUGH
+                and self._others_per_s * self._window >= 1.0):
+            return self._window
+        return 0.0
+
     def _schedule(self):
-        # The group waits for the end of this loop turn (or the linger), or goes now if
-        # it is full; close(), the lock retry timer or the end of a COMMIT in flight
-        # take it on otherwise.
-        if not self._group or self._closing or self._locked_since is not None:
+        # The group waits for the end of this loop turn (or the linger, or the window),
+        # or goes now if it is full; close(), the lock retry timer or the end of a COMMIT
+        # in flight take it on otherwise.
+        if not self._group or self._closing or self._locked_since is not None or self._draining:
             return
         if self._group_rows >= self._max_rows:
             self.commit()
-        elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = (loop.call_later(self._linger, self.commit) if self._linger > 0
-                           else loop.call_soon(self.commit))
+            return
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            if self._windowed and self._group_rows >= self.GROUP_ENOUGH:
+                self._timer.cancel()  # enough readings to share the fsync: go at once
+                self._timer = loop.call_soon(self.commit)
+            return
+        wait = self._wait_s()
+        if wait > 0 and self._linger <= 0:
+            self._windowed = True
+            self._timer = loop.call_later(wait, self.commit)
+            if self.on_window is not None:
+                self.on_window(True)
+        else:
+            self._timer = loop.call_later(wait, self.commit) if wait > 0 else loop.call_soon(
+                self.commit)
+
+    def _end_window(self):
+        # The group's wait is over: the front end reads what came meanwhile (its
+        # requests join the group), then the group is committed.
+        self._windowed = False
+        if self.on_window is not None:
+            self._draining = True
+            try:
+                self.on_window(False)
+            finally:
+                self._draining = False
 
     def _take_group(self):
         group = self._group
@@ -448,6 +528,8 @@ class ReadingWriter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._windowed:
+            self._end_window()
         if not self._group or self._committing is not None:
             return True
         rows = self._group_rows

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wattcore.modbus_rtu import KINDS, MAX_READ_COUNT
@@ -68,6 +68,13 @@ FIELD_NAMES = (
 )
 REQUIRED_FIELDS = ("power_W", "import_Wh")
 COUNTER_FIELDS = ("import_Wh", "export_Wh")
+# What a three-phase meter reports for each phase (``per_phase``), in the fields' units;
+# the first phase's voltage and current are the reading's fields.
+PHASE_FIELD_NAMES = ("voltage_dV", "current_mA", "power_W")
+# Configuration registers a meter answers with function 03 (``holding``), besides its
+# serial number. Values come from the meter's state (its slave address).
+HOLDING_NAMES = ("slave_address",)
+GENERAL_ADDRESSES = (0xF8, 0xFF)  # lo, hi: outside the 1..247 slave range
 
 # Registers (16-bit words) each data kind occupies; the kinds are those the firmware's
 # decoder (wattcore.modbus_rtu.decode_value) understands.
@@ -201,6 +208,33 @@ class SerialNumberMap:
 
 
 @dataclass(frozen=True)
+class PhaseMap:
+    """Where each phase's value of one quantity sits: ``registers[k]`` is phase L(k+1);
+    protocol value = register value * num / den."""
+
+    registers: tuple[int, ...]
+    kind: str
+    num: int
+    den: int
+
+    def field(self, phase: int) -> FieldMap:
+        return FieldMap(register=self.registers[phase], kind=self.kind, num=self.num,
+                        den=self.den)
+
+
+@dataclass(frozen=True)
+class HoldingMap:
+    """A configuration register, read with function 03."""
+
+    register: int
+    kind: str
+
+    @property
+    def width(self) -> int:
+        return KIND_WIDTH[self.kind]
+
+
+@dataclass(frozen=True)
 class Meter:
     id: str
     name: str
@@ -216,6 +250,9 @@ class Meter:
     fields: dict[str, FieldMap]
     path: Path
     serial_number: SerialNumberMap | None = None  # None: the meter has none to read
+    general_address: int | None = None  # also answered, on a one-meter link (PZEM 0xF8)
+    holding: dict[str, HoldingMap] = field(default_factory=dict)
+    per_phase: dict[str, PhaseMap] = field(default_factory=dict)  # three-phase meters
 
     def block_of(self, register: int, width: int = 1) -> int | None:
         """Index of the block holding ``width`` registers from ``register``, or None."""
@@ -375,13 +412,70 @@ def _fields(top: Table, blocks: tuple[Block, ...]) -> dict[str, FieldMap]:
     return fields
 
 
+def _per_phase(top: Table, phases: int, blocks: tuple[Block, ...],
+               fields: dict[str, FieldMap]) -> dict[str, PhaseMap]:
+    if not top.has("per_phase"):
+        return {}
+    if phases == 1:
+        top.fail("per_phase", "only for a three-phase meter (phases = 3)")
+    table = top.table("per_phase", PHASE_FIELD_NAMES)
+    out: dict[str, PhaseMap] = {}
+    used: dict[int, str] = {}  # register -> what sits there
+    for name in PHASE_FIELD_NAMES:
+        if not table.has(name):
+            continue
+        entry = table.table(name, ("registers", "kind", "scale"))
+        raw = entry.raw("registers")
+        if (not isinstance(raw, list) or len(raw) != phases
+                or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 0xFFFF
+                           for r in raw)):
+            entry.fail("registers", f"must be a list of {phases} registers 0x0000..0xFFFF, "
+                                    "one per phase (L1 first)")
+        kind = entry.choice("kind", tuple(sorted(KINDS)))
+        num, den = _scale(entry)
+        pmap = PhaseMap(registers=tuple(raw), kind=kind, num=num, den=den)
+        for phase, register in enumerate(pmap.registers):
+            one = pmap.field(phase)
+            last = register + one.width - 1
+            what = f"per_phase.{name}.registers[{phase}]"
+            if not any(b.start <= register and last < b.end for b in blocks):
+                entry.fail("registers", f"0x{register:04X} (L{phase + 1}) must lie inside one "
+                                        "block of modbus.blocks", value=raw)
+            for other_name, other in fields.items():
+                if register <= other.register + other.width - 1 and other.register <= last:
+                    if phase == 0 and other_name == name and other == one:
+                        continue  # the reading's field is this phase's (L1) value
+                    entry.fail("registers", f"0x{register:04X} (L{phase + 1}) overlaps "
+                                            f"fields.{other_name}", value=raw)
+            for r in range(register, last + 1):
+                if r in used:
+                    entry.fail("registers", f"0x{register:04X} (L{phase + 1}) overlaps "
+                                            f"{used[r]}", value=raw)
+                used[r] = what
+        out[name] = pmap
+    return out
+
+
+def _holding(top: Table) -> dict[str, HoldingMap]:
+    if not top.has("holding"):
+        return {}
+    table = top.table("holding", HOLDING_NAMES)
+    out: dict[str, HoldingMap] = {}
+    for name in HOLDING_NAMES:
+        if table.has(name):
+            entry = table.table(name, ("register", "kind"))
+            out[name] = HoldingMap(register=entry.integer("register", 0, 0xFFFE, hex_digits=4),
+                                   kind=entry.choice("kind", tuple(sorted(KINDS))))
+    return out
+
+
 def load_meter(path) -> Meter:
     """Load and validate a meter file; raise ConfigError naming file, key and allowed values."""
     path = Path(path)
     data, where = read_toml(path)
     top = Table(data, where, "", ("id", "name", "model_code", "model", "phases",
                                    "ct_rating_A", "notes", "serial", "modbus", "fields",
-                                   "serial_number"))
+                                   "serial_number", "holding", "per_phase"))
     ident = _check_id(top, path)
     name = top.text("name", 80)
     model_code = top.integer("model_code", 1, MAX_MODEL_CODE)
@@ -398,8 +492,10 @@ def load_meter(path) -> Meter:
         parity=serial.choice("parity", PARITIES),
         stop_bits=serial.choice("stop_bits", STOP_BITS),
     )
-    modbus = top.table("modbus", ("default_slave", "function", "blocks"))
+    modbus = top.table("modbus", ("default_slave", "general_address", "function", "blocks"))
     default_slave = modbus.integer("default_slave", 1, 247)
+    general_address = (modbus.integer("general_address", *GENERAL_ADDRESSES, hex_digits=2)
+                       if modbus.has("general_address") else None)
     function = modbus.choice("function", FUNCTIONS)
     blocks = _blocks(modbus)
     fields = _fields(top, blocks)
@@ -415,6 +511,8 @@ def load_meter(path) -> Meter:
         ct_rating_A=ct_rating_a,
         notes=notes.strip(), serial=settings, default_slave=default_slave, function=function,
         blocks=blocks, fields=fields, path=path, serial_number=serial_number,
+        general_address=general_address, holding=_holding(top),
+        per_phase=_per_phase(top, phases, blocks, fields),
     )
 
 

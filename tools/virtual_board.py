@@ -23,6 +23,23 @@ VM on the same folder. Its meter bus is a TCP connection to the meter simulator
 named in its ``device.json``, and the firmware finds its ports built in
 (``emulated_adapters``) where an ESP32 has ``app.esp32_adapters``.
 
+``--port-link PATH`` also puts its port at a fixed path (a symbolic link to the pty, made
+again at each start, as ``/dev/serial/by-id/...`` names a USB board whatever its tty
+number): a board powered off and on keeps the port name its users were given.
+
+A rack of virtual boards switched by a relay (the hardware-in-the-loop bench mode's power
+command on virtual boards, docs/hil.md)::
+
+    python -m tools.virtual_board relay --rack DIR on board1    # powers DIR/board1 on
+    python -m tools.virtual_board relay --rack DIR off board1   # cuts its power (SIGKILL)
+
+Each board of the rack lives in ``DIR/ID`` (its folder as above), its port at
+``DIR/ID/serial``; ``DIR/ID/wiring.json`` (``{"meter_tcp": "HOST:PORT"}``, optional,
+:func:`wire`) says what its meter bus is connected to. ``on`` starts the board in the
+background (its log in ``DIR/ID/board.log``) and returns once its port is there; ``on``
+a board that runs does nothing. ``off`` kills the board and its VM at once, like pulling
+its supply; ``off`` a board that is off does nothing.
+
 Stopping this process (SIGTERM, SIGINT) or killing it is a power cut; SIGUSR1 presses
 the reset button (the VM stops where it is and the board boots again). Ctrl-C stops a
 program that awaits (the firmware always does); a statement that computes forever
@@ -162,7 +179,8 @@ class _Life:
 class VirtualBoard:
     """The supervisor: owns the pty, runs one VM life after another."""
 
-    def __init__(self, folder: Path, meter_tcp: str | None = None, hwid: str | None = None):
+    def __init__(self, folder: Path, meter_tcp: str | None = None, hwid: str | None = None,
+                 port_link: Path | None = None):
         self.folder = Path(folder)
         self.hwid = board_identity(self.folder, hwid)
         self.meter_tcp = meter_tcp
@@ -170,6 +188,12 @@ class VirtualBoard:
         tty.setraw(self._slave)  # a serial line: no echo, no line editing, bytes as they are
         os.set_blocking(self.master, False)
         self.port = os.ttyname(self._slave)
+        self.port_link = port_link
+        if port_link is not None:
+            tmp = port_link.with_name(port_link.name + ".new")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(self.port)
+            tmp.replace(port_link)  # atomic: never a moment with a half-made link
         self._output = bytearray()
         self._rtc_offset: float | None = None
         self._stop = False
@@ -211,6 +235,8 @@ class VirtualBoard:
             self._to_serial()
         if self.life:
             self.life.kill()
+        if self.port_link is not None and os.path.realpath(self.port_link) == self.port:
+            self.port_link.unlink(missing_ok=True)  # unplugged
         return 0
 
     def _on_stop(self, signum, frame) -> None:
@@ -374,7 +400,134 @@ class BoardProcess:
         self.log.close()
 
 
+# ---- a rack of virtual boards behind a relay ------------------------------------------
+
+WIRING = "wiring.json"  # what the board's meter bus is connected to
+POWER_PID = "power.pid"  # the running board's process (a session of its own), while on
+PORT_LINK = "serial"  # the board's port, a fixed path
+POWER_ON_S = 15.0  # longest wait for a powered board's port
+
+
+def rack_board(rack: Path, board_id: str) -> Path:
+    """The folder of board ``board_id`` in ``rack`` (ConfigError for a name that is not
+    a plain folder name)."""
+    if not board_id or board_id in (".", "..") or "/" in board_id:
+        raise ConfigError(f"relay id {board_id!r}: expected a board's folder name in the rack "
+                          f"{rack} (letters, digits, - and _)")
+    return Path(rack).resolve() / board_id
+
+
+def wire(folder: Path, meter_tcp: str | None = None, hwid: str | None = None) -> Path:
+    """Wire a rack board: its meter bus to the simulator at ``meter_tcp`` (and, for a new
+    board, its hardware id). Its port will be at ``folder/serial``; returns that path."""
+    folder = Path(folder)
+    board_identity(folder, hwid)
+    (folder / WIRING).write_text(json.dumps({"meter_tcp": meter_tcp}) + "\n")
+    return folder / PORT_LINK
+
+
+def _running(folder: Path) -> int | None:
+    """The pid of the rack board running in ``folder``, None when it is off."""
+    try:
+        pid = int((folder / POWER_PID).read_text())
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    if state in ("Z", "X") or str(folder).encode() not in cmdline:
+        return None  # dead (not reaped yet), or the pid went to another process
+    return pid
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` has not finished dying (zombies have)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone while we looked
+        if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def power_on(folder: Path) -> str:
+    """Switch a rack board on (nothing if it runs); what happened, for the relay's log."""
+    folder = Path(folder)
+    link = folder / PORT_LINK
+    if _running(folder):
+        return f"{folder.name}: already on ({link})"
+    wiring = {}
+    if (folder / WIRING).exists():
+        try:
+            wiring = json.loads((folder / WIRING).read_text())
+        except ValueError:
+            raise ConfigError(f"{folder / WIRING}: unreadable; expected "
+                              '{"meter_tcp": "HOST:PORT"}') from None
+    cmd = [sys.executable, "-m", "tools.virtual_board", "--folder", str(folder),
+           "--port-link", str(link)]
+    if wiring.get("meter_tcp"):
+        cmd += ["--meter-tcp", str(wiring["meter_tcp"])]
+    folder.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    with open(folder / "board.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=log, cwd=REPO, start_new_session=True)
+    (folder / POWER_PID).write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + POWER_ON_S
+    while not os.path.exists(link):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            power_off(folder)
+            tail = (folder / "board.log").read_text(errors="replace")[-600:]
+            raise ConfigError(f"{folder.name}: the board did not come up: {tail.strip()}")
+        time.sleep(0.02)
+    return f"{folder.name}: on ({link} -> {os.path.realpath(link)})"
+
+
+def power_off(folder: Path) -> str:
+    """Cut a rack board's power: its process and its VM killed at once (nothing if off)."""
+    folder = Path(folder)
+    pid = _running(folder)
+    if pid is None:
+        (folder / POWER_PID).unlink(missing_ok=True)
+        return f"{folder.name}: already off"
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the board and its VM: one process group
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 5
+    while _group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (folder / POWER_PID).unlink(missing_ok=True)
+    (folder / PORT_LINK).unlink(missing_ok=True)  # its USB port goes away with the power
+    return f"{folder.name}: off"
+
+
+def relay_main(argv) -> int:
+    ap = argparse.ArgumentParser(
+        prog=f"{PROG} relay",
+        description="Switch the power of a board in a rack of virtual boards, as a bench's "
+                    "relay board does for real ones.")
+    ap.add_argument("--rack", required=True, type=Path,
+                    help="the rack's folder: one folder per board (DIR/ID)")
+    ap.add_argument("state", choices=("on", "off"))
+    ap.add_argument("id", help="the board (its folder name in the rack)")
+    args = ap.parse_args(argv)
+    try:
+        folder = rack_board(args.rack, args.id)
+        said = power_on(folder) if args.state == "on" else power_off(folder)
+    except ConfigError as e:
+        print(f"{PROG} relay: error: {e}", file=sys.stderr)
+        return 2
+    print(f"relay: {said}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["relay"]:
+        return relay_main(argv[1:])
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", required=True, type=Path,
@@ -383,9 +536,11 @@ def main(argv=None) -> int:
                     help="the meter simulator (python -m tools.meter_sim --tcp ...)")
     ap.add_argument("--hwid", metavar="12HEX",
                     help="hardware id of a new board (default: random); a board keeps its id")
+    ap.add_argument("--port-link", metavar="PATH", type=Path,
+                    help="also put the port at PATH (a symbolic link, made at each start)")
     args = ap.parse_args(argv)
     try:
-        board = VirtualBoard(args.folder, args.meter_tcp, args.hwid)
+        board = VirtualBoard(args.folder, args.meter_tcp, args.hwid, args.port_link)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

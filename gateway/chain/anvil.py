@@ -307,7 +307,8 @@ class Anvil:
             if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
                 raise AnvilNotInstalled(
                     f"{self.binary}: anvil binary not found or not executable"
-                    f" (run make setup, or set {ENV_ANVIL})")
+                    f" (run make setup-gateway CHAIN=1 on a gateway, make setup on a"
+                    f" developer machine, or set {ENV_ANVIL})")
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._stop_ticker()  # a crashed run's
             self._take_node_lock()

@@ -165,6 +165,41 @@ def test_compressed_public_key_is_accepted(gateway_dir, capsys):
     assert json.loads(out)["pubkey"] == m.pubkey.hex()
 
 
+def test_device_import_registers_every_line_or_none(gateway_dir, tmp_path, capsys):
+    conf = str(gateway_dir / "gateway.toml")
+    meters = [MeterKey() for _ in range(3)]
+    lines = ["id,pubkey,model,owner,label,ct_rating_a"]
+    lines += [f"{m.device_id.hex()},{m.pubkey.hex()},sdm120ct,{OWNER.lower()},house {i},"
+              for i, m in enumerate(meters[:2])]
+    good = tmp_path / "good.csv"
+    good.write_text("\n".join(lines) + "\n\n")
+    code, out, err = run(capsys, "device", "import", "--config", conf, str(good), "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"added": 2}
+    code, out, _ = run(capsys, "device", "list", "--config", conf, "--json")
+    listed = {d["id"]: d for d in json.loads(out)}
+    assert set(listed) == {m.device_id.hex() for m in meters[:2]}
+    first = listed[meters[0].device_id.hex()]
+    assert first["label"] == "house 0" and first["model"] == "SDM120CT"
+    assert first["owner"] == OWNER and first["ct_rating_a"] == 100  # the model's default
+    # A wrong line anywhere: nothing of the file is added, the error names the line.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,pubkey,model,owner,label,ct_rating_a\n"
+                   f"{meters[2].device_id.hex()},{meters[2].pubkey.hex()},SDM630CT,{OWNER},"
+                   "school,200\n"
+                   f"{meters[0].device_id.hex()},{meters[0].pubkey.hex()},SDM120CT,{OWNER},"
+                   "again,\n")
+    code, _, err = run(capsys, "device", "import", "--config", conf, str(bad))
+    assert code == 1 and "bad.csv line 3" in err and "already registered" in err
+    code, out, _ = run(capsys, "device", "list", "--config", conf, "--json")
+    assert len(json.loads(out)) == 2
+    # Wrong columns are named before anything is read.
+    cols = tmp_path / "cols.csv"
+    cols.write_text("id,key,model\n")
+    code, _, err = run(capsys, "device", "import", "--config", conf, str(cols))
+    assert code == 1 and "line 1" in err and "pubkey" in err
+
+
 def test_commands_on_a_missing_config_name_the_file(tmp_path, capsys):
     code, _, err = run(capsys, "device", "list", "--config", str(tmp_path / "none.toml"))
     assert code == 2 and "none.toml" in err and "gateway init" in err

@@ -652,3 +652,71 @@ def test_receive_buffer_capped_by_the_kernel_is_reported(caplog):
         granted = set_receive_buffer(sock, 2 * rmem_max)
         assert granted == rmem_max
         assert "receive buffer smaller" in caplog.text
+
+
+def test_paused_reading_leaves_datagrams_in_the_socket_until_resumed():
+    # The writer's commit window pauses reading: what comes meanwhile waits in the
+    # socket and is read, all of it, when reading resumes (just before the COMMIT).
+    async def scenario():
+        calls = []
+
+        async def handle(req):
+            calls.append(req)
+            return CoapResponse(exchange.CONTENT, TIME_MAP)
+
+        server = LeanCoapServer(handle, "127.0.0.1", 0)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            try:
+                server.pause_reading(True)
+                assert server.paused
+                for mid in range(5):
+                    sock.sendto(request(mid=mid), ("127.0.0.1", server.port))
+                # the kernel has them: a wait on our own socket lets the loop run a while
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(loop.sock_recv(sock, 2048), 0.3)
+                assert calls == []
+                server.pause_reading(False)
+                assert not server.paused
+                await asyncio.sleep(0)  # the handler tasks of what was read run
+                assert len(calls) == 5
+                mids = set()
+                while len(mids) < 5:
+                    raw = await asyncio.wait_for(loop.sock_recv(sock, 2048), 5)
+                    mids.add(coap.decode(raw).mid)
+                # reading goes on as usual afterwards
+                sock.sendto(request(mid=9), ("127.0.0.1", server.port))
+                raw = await asyncio.wait_for(loop.sock_recv(sock, 2048), 5)
+                assert coap.decode(raw).mid == 9
+            finally:
+                await server.close()
+        assert mids == set(range(5))
+
+    asyncio.run(scenario())
+
+
+def test_a_pause_ends_by_itself_if_nobody_resumes(monkeypatch):
+    from gateway import coap_lean
+
+    monkeypatch.setattr(coap_lean, "PAUSE_MAX_S", 0.05)
+
+    async def scenario():
+        async def handle(req):
+            return CoapResponse(exchange.CONTENT, TIME_MAP)
+
+        server = LeanCoapServer(handle, "127.0.0.1", 0)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            try:
+                server.pause_reading(True)
+                sock.sendto(request(mid=3), ("127.0.0.1", server.port))
+                raw = await asyncio.wait_for(loop.sock_recv(sock, 2048), 5)
+                assert coap.decode(raw).mid == 3 and not server.paused
+            finally:
+                await server.close()
+
+    asyncio.run(scenario())

@@ -397,3 +397,111 @@ def test_reject_counts_are_not_lost_with_a_failed_commit(tmp_path):
     conn.close()
     assert rows == {(m.device_id, "bad-signature"): 5, (b"", "cbor"): 5,
                     (m.device_id, "storage"): 5}
+
+
+class StepClock:
+    """The writer's rate clock, moved by hand (whole seconds)."""
+
+    def __init__(self):
+        self.now = 100.5
+
+    def __call__(self):
+        return self.now
+
+
+def run_windowed(cfg, body, window_s=30.0):
+    # A window far longer than any test: a group that waited for it would hang the test,
+    # so every group here is committed because of what it holds, never by the timer.
+    metrics = GatewayMetrics()
+    clock = StepClock()
+    windows = []
+
+    async def main():
+        writer = ReadingWriter(cfg.db_path, 0.0, 2000, metrics, window_s=window_s,
+                               clock=clock)
+        writer.on_window = windows.append
+        writer.start()
+        try:
+            return await body(writer, clock)
+        finally:
+            await writer.close()
+
+    return asyncio.run(main()), metrics, windows
+
+
+def test_a_meter_alone_never_waits_for_the_window(tmp_path):
+    meter = MeterKey()
+    cfg = write_config(tmp_path)
+    register(cfg, meter)
+
+    async def body(writer, clock):
+        outcomes = []
+        for seq in range(1, 6):  # one reading a second: nobody else to wait for
+            outcomes.append(await put(writer, meter, meter.reading(seq)))
+            clock.now += 1
+        return outcomes
+
+    outcomes, metrics, windows = run_windowed(cfg, body)
+    assert [o.new for o in outcomes] == [1] * 5
+    assert metrics.commit_rows.count == 5 and windows == []
+
+
+def test_many_meters_share_one_commit_through_the_window(tmp_path):
+    meters = [MeterKey() for _ in range(40)]
+    cfg = write_config(tmp_path)
+    register(cfg, *meters)
+
+    async def body(writer, clock):
+        # First second: 40 meters, each reading committed as it comes (no rate known yet).
+        for m in meters:
+            await put(writer, m, m.reading(1))
+        assert writer.others_per_s == 0.0
+        first = writer._metrics.commit_rows.count
+        clock.now += 1
+        # Next second: 39 readings/s of other meters are expected, so a small group
+        # waits; readings arriving in later loop turns join it, and once it holds
+        # GROUP_ENOUGH it is committed at once (not after the 30 s window).
+        futures = []
+        for m in meters[:ReadingWriter.GROUP_ENOUGH]:
+            futures.append(put(writer, m, m.reading(2)))
+            await asyncio.sleep(0)  # a loop turn of its own, as datagrams come
+            await asyncio.sleep(0)
+        outcomes = await asyncio.gather(*futures)
+        return first, outcomes, writer.others_per_s
+
+    (first, outcomes, rate), metrics, windows = run_windowed(cfg, body)
+    assert first == 40
+    assert rate == pytest.approx(39.0)
+    assert all(o.new == 1 and o.reason is None for o in outcomes)
+    assert metrics.commit_rows.count == 41  # the 32 readings of the second went in one COMMIT
+    assert windows == [True, False]  # reading paused for the window, resumed before COMMIT
+    assert len(stored(cfg)) == 40 + ReadingWriter.GROUP_ENOUGH
+
+
+def test_what_comes_in_while_reading_is_paused_joins_the_windowed_commit(tmp_path):
+    meters = [MeterKey() for _ in range(8)]
+    cfg = write_config(tmp_path)
+    register(cfg, *meters)
+    late = []
+
+    async def body(writer, clock):
+        for m in meters[:4]:  # a second of four meters: a rate of 3/s from others
+            await put(writer, m, m.reading(1))
+        clock.now += 1
+
+        def on_window(paused):
+            if not paused:  # the front end reads what waited in the socket: it joins
+                late.extend(put(writer, m, m.reading(1)) for m in meters[4:])
+
+        writer.on_window = on_window
+        waiting = put(writer, meters[0], meters[0].reading(2))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # waits for the window (3/s x 30 s >= 1 expected)
+        assert writer.commit() is True  # the window ends (here: now, by hand)
+        first = await waiting
+        return first, await asyncio.gather(*late)
+
+    (first, late_outcomes), metrics, _ = run_windowed(cfg, body)
+    assert first.new == 1 and [o.new for o in late_outcomes] == [1] * 4
+    assert metrics.commit_rows.count == 5  # 4 alone, then 1 + the 4 read at the window's end
+    assert len(stored(cfg)) == 9

@@ -243,7 +243,9 @@ def main(argv=None) -> int:
     slave = MeterSlave(model, address, faults)
     start = datetime.fromtimestamp(model.start, UTC).isoformat(timespec="seconds")
     shared = f" (shared clock ${simclock.ENV})" if isinstance(clock, SharedClock) else ""
-    _say(f"{meter.id} ({meter.name}, model {meter.model_code}) as slave {address}, "
+    general = (f" (and 0x{meter.general_address:02X}, the general address)"
+               if meter.general_address is not None else "")
+    _say(f"{meter.id} ({meter.name}, model {meter.model_code}) as slave {address}{general}, "
          f"profile {args.profile}, seed {args.seed}, speed {clock.speed:g}x{shared}, "
          f"simulated start {start}")
     if faults.faults:

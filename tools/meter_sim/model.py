@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from tools.board_config import COUNTER_FIELDS, FieldMap, Meter
+from tools.board_config import COUNTER_FIELDS, FUNCTIONS, FieldMap, Meter
 from tools.errors import ConfigError, MeterRequestError
 from tools.meter_sim.profiles import PROFILES, Profile, noise
 
@@ -42,6 +42,11 @@ class Sample:
     import_Wh: float
     export_Wh: float
     alarm: int = 0
+    # each phase, L1 first (one entry on a single-phase meter); the powers add up to
+    # power_W and the first voltage and current are voltage_dV and current_mA
+    phase_voltage_dV: tuple[float, ...] = ()
+    phase_current_mA: tuple[float, ...] = ()
+    phase_power_W: tuple[float, ...] = ()
 
 
 def meter_view(meter: Meter, sample: Sample, reversed_ct: bool = False) -> Sample:
@@ -54,11 +59,13 @@ def meter_view(meter: Meter, sample: Sample, reversed_ct: bool = False) -> Sampl
     if reversed_ct:
         sample = replace(sample, power_W=-sample.power_W,
                          power_factor_milli=-sample.power_factor_milli,
-                         import_Wh=sample.export_Wh, export_Wh=sample.import_Wh)
+                         import_Wh=sample.export_Wh, export_Wh=sample.import_Wh,
+                         phase_power_W=tuple(-p for p in sample.phase_power_W))
     if "export_Wh" not in meter.fields:
         sample = replace(sample, power_W=abs(sample.power_W),
                          power_factor_milli=abs(sample.power_factor_milli),
-                         import_Wh=sample.import_Wh + sample.export_Wh, export_Wh=0.0)
+                         import_Wh=sample.import_Wh + sample.export_Wh, export_Wh=0.0,
+                         phase_power_W=tuple(abs(p) for p in sample.phase_power_W))
     return sample
 
 
@@ -91,11 +98,16 @@ def encode_field(field: FieldMap, value: float, counter: bool = False,
 
 def encode_registers(meter: Meter, sample: Sample, reversed_ct: bool = False,
                      nan_fields: Iterable[str] = ()) -> dict[int, int]:
-    """Register address -> 16-bit value for every field of the meter (other registers of
-    its blocks read as 0)."""
+    """Register address -> 16-bit value for every field of the meter and every phase
+    value (``per_phase``); other registers of its blocks read as 0."""
     shown = meter_view(meter, sample, reversed_ct)
     nan_fields = set(nan_fields)
     registers: dict[int, int] = {}
+    for name, phases in meter.per_phase.items():  # first: a field (L1) may overwrite
+        values = getattr(shown, f"phase_{name}")
+        for phase, value in enumerate(values):
+            for i, word in enumerate(encode_field(phases.field(phase), value)):
+                registers[phases.registers[phase] + i] = word
     for name, field in meter.fields.items():
         words = encode_field(field, getattr(shown, name), counter=name in COUNTER_FIELDS,
                              nan=name in nan_fields)
@@ -178,18 +190,33 @@ class MeterModel:
             pf = 0.985 + 0.01 * noise(seed, "pf", t, 600.0)
         else:
             pf = 0.92 + 0.05 * noise(seed, "pf", t, 600.0)
-        amps = abs(p) / self.meter.phases / (volts * pf)
+        phase_volts, phase_powers = self._phases(t, volts, p)
+        phase_amps = [abs(pk) / (vk * pf) for vk, pk in zip(phase_volts, phase_powers,
+                                                            strict=True)]
         imported, exported = self.energy_Wh(t)
         return Sample(
             t=t,
-            voltage_dV=volts * 10.0,
-            current_mA=amps * 1000.0,
+            voltage_dV=phase_volts[0] * 10.0,
+            current_mA=phase_amps[0] * 1000.0,
             power_W=p,
             frequency_cHz=hertz * 100.0,
             power_factor_milli=(pf if p >= 0 else -pf) * 1000.0,
             import_Wh=imported,
             export_Wh=exported,
+            phase_voltage_dV=tuple(v * 10.0 for v in phase_volts),
+            phase_current_mA=tuple(a * 1000.0 for a in phase_amps),
+            phase_power_W=tuple(phase_powers),
         )
+
+    def _phases(self, t: float, volts: float, p: float) -> tuple[list[float], list[float]]:
+        """Each phase's voltage (V) and power (W) at ``t``: L1 at ``volts``, the others a
+        little apart; the load shared unevenly and slowly changing, adding up to ``p``."""
+        n, seed = self.meter.phases, self.seed
+        phase_volts = [volts] + [volts + 2.0 * noise(seed, f"voltage L{k + 1}", t, 700.0)
+                                 for k in range(1, n)]
+        weights = [1.0 + 0.3 * noise(seed, f"share L{k + 1}", t, 1200.0) for k in range(n)]
+        total = sum(weights)
+        return phase_volts, [p * w / total for w in weights]
 
     @property
     def serial_number(self) -> int:
@@ -198,37 +225,50 @@ class MeterModel:
         top = 0xFFFF if sn is not None and sn.kind == "u16" else 99_999_999
         return random.Random(f"{self.seed}:serial").randint(1, top)
 
-    def _serial_number_words(self, function, address, count):
+    def configuration_registers(self, function: int, slave: int) -> dict[int, int]:
+        """Register address -> 16-bit value of the registers a meter serves besides its
+        measurements, for ``function``: its serial number, and (function 03) its
+        configuration (``holding``: the slave address it answers)."""
+        registers: dict[int, int] = {}
         sn = self.meter.serial_number
-        if sn is None or function != sn.function or address != sn.register \
-                or count != sn.width:
-            return None
-        value = self.serial_number
-        if sn.kind == "u16":
-            return [value]
-        high, low = value >> 16, value & 0xFFFF
-        return [high, low] if sn.kind == "u32be_words" else [low, high]
+        if sn is not None and sn.function == function:
+            value = self.serial_number
+            words = ([value] if sn.kind == "u16" else
+                     [value >> 16, value & 0xFFFF] if sn.kind == "u32be_words" else
+                     [value & 0xFFFF, value >> 16])
+            registers.update((sn.register + i, w) for i, w in enumerate(words))
+        if function == 3:
+            values = {"slave_address": slave}
+            for name, holding in self.meter.holding.items():
+                words = encode_field(FieldMap(holding.register, holding.kind, 1, 1),
+                                     values[name])
+                registers.update((holding.register + i, w) for i, w in enumerate(words))
+        return registers
 
     def sample(self) -> Sample:
         """The sample at the clock's current time."""
         return self.sample_at(self.clock())
 
     def read_registers(self, function: int, address: int, count: int,
-                       reversed_ct: bool = False, nan_fields: Iterable[str] = ()) -> list[int]:
+                       reversed_ct: bool = False, nan_fields: Iterable[str] = (),
+                       slave: int | None = None) -> list[int]:
         """Serve a read request at the clock's current time, or raise MeterRequestError
-        with the exception code the meter answers with."""
-        words = self._serial_number_words(function, address, count)
-        if words is not None:
-            return words
-        if function != self.meter.function:
+        with the exception code the meter answers with. ``slave``: the address the meter
+        is set to (its holding register; default the meter's default_slave)."""
+        if function not in FUNCTIONS:
             raise MeterRequestError(ILLEGAL_FUNCTION,
-                                    f"function {function}: this meter serves only "
-                                    f"function {self.meter.function}")
+                                    f"function {function}: the meter serves reads with "
+                                    f"functions {' and '.join(map(str, FUNCTIONS))}")
         if not 1 <= count <= MAX_READ_COUNT:
             raise MeterRequestError(ILLEGAL_DATA_VALUE, f"count {count}: must be 1..125")
-        if self.meter.block_of(address, count) is None:
+        span = range(address, address + count)
+        other = self.configuration_registers(
+            function, self.meter.default_slave if slave is None else slave)
+        if other and all(r in other for r in span):
+            return [other[r] for r in span]
+        if function != self.meter.function or self.meter.block_of(address, count) is None:
             raise MeterRequestError(ILLEGAL_DATA_ADDRESS,
-                                    f"registers 0x{address:04X}+{count} are outside the "
-                                    "meter's register map")
+                                    f"function {function} registers 0x{address:04X}+{count} "
+                                    "are outside the meter's register map")
         registers = encode_registers(self.meter, self.sample(), reversed_ct, nan_fields)
-        return [registers.get(address + i, 0) for i in range(count)]
+        return [registers.get(r, 0) for r in span]

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from pymodbus.framer.rtu import FramerRTU
 
+from tools.board_config import FUNCTIONS
 from tools.errors import MeterRequestError
 from tools.meter_sim.faults import FaultPlan
 from tools.meter_sim.model import ILLEGAL_DATA_VALUE, ILLEGAL_FUNCTION, MeterModel
@@ -106,8 +107,12 @@ class MeterSlave:
         self.stats: Counter[str] = Counter()
 
     def handle(self, frame: bytes) -> bytes | None:
-        """Reply frame for one CRC-valid request frame, or None (not for us, or a fault)."""
-        if frame[0] != self.address:  # another slave's, or a broadcast: never answered
+        """Reply frame for one CRC-valid request frame, or None (not for us, or a fault).
+
+        A meter with a general address (PZEM: 0xF8) answers it too, as on a link with one
+        meter; the reply carries the address the request was sent to."""
+        if frame[0] not in (self.address, self.model.meter.general_address):
+            # another slave's, or a broadcast: never answered
             self.stats["other_address"] += 1
             return None
         self.requests += 1
@@ -127,7 +132,7 @@ class MeterSlave:
         if active.no_reply:
             log.info("request %d: fault no-reply", number)
             return None
-        address = self.address if active.reply_address is None else active.reply_address
+        address = frame[0] if active.reply_address is None else active.reply_address
         reply = bytes([address]) + pdu
         crc = crc_bytes(reply)
         if active.crc:
@@ -139,12 +144,13 @@ class MeterSlave:
 
     def _serve(self, function: int, data: bytes, reversed_ct: bool,
                nan_fields: tuple[str, ...]) -> bytes:
-        if function not in (3, 4):
+        if function not in FUNCTIONS:
             raise MeterRequestError(ILLEGAL_FUNCTION, f"function {function} is not served")
         if len(data) != 4:
             raise MeterRequestError(ILLEGAL_DATA_VALUE, "read request of the wrong length")
         address = int.from_bytes(data[0:2], "big")
         count = int.from_bytes(data[2:4], "big")
-        words = self.model.read_registers(function, address, count, reversed_ct, nan_fields)
+        words = self.model.read_registers(function, address, count, reversed_ct, nan_fields,
+                                          slave=self.address)
         log.debug("request %d: function %d 0x%04X+%d", self.requests, function, address, count)
         return bytes([function, 2 * count]) + b"".join(w.to_bytes(2, "big") for w in words)

@@ -31,12 +31,11 @@
 // MODE: power-on, hard-reset, watchdog, soft-reset, soft-reset-raw, friendly,
 //       friendly-prompt, raw
 import crypto from "node:crypto";
-import dgram from "node:dgram";
 import fs from "node:fs";
-import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
+import { meterBus, gatewayUdp } from "./ports.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROM = [
@@ -256,73 +255,8 @@ const storage = {
   },
 };
 
-let uartSock = null;
-let uartBuf = Buffer.alloc(0);
-let uartWaiter = null;
-function uartConnect() {
-  const i = opts.meterTcp.lastIndexOf(":");
-  const sock = net.connect({ host: opts.meterTcp.slice(0, i), port: Number(opts.meterTcp.slice(i + 1)) });
-  sock.setNoDelay(true);
-  sock.on("data", (d) => { uartBuf = Buffer.concat([uartBuf, d]); uartWake(); });
-  sock.on("error", () => {});
-  sock.on("close", () => { if (uartSock === sock) uartSock = null; });
-  uartSock = sock;
-}
-function uartTake(n) {
-  const taken = uartBuf.subarray(0, Math.min(n, uartBuf.length));
-  uartBuf = uartBuf.subarray(taken.length);
-  return Buffer.from(taken).toString("hex");
-}
-function uartWake() {
-  if (uartWaiter && uartBuf.length >= uartWaiter.n) {
-    const w = uartWaiter; uartWaiter = null; clearTimeout(w.timer); w.resolve(uartTake(w.n));
-  }
-}
-const uart = {
-  // no --meter-tcp: nothing on the bus (frames go nowhere, reads time out)
-  uart_write(hex) {
-    if (!opts.meterTcp) return;
-    if (!uartSock) uartConnect();
-    uartSock.write(Buffer.from(hex, "hex"));
-  },
-  uart_read(n, timeoutMs) {
-    return new Promise((resolve) => {
-      if (uartBuf.length >= n) { resolve(uartTake(n)); return; }
-      const timer = setTimeout(() => { uartWaiter = null; resolve(uartTake(n)); }, timeoutMs);
-      uartWaiter = { n, resolve, timer };
-    });
-  },
-  uart_flush() { uartBuf = Buffer.alloc(0); },
-};
-
-let udpSock = null;
-let gateway = null;
-const udpQueue = [];
-let udpWaiter = null;
-const udp = {
-  udp_open(host, port) {
-    gateway = { host, port };
-    if (udpSock) udpSock.close();
-    udpSock = dgram.createSocket(host.includes(":") ? "udp6" : "udp4");
-    udpSock.on("message", (msg, rinfo) => {
-      if (rinfo.port !== gateway.port) return; // only the gateway talks to a meter
-      if (udpWaiter) { const w = udpWaiter; udpWaiter = null; clearTimeout(w.timer); w.resolve(msg.toString("hex")); }
-      else if (udpQueue.length < 16) udpQueue.push(msg.toString("hex"));
-    });
-    udpSock.on("error", () => {}); // no route, no such host: the datagram is lost, CoAP retransmits
-    udpSock.bind(0);
-  },
-  udp_send(hex) {
-    udpSock.send(Buffer.from(hex, "hex"), gateway.port, gateway.host, () => {});
-  },
-  udp_recv(timeoutMs) {
-    return new Promise((resolve) => {
-      if (udpQueue.length) { resolve(udpQueue.shift()); return; }
-      const timer = setTimeout(() => { udpWaiter = null; resolve(null); }, Math.max(0, timeoutMs));
-      udpWaiter = { resolve, timer };
-    });
-  },
-};
+const uart = meterBus(opts.meterTcp); // ports.mjs
+const udp = gatewayUdp(); // a socket error: the datagram is lost, CoAP retransmits
 
 let rtcOffset = opts.rtcOffset; // RTC seconds minus host seconds: kept across resets
 let wdt = null;

@@ -22,10 +22,9 @@
 // Power-cut injection: --cut-at-write N tears the N-th storage write (a random
 // prefix of an append, or a temporary file never renamed) and exits with code 137.
 import crypto from "node:crypto";
-import dgram from "node:dgram";
 import fs from "node:fs";
-import net from "node:net";
 import path from "node:path";
+import { meterBus, gatewayUdp } from "./ports.mjs";
 import { startVM, REPO } from "./vm.mjs";
 
 function parseArgs(argv) {
@@ -161,70 +160,12 @@ const storage = {
   },
 };
 
-// ---- meter bus: raw RTU frames over TCP ----------------------------------------------
-let uartSock = null;
-let uartBuf = Buffer.alloc(0);
-let uartWaiter = null;
-function uartConnect() {
-  const i = opts.meterTcp.lastIndexOf(":");
-  const sock = net.connect({ host: opts.meterTcp.slice(0, i), port: Number(opts.meterTcp.slice(i + 1)) });
-  sock.setNoDelay(true);
-  sock.on("data", (d) => { uartBuf = Buffer.concat([uartBuf, d]); uartWake(); });
-  sock.on("error", () => {});
-  sock.on("close", () => { if (uartSock === sock) uartSock = null; });
-  uartSock = sock;
-}
-function uartWake() {
-  if (uartWaiter && uartBuf.length >= uartWaiter.n) {
-    const w = uartWaiter; uartWaiter = null; clearTimeout(w.timer); w.resolve(uartTake(w.n));
-  }
-}
-function uartTake(n) {
-  const out = uartBuf.subarray(0, Math.min(n, uartBuf.length));
-  uartBuf = uartBuf.subarray(out.length);
-  return Buffer.from(out).toString("hex");
-}
-const uart = {
-  uart_write(hex) {
-    if (!uartSock) uartConnect();
-    uartSock.write(Buffer.from(hex, "hex"));
-  },
-  uart_read(n, timeoutMs) {
-    return new Promise((resolve) => {
-      if (uartBuf.length >= n) { resolve(uartTake(n)); return; }
-      const timer = setTimeout(() => { uartWaiter = null; resolve(uartTake(n)); }, timeoutMs);
-      uartWaiter = { n, resolve, timer };
-    });
-  },
-  uart_flush() { uartBuf = Buffer.alloc(0); },
-};
-
-// ---- UDP to the gateway --------------------------------------------------------------
-let udpSock = null;
-let gateway = null;
-const udpQueue = [];
-let udpWaiter = null;
-const udp = {
-  udp_open(host, port) {
-    gateway = { host, port };
-    udpSock = dgram.createSocket(host.includes(":") ? "udp6" : "udp4");
-    udpSock.on("message", (msg, rinfo) => {
-      if (rinfo.port !== gateway.port) return; // only the gateway talks to a meter
-      if (udpWaiter) { const w = udpWaiter; udpWaiter = null; clearTimeout(w.timer); w.resolve(msg.toString("hex")); }
-      else if (udpQueue.length < 16) udpQueue.push(msg.toString("hex"));
-    });
-    udpSock.on("error", (e) => process.stdout.write(`device.mjs: udp error ${e.message}\n`));
-    udpSock.bind(0);
-  },
-  udp_send(hex) { udpSock.send(Buffer.from(hex, "hex"), gateway.port, gateway.host); },
-  udp_recv(timeoutMs) {
-    return new Promise((resolve) => {
-      if (udpQueue.length) { resolve(udpQueue.shift()); return; }
-      const timer = setTimeout(() => { udpWaiter = null; resolve(null); }, Math.max(0, timeoutMs / speed));
-      udpWaiter = { resolve, timer };
-    });
-  },
-};
+// ---- the meter bus and UDP to the gateway (ports.mjs) -----------------------------------
+const uart = meterBus(opts.meterTcp);
+const udp = gatewayUdp({
+  timeScale: speed,
+  onError: (e) => process.stdout.write(`device.mjs: udp error ${e.message}\n`),
+});
 
 // ---- clock, RNG, watchdog ------------------------------------------------------------
 let wdt = null;

@@ -410,3 +410,51 @@ def test_pinned_images_come_from_micropython_org(tmp_path):
                                                                  'chip = "esp8266"'))
     with pytest.raises(ConfigError, match=r'image\[0\].chip = "esp8266": must be one of'):
         board_config.load_images(path)
+
+
+# ---- per-phase registers, holding registers, general address (the simulator serves them)
+
+
+SDM630 = METERS_DIR / "sdm630ct.toml"
+
+
+def test_shipped_meters_map_phases_holding_registers_and_general_address():
+    sdm630, sdm120, pzem = (get_meter(m) for m in ("sdm630ct", "sdm120ct", "pzem004t-v3"))
+    assert set(sdm630.per_phase) == {"voltage_dV", "current_mA", "power_W"}
+    for name in ("voltage_dV", "current_mA"):  # the reading's field is phase L1
+        assert sdm630.per_phase[name].field(0) == sdm630.fields[name]
+    assert not sdm120.per_phase and not pzem.per_phase
+    assert all("slave_address" in m.holding for m in (sdm630, sdm120, pzem))
+    assert (pzem.general_address, sdm120.general_address) == (0xF8, None)
+    # none of this changes what the firmware loads
+    assert "per_phase" not in compile_meter(sdm630) and "holding" not in compile_meter(pzem)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("registers = [0x0000, 0x0002, 0x0004]", "registers = [0x0002, 0x0000, 0x0004]",
+     "per_phase.voltage_dV.registers = [2, 0, 4]: 0x0000 (L2) overlaps fields.voltage_dV"),
+    ("registers = [0x000C, 0x000E, 0x0010]", "registers = [0x000C, 0x000E]",
+     "per_phase.power_W.registers = [12, 14]: must be a list of 3 registers"),
+    ("registers = [0x000C, 0x000E, 0x0010]", "registers = [0x000C, 0x000E, 0x0034]",
+     "0x0034 (L3) overlaps fields.power_W"),
+    ("registers = [0x000C, 0x000E, 0x0010]", "registers = [0x000C, 0x000E, 0x0100]",
+     "0x0100 (L3) must lie inside one block of modbus.blocks"),
+    ('[holding.slave_address]\nregister = 0x0014\nkind = "f32"',
+     '[holding.baud]\nregister = 0x001C\nkind = "f32"',
+     "holding.baud: unknown key"),
+])
+def test_bad_phase_and_holding_maps_are_named(tmp_path, old, new, message):
+    path = _variant(tmp_path, SDM630, old, new)
+    assert message in _error(load_meter, path)
+
+
+def test_per_phase_only_on_a_three_phase_meter(tmp_path):
+    path = _variant(tmp_path, SDM630, "phases = 3", "phases = 1")
+    assert "per_phase = a table: only for a three-phase meter (phases = 3)" in _error(
+        load_meter, path)
+
+
+def test_general_address_is_outside_the_slave_range(tmp_path):
+    path = _variant(tmp_path, PZEM, "general_address = 0xF8", "general_address = 0x10")
+    assert "modbus.general_address = 0x10: must be an integer 0xF8..0xFF" in _error(
+        load_meter, path)

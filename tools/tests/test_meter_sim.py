@@ -24,7 +24,7 @@ from pymodbus.framer.rtu import FramerRTU
 from wattcore import modbus_rtu
 
 from gateway import simclock
-from tools.board_config import compile_meter, get_meter, list_meters
+from tools.board_config import KIND_WIDTH, compile_meter, get_meter, list_meters
 from tools.errors import ConfigError
 from tools.meter_sim import (
     PROFILES,
@@ -267,6 +267,160 @@ def test_pymodbus_serial_client_reads_over_a_pty():
     registers = _run(scenario())
     _assert_matches(meter, _fields_from(meter, 0, registers), meter_view(meter,
                                                                          slave.model.sample()))
+
+
+# ---- what a third-party master sees (issue 13: phases, 0xF8, holding registers) -----
+# Register addresses come from boards/meters/*.toml (one place per fact).
+
+
+def _value(words: list[int], start: int, register: int, kind: str, num: int, den: int):
+    offset = register - start
+    return _decode(words[offset:offset + KIND_WIDTH[kind]], kind) * num / den
+
+
+@pytest.mark.parametrize("profile, t", [("school", MONDAY_NOON), ("pv-producer", MONDAY_NOON),
+                                        ("household", MONDAY_EVENING)],
+                         ids=["school-importing", "pv-exporting", "household-evening"])
+def test_sdm630_reports_each_phase_and_the_phases_add_up_to_the_total(profile, t):
+    slave = _slave("sdm630ct", profile, t)
+    meter = slave.model.meter
+    block = meter.blocks[0]
+
+    async def scenario():
+        async with _tcp(slave) as client:
+            reply = await client.read_input_registers(block.start, count=block.count,
+                                                      device_id=1)
+            assert not reply.isError()
+            return reply.registers
+
+    words = _run(scenario())
+    fields = _fields_from(meter, block.start, words)
+    phase = {name: [_value(words, block.start, r, m.kind, m.num, m.den) for r in m.registers]
+             for name, m in meter.per_phase.items()}
+    assert set(phase) == {"voltage_dV", "current_mA", "power_W"}
+    volts = [v / 10 for v in phase["voltage_dV"]]
+    amps = [a / 1000 for a in phase["current_mA"]]
+    watts = phase["power_W"]
+    total = fields["power_W"]
+    assert abs(total) > 500  # a real load or feed-in, not standby
+    if profile == "school":
+        assert total > 5000  # the school at lessons: several kW over three phases
+    assert all(215 < v < 245 for v in volts) and len(set(volts)) == 3
+    assert all(a > 0.1 for a in amps) and len(set(amps)) == 3
+    assert all(w != 0 and (w > 0) == (total > 0) for w in watts)  # every phase carries some
+    assert sum(watts) == pytest.approx(total, rel=1e-5)
+    pf = abs(fields["power_factor_milli"]) / 1000
+    for v, a, w in zip(volts, amps, watts, strict=True):
+        assert v * a * pf == pytest.approx(abs(w), rel=1e-5)
+    # the reading's fields are phase L1's voltage and current
+    assert (fields["voltage_dV"], fields["current_mA"]) == (phase["voltage_dV"][0],
+                                                             phase["current_mA"][0])
+
+
+def test_sdm630_reversed_ct_flips_every_phase():
+    slave = _slave("sdm630ct", "pv-producer", MONDAY_NOON)
+    meter = slave.model.meter
+    words = slave.model.read_registers(4, 0, 76, reversed_ct=True)
+    true = slave.model.sample()
+    watts = [_value(words, 0, r, meter.per_phase["power_W"].kind, 1, 1)
+             for r in meter.per_phase["power_W"].registers]
+    total = _fields_from(meter, 0, words)["power_W"]
+    assert true.power_W < 0 < total and all(w > 0 for w in watts)
+    assert sum(watts) == pytest.approx(total, rel=1e-5)
+
+
+def test_single_phase_meters_have_one_phase_equal_to_the_total():
+    for meter_id in ("sdm120ct", "pzem004t-v3"):
+        sample = _slave(meter_id, "household", MONDAY_EVENING).model.sample()
+        assert sample.phase_power_W == (sample.power_W,)
+        assert sample.phase_voltage_dV == (sample.voltage_dV,)
+        assert not get_meter(meter_id).per_phase
+
+
+def test_pzem_answers_the_general_address_like_its_own():
+    slave = _slave("pzem004t-v3", "household", MONDAY_EVENING, address=5)
+    general = slave.model.meter.general_address
+    received = _Received()
+
+    async def scenario():
+        async with _tcp(slave, timeout=TIMEOUT, trace=received) as client:
+            own = await client.read_input_registers(0, count=10, device_id=5)
+            shared = await client.read_input_registers(0, count=10, device_id=general)
+            try:
+                other = await client.read_input_registers(0, count=10, device_id=6)
+            except ModbusIOException as exc:
+                other = exc
+            return own, shared, other
+
+    own, shared, other = _run(scenario())
+    assert general == 0xF8
+    assert not own.isError() and not shared.isError()
+    assert shared.registers == own.registers  # the same meter, the same (frozen) moment
+    assert [f[0] for f in received.frames] == [5, 0xF8]  # each reply as it was addressed
+    assert isinstance(other, ModbusIOException)  # another address: silence
+    assert slave.stats["other_address"] == 1
+
+
+def test_a_meter_without_a_general_address_ignores_0xf8():
+    slave = _slave("sdm120ct", "household", MONDAY_EVENING)
+    assert slave.model.meter.general_address is None
+
+    async def scenario():
+        async with _tcp(slave, timeout=TIMEOUT) as client:
+            try:
+                return await client.read_input_registers(0, count=76, device_id=0xF8)
+            except ModbusIOException as exc:
+                return exc
+
+    assert isinstance(_run(scenario()), ModbusIOException)
+
+
+@pytest.mark.parametrize("meter_id", ["sdm120ct", "sdm630ct", "pzem004t-v3"])
+def test_holding_register_gives_the_slave_address(meter_id):
+    slave = _slave(meter_id, "household", MONDAY_EVENING, address=7)
+    holding = slave.model.meter.holding["slave_address"]
+    width = KIND_WIDTH[holding.kind]
+
+    async def scenario():
+        async with _tcp(slave) as client:
+            node = await client.read_holding_registers(holding.register, count=width,
+                                                       device_id=7)
+            beside = await client.read_holding_registers(holding.register + width, count=1,
+                                                         device_id=7)
+            return node, beside
+
+    node, beside = _run(scenario())
+    assert not node.isError(), node
+    assert _decode(node.registers, holding.kind) == 7
+    assert beside.isError() and beside.exception_code == 2  # not a register: 02, not 01
+
+
+def test_cli_pzem_tells_its_address_to_a_master_on_0xf8():
+    # how a new user finds a PZEM's address: read holding 0x0002 at the general address
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.meter_sim", "--meter", "pzem004t-v3", "--profile",
+         "household", "--tcp", "127.0.0.1:0", "--slave", "9"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = _wait_for_line(proc, "meter_sim: listening tcp ")
+        port = int(line.split()[3].rpartition(":")[2])
+        holding = get_meter("pzem004t-v3").holding["slave_address"]
+
+        async def scenario():
+            client = AsyncModbusTcpClient("127.0.0.1", port=port, framer=FramerType.RTU,
+                                          timeout=2, retries=0, reconnect_delay=0)
+            try:
+                assert await client.connect()
+                return await client.read_holding_registers(holding.register, count=1,
+                                                           device_id=0xF8)
+            finally:
+                client.close()
+
+        reply = _run(scenario())
+        assert not reply.isError() and reply.registers == [9]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
 
 
 # ---- energy counters -----------------------------------------------------------------
@@ -578,7 +732,10 @@ def test_slave_answers_only_its_address_and_refuses_bad_requests():
     slave = _slave("sdm120ct")
     assert slave.handle(modbus_rtu.read_request(2, 4, 0, 76)) is None
     assert slave.stats["other_address"] == 1
-    assert _exception_code(slave.handle(modbus_rtu.read_request(1, 3, 0, 2))) == 1
+    # function 03 reads configuration registers; 0x0000 is not one of them
+    assert _exception_code(slave.handle(modbus_rtu.read_request(1, 3, 0, 2))) == 2
+    write = bytes([1, 6, 0x00, 0x14, 0x00, 0x07])  # write single register: not served
+    assert _exception_code(slave.handle(write + _crc(write))) == 1
     assert _exception_code(slave.handle(modbus_rtu.read_request(1, 4, 0x0100, 2))) == 2
     assert _exception_code(slave.handle(modbus_rtu.read_request(1, 4, 0x004A, 4))) == 2
     too_many = bytes([1, 4, 0, 0, 0, 126])
@@ -586,7 +743,7 @@ def test_slave_answers_only_its_address_and_refuses_bad_requests():
     unknown = bytes([1, 0x2B, 0x0E, 0x01, 0x00])  # read device identification
     frames = RequestParser().feed(unknown + _crc(unknown))
     assert _exception_code(slave.handle(frames[0])) == 1
-    assert slave.requests == 5
+    assert slave.requests == 6
 
 
 def _crc(data: bytes) -> bytes:

@@ -32,3 +32,34 @@ def test_every_compiled_runtime_package_was_checked_for_aarch64_wheels():
     assert set(runtime_lock.native_packages()) <= AARCH64_WHEELS_CHECKED, (
         "a compiled package joined the runtime: check it has an aarch64 wheel for CPython "
         "3.11 (Raspberry Pi OS Bookworm), then add it to AARCH64_WHEELS_CHECKED")
+
+
+def test_the_gateway_node_install_has_what_the_gateway_serves_and_runs(monkeypatch):
+    """`make setup-gateway CHAIN=1` runs `npm ci --omit=dev`: package.json's dependencies
+    must hold every Node package the gateway's code opens (ECharts for /community, the
+    anvil binary), and the developer's packages (the MicroPython VM, playwright) stay in
+    devDependencies, off a Raspberry Pi."""
+    import json
+    import re
+
+    from gateway import community_page
+    from gateway.chain import anvil
+
+    monkeypatch.delenv(anvil.ENV_ANVIL, raising=False)  # the npm-installed binary
+    package = json.loads((runtime_lock.REPO / "package.json").read_text())
+    runtime, dev = package["dependencies"], package["devDependencies"]
+    # the package a node_modules path belongs to (@scope/name or name)
+    def owner(path):
+        parts = path.relative_to(runtime_lock.REPO / "node_modules").parts
+        return "/".join(parts[:2]) if parts[0].startswith("@") else parts[0]
+
+    used = {owner(community_page.ECHARTS)}
+    anvil_platform = owner(anvil.default_binary())  # @foundry-rs/anvil-<arch>, its optional dep
+    assert re.fullmatch(r"@foundry-rs/anvil-linux-\w+", anvil_platform)
+    used.add("@foundry-rs/anvil")
+    assert used <= set(runtime), f"{used - set(runtime)} must be in package.json dependencies"
+    lock = json.loads((runtime_lock.REPO / "package-lock.json").read_text())
+    assert lock["packages"][""]["dependencies"] == runtime, "npm install --package-lock-only"
+    for name in ("@micropython/micropython-webassembly-pyscript", "playwright-core"):
+        assert name in dev and name not in runtime
+        assert lock["packages"][f"node_modules/{name}"].get("dev") is True

@@ -23,8 +23,8 @@ BOARD = {"id": "b", "chip": "esp32", "led_kind": "gpio", "uart": 2, "tx": 17, "r
          "led": 2, "flash_mb": 4, "de_re": 4}
 
 
-def _meter_reply(slave):
-    regs = poller_tests._sdm_registers()
+def _meter_reply(slave, **values):
+    regs = poller_tests._sdm_registers(**values)
 
     def reply(request):
         if request[0] != slave:
@@ -42,14 +42,14 @@ class SuspendingClock(app_fakes.FakeClock):
         await asyncio.sleep(0)  # a real suspension, as a JS Promise would be
 
 
-def _adapters(tmp_slave=1, meter_slave=1, clock=None):
+def _adapters(tmp_slave=1, meter_slave=1, clock=None, device=(), **values):
     config = app_fakes.MemoryStorage()
     config.files["board.json"] = json.dumps(BOARD).encode()
     config.files["meter.json"] = json.dumps(poller_tests.SDM120).encode()
     config.files["device.json"] = json.dumps({"gateway_host": "gw", "slave": tmp_slave,
-                                              "retries": 1}).encode()
+                                              "retries": 1, **dict(device)}).encode()
     data = app_fakes.MemoryStorage()
-    bus = app_fakes.FakeBus(_meter_reply(meter_slave))
+    bus = app_fakes.FakeBus(_meter_reply(meter_slave, **values))
     return types.SimpleNamespace(
         log=lambda msg: None,
         open_storage=lambda folder: config if folder == "config" else data,
@@ -91,6 +91,21 @@ def test_commission_scans_for_the_address_that_answers(no_asyncio_run, capsys):
     adapters, _ = _adapters(tmp_slave=1, meter_slave=250)  # nobody on the bus
     main.commission(1, adapters, scan_timeout_ms=5)
     assert _one_json_line(capsys)["scan"] == []
+
+
+def test_a_reversed_ct_at_a_consumer_site_is_reported_without_a_bus_scan(no_asyncio_run,
+                                                                          capsys):
+    # the meter answers at its address, with export where the site has none: every poll
+    # is refused as a fault, and the report says why instead of scanning 247 addresses
+    adapters, bus = _adapters(device={"exports_allowed": False}, p=-1207.0)
+    main.commission(3, adapters, scan_timeout_ms=5)
+    report = _one_json_line(capsys)
+    assert report["ok"] == 0 and "CT_REVERSED" in report["flags"]
+    assert report.get("scan") is None and report["no_reply"] == 0
+    assert len(bus.sent) == 3  # one read a poll, nothing else on the bus
+    adapters, _ = _adapters(device={"exports_allowed": False}, p=1207.0)  # clamped right
+    main.commission(2, adapters)
+    assert "CT_REVERSED" not in _one_json_line(capsys)["flags"]
 
 
 def test_an_adapter_that_suspends_is_named(no_asyncio_run):
