@@ -399,6 +399,18 @@ class Site:
         dev_id = self.members[label]["device"].device_id
         return self.cli_json("device", "readings", dev_id, "--limit", "0")
 
+    def quiet_readings(self, label: str, timeout: float = 20) -> tuple[list[dict], dict]:
+        """(stored readings, device status) of a member whose device is off, once the
+        status's count agrees with the stored readings (a request still in the gateway's
+        commit when the device went off lands first)."""
+        def agree():
+            stored = self.readings(label)
+            status = self.device_status(label)
+            return (stored, status) if status["readings"] == len(stored) else None
+
+        return wait_until(agree, timeout, f"{label}: the status's count and the stored "
+                          "readings to agree", lambda: self.device_status(label))
+
     def events(self, contract: str = "Settlement") -> list:
         return chain_events(self.rpc_url, self.data, contract)
 
