@@ -13,7 +13,7 @@ from hil_tests.rig import Link, posted_readings, wait_until
 
 ST_CLOCK_UNTRUSTED = 0x0001
 MAX_BATCH = 8  # readings per message (docs/protocol.md)
-OUTAGE_S = 1200  # simulated: 20 minutes without a gateway (120 readings)
+OUTAGE_S = 900  # simulated: 15 minutes without a gateway (90 readings)
 
 
 def messages(readings: list[dict]) -> list[list[int]]:
