@@ -46,7 +46,9 @@ def _devices_off_after_each_scenario(request):
     yield
     for name in SITE_FIXTURES:
         if name in request.fixturenames:
-            request.getfixturevalue(name).power_off()
+            site = request.getfixturevalue(name)
+            site.power_off()
+            site.restore()
 
 
 def require(site: Site, capability: str) -> None:

@@ -435,6 +435,16 @@ class Site:
 
     # ---- the end
 
+    def restore(self) -> None:
+        """The gateway and ``chain run`` running again if a scenario left them down (so
+        one failure does not cascade into the next scenarios of the site)."""
+        if self.gateway.proc.poll() is not None:
+            self.gateway.stop()  # closes its log
+            self.gateway.start()
+        chain_run = self.procs.get("chain run")
+        if self.chain and (chain_run is None or chain_run.poll() is not None):
+            self.start_chain_run()
+
     def power_off(self) -> None:
         """Power cut every running device (between scenarios)."""
         for member in self.members.values():

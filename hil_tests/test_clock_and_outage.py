@@ -128,8 +128,10 @@ def test_gateway_killed_in_the_middle_of_a_catch_up(gateway_site):
                 site.gateway.proc.kill()
                 killed.set()
 
+    link.up = False  # the catch-up starts once the gateway is up and the hook set
     site.gateway.start()
     link.on_forward = kill_at_third_post
+    link.up = True
     wait_until(killed.is_set, 60, "the catch-up's third message", lambda: len(posts))
     link.on_forward = None
     site.gateway.kill()
