@@ -26,16 +26,39 @@ REPO = Path(__file__).resolve().parent.parent
 WATTSHARE = [sys.executable, "-m", "tools.cli"]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing holds now, below the kernel's ephemeral range: a port from that
+    range can be handed to any other process's socket (a load generator opens
+    thousands) between this check and the server's bind."""
+    import random
+
+    lo, _ = _ephemeral_range()
+    pick = random.SystemRandom()
+    for _ in range(500):
+        port = pick.randrange(10000, lo) if lo > 11000 else 0
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("0.0.0.0", port))  # noqa: S104 - checks the port for any address
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port below the ephemeral range")
 
 
 class GatewayProcess:
     """A gateway on loopback: CoAP on ``coap_port``, HTTP (status, API) on ``http_port``."""
 
-    def __init__(self, folder: Path, env: dict | None = None):
+    def __init__(self, folder: Path, env: dict | None = None, configure=None):
+        """``configure(config_path)``, if given, edits gateway.toml between ``gateway
+        init`` and ``gateway run``."""
         self.folder = Path(folder)
         self.coap_port = free_port(socket.SOCK_DGRAM)
         self.http_port = free_port(socket.SOCK_STREAM)
@@ -44,7 +67,14 @@ class GatewayProcess:
                         WATTSHARE_KEY_PASSPHRASE="local site passphrase")
         self.wattshare("gateway", "init", "--data", str(self.folder), "--coap-port",
                        str(self.coap_port), "--http-port", str(self.http_port))
-        self.log = open(self.folder / "gateway.log", "wb")  # noqa: SIM115 - closed in stop()
+        if configure is not None:
+            configure(self.config)
+        self.start()
+
+    def start(self) -> None:
+        """``wattshare gateway run`` (again, after :meth:`stop` or :meth:`kill`); returns
+        once its web server answers."""
+        self.log = open(self.folder / "gateway.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([*WATTSHARE, "gateway", "run"], env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + 30
@@ -91,6 +121,13 @@ class GatewayProcess:
 
     def log_text(self) -> str:
         return (self.folder / "gateway.log").read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: the gateway dies wherever it is (a power cut of the gateway)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
