@@ -39,7 +39,8 @@ from dataclasses import dataclass
 UP, DOWN = "up", "down"
 DIRECTIONS = (UP, DOWN)
 # every counter exists from the start (readers in other threads never see a key appear)
-COUNTERS = ("received", "dropped", "duplicated", "reordered", "delayed", "sent",
+# held: held back to be overtaken; reordered: of those, overtaken (the rest go out late)
+COUNTERS = ("received", "dropped", "duplicated", "held", "reordered", "delayed", "sent",
             "send_failed")
 _MAX_DATAGRAM = 65535
 _DUPLICATE_GAP_S = 0.002  # the copy follows the original this much later
@@ -241,6 +242,7 @@ class LossyProxy:
             hold_s = self.impairers[direction].impairment.hold_ms / 1000.0
             timer = self._loop.call_later(hold_s, self._flush, direction, flow)
             flow.held[direction] = (data, decision.copies, timer)
+            self.stats[direction]["held"] += 1
             return
         self._send_copies(direction, flow, data, decision.copies)
         held = flow.held[direction]

@@ -223,13 +223,16 @@ def test_lossy_network_loses_nothing_and_stores_nothing_twice(site):
 
         # the network was as bad as it says, in both directions. The decisions are the
         # seed's, datagram after datagram: with SEED, any first 80..600 datagrams of a
-        # direction lose 27..37 % and include duplicates and held-back ones
+        # direction lose 27..37 % and include duplicates and held-back ones. Whether a
+        # held datagram is overtaken within hold_ms is timing (a reply is overtaken only
+        # by the answer to a retransmission): overtaken ones are counted over both ways.
         for direction in ("up", "down"):
             got = stats[direction]
             assert got["received"] >= 80, stats
             assert 0.25 <= got["dropped"] / got["received"] <= 0.4, stats
-            for kind in ("duplicated", "reordered", "delayed"):
+            for kind in ("duplicated", "held", "delayed"):
                 assert got[kind] > 0, (direction, kind, stats)
+        assert stats["up"]["reordered"] + stats["down"]["reordered"] > 0, stats
     except AssertionError:
         site.logs.report()
         raise

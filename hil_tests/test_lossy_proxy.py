@@ -151,6 +151,7 @@ def test_a_held_datagram_nothing_overtakes_still_arrives():
 
     arrived, stats = _run(scenario())
     assert arrived == [0] and stats["reordered"] == 0 and stats["sent"] == 1
+    assert stats["held"] == 1
 
 
 @pytest.mark.parametrize("direction", [UP, DOWN])
