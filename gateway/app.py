@@ -46,6 +46,13 @@ HOUSEKEEPING_S = 1.0
 START_TIMEOUT_S = 60.0
 
 
+def max_per_source(configured):
+    """``[coap] max_datagrams_per_source`` for this run. The limit is per second of the
+    devices' time: under a simulated clock (``WATTSHARE_SIM_CLOCK``: accelerated runs,
+    every emulated device on 127.0.0.1) their seconds pass ``speed`` times faster, so the
+    limit per real second is ``speed`` times higher. 0 (no limit) stays 0."""
+    return min(int(configured * simclock.speed()), 1 << 20)
+
 class IngestService:
     """Receive, verify and store, in this process: the CoAP front end, the
     :class:`~gateway.ingest.Ingest` handler, the writer and the registry it checks
@@ -83,7 +90,7 @@ class IngestService:
         extra = {"sock": self.sock} if self.sock is not None else {}
         if cfg.coap.front_end == "lean":
             extra.update(begin=self.ingest.begin, finish=self.ingest.finish,
-                         max_per_source=cfg.coap.max_datagrams_per_source,
+                         max_per_source=max_per_source(cfg.coap.max_datagrams_per_source),
                          on_limit=self.metrics.limited.inc)
         self.coap = server_class(self.ingest.handle, cfg.coap.bind, cfg.coap.port,
                                  cfg.coap.receive_buffer_bytes, on_drop=self.metrics.dropped.inc,

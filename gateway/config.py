@@ -174,7 +174,8 @@ SCHEMA = {
                       '"lean" (own UDP layer, fast) or "aiocoap" (docs/gateway.md)'),
         "max_datagrams_per_source": (_Int(200, 0, 1 << 20),
                                      "per second and source address, more are dropped "
-                                     "unanswered (lean front end; 0 = no limit)"),
+                                     "unanswered (lean front end; 0 = no limit; a "
+                                     "simulated clock's seconds)"),
     },
     "ingest": {
         "max_future_skew_s": (_Int(300, 0, 86400),

@@ -216,11 +216,6 @@ class Site:
 
         doc, _ = toml_schema.read(config)
         doc["ingest"] = dict(doc.get("ingest", {}), processes=0)  # one process: 2 cores
-        # the per-source limit (200 datagrams a real second) is for a flood from one
-        # address; here every device shares 127.0.0.1 and runs `speed` times faster
-        # (seen: four devices' retransmissions silenced a fifth, honest one)
-        doc["coap"] = dict(doc.get("coap", {}),
-                           max_datagrams_per_source=min(int(200 * self.speed), 1 << 20))
         doc["log"] = {"level": "info", "format": "kv"}
         # poll_s is real time, the others simulated: the chain link looks for work 20
         # times a second, builds an interval 5 simulated minutes after its last anchor

@@ -255,3 +255,27 @@ def test_the_dedup_cache_stays_within_its_byte_budget():
         await server.close()
 
     asyncio.run(scenario())
+
+
+def test_the_per_source_limit_counts_the_devices_seconds_under_a_simulated_clock(
+        tmp_path, monkeypatch):
+    """Accelerated runs (the demo, hil_tests) put every emulated device on 127.0.0.1 and
+    run them `speed` times faster: 200 datagrams a device second is 200 x speed a real
+    second (seen before: four devices' retransmissions at 300 x silenced a fifth one)."""
+    from gw_testbed import running_gateway, write_config
+
+    from gateway import app, simclock
+
+    cfg = write_config(tmp_path)
+
+    async def serving_limit():
+        async with running_gateway(cfg, http=False) as gw:
+            return gw.coap._max_per_source
+
+    monkeypatch.delenv(simclock.ENV, raising=False)
+    assert asyncio.run(serving_limit()) == cfg.coap.max_datagrams_per_source == 200
+    monkeypatch.setenv(simclock.ENV, simclock.start(300.0).value())
+    assert asyncio.run(serving_limit()) == 60_000
+    assert app.max_per_source(0) == 0  # no limit stays none
+    monkeypatch.setenv(simclock.ENV, simclock.start(10_000.0).value())
+    assert app.max_per_source(200) == 1 << 20  # the setting's own bound
