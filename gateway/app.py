@@ -53,6 +53,15 @@ def max_per_source(configured):
     limit per real second is ``speed`` times higher. 0 (no limit) stays 0."""
     return min(int(configured * simclock.speed()), 1 << 20)
 
+
+def commit_window_s(configured_ms):
+    """``[ingest] commit_window_ms`` for this run, in real seconds. A device waits that
+    long for its acknowledgement on top of the commit, so the window is in the devices'
+    time too: under a simulated clock ``speed`` times shorter (at 300x a device
+    retransmits after 7 real ms: a 250 ms window left accelerated devices without answers
+    whenever the writer chose to wait)."""
+    return configured_ms / 1000.0 / simclock.speed()
+
 class IngestService:
     """Receive, verify and store, in this process: the CoAP front end, the
     :class:`~gateway.ingest.Ingest` handler, the writer and the registry it checks
@@ -72,7 +81,7 @@ class IngestService:
         cfg = self.config
         self.writer = ReadingWriter(
             cfg.db_path, cfg.ingest.commit_linger_ms / 1000.0, cfg.ingest.commit_max_rows,
-            self.metrics, window_s=cfg.ingest.commit_window_ms / 1000.0,
+            self.metrics, window_s=commit_window_s(cfg.ingest.commit_window_ms),
         )
         self.writer.start()  # opens and migrates the database
         self._registry_conn = store.connect(cfg.db_path)

@@ -257,25 +257,28 @@ def test_the_dedup_cache_stays_within_its_byte_budget():
     asyncio.run(scenario())
 
 
-def test_the_per_source_limit_counts_the_devices_seconds_under_a_simulated_clock(
+def test_the_per_source_limit_and_commit_window_count_the_devices_time_under_a_simulated_clock(
         tmp_path, monkeypatch):
     """Accelerated runs (the demo, hil_tests) put every emulated device on 127.0.0.1 and
     run them `speed` times faster: 200 datagrams a device second is 200 x speed a real
-    second (seen before: four devices' retransmissions at 300 x silenced a fifth one)."""
+    second (seen before: four devices' retransmissions at 300 x silenced a fifth one),
+    and the 250 ms commit window a device may wait is 250/speed real ms (a real 250 ms
+    outlasted every retransmission of a device at 300 x)."""
     from gw_testbed import running_gateway, write_config
 
     from gateway import app, simclock
 
     cfg = write_config(tmp_path)
 
-    async def serving_limit():
+    async def serving():
         async with running_gateway(cfg, http=False) as gw:
-            return gw.coap._max_per_source
+            return gw.coap._max_per_source, gw.writer._window
 
     monkeypatch.delenv(simclock.ENV, raising=False)
-    assert asyncio.run(serving_limit()) == cfg.coap.max_datagrams_per_source == 200
-    monkeypatch.setenv(simclock.ENV, simclock.start(300.0).value())
-    assert asyncio.run(serving_limit()) == 60_000
+    assert cfg.coap.max_datagrams_per_source == 200 and cfg.ingest.commit_window_ms == 250
+    assert asyncio.run(serving()) == (200, 0.25)
+    monkeypatch.setenv(simclock.ENV, simclock.start(250.0).value())
+    assert asyncio.run(serving()) == (50_000, 0.001)
     assert app.max_per_source(0) == 0  # no limit stays none
     monkeypatch.setenv(simclock.ENV, simclock.start(10_000.0).value())
     assert app.max_per_source(200) == 1 << 20  # the setting's own bound
