@@ -72,6 +72,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tools import gateway_client  # noqa: E402 - after the repository is on the path
+
 WATTSHARE = [sys.executable, "-m", "tools.cli"]
 PASSPHRASE = "fleet benchmark passphrase"
 OWNER = "0x52908400098527886E0F7030069857D2E4169EE7"
@@ -304,15 +306,7 @@ class Gateway:
             return False
 
     def metrics(self):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics",
-                                    timeout=10) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return gateway_client.metrics(f"http://127.0.0.1:{self.http_port}")
 
     def fsyncs_between(self, t0, t1):
         """fsync + fdatasync calls counted by perf in the whole seconds from monotonic

@@ -24,6 +24,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from tools import gateway_client
+
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
@@ -375,14 +377,7 @@ class Site:
 
     def metrics(self) -> dict[str, float]:
         """``/metrics`` as {'name{labels}': value}."""
-        with urllib.request.urlopen(self.gateway.http_url + "/metrics", timeout=20) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return gateway_client.metrics(self.gateway.http_url, timeout=20)
 
     def metric(self, prefix: str, **labels: str) -> float:
         """The sum of the samples of ``prefix`` whose labels include ``labels``."""

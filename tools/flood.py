@@ -126,16 +126,9 @@ def stop_gateway(proc):
 
 def metrics(http_port):
     """The gateway's /metrics as {name{labels}: value}."""
-    import urllib.request
+    from tools import gateway_client
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return gateway_client.metrics(f"http://127.0.0.1:{http_port}")
 
 
 def rss_bytes(pid):

@@ -18,6 +18,17 @@ from tools import coap_client
 from tools.errors import InstallError
 
 
+def metrics(http_url: str, timeout: float = 10.0) -> dict[str, float]:
+    """The gateway's ``/metrics`` (Prometheus text) as {'name{labels}': value}."""
+    with urllib.request.urlopen(f"{http_url}/metrics", timeout=timeout) as reply:
+        text = reply.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
 def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
     """``HOST``, ``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
     host, port = text, default_port
