@@ -80,8 +80,8 @@ def add_gateway_commands(gw_sub):
 
 
 def add_device_commands(dev_sub):
-    """``invite``, ``add``, ``list``, ``show``, ``readings``, ``revoke`` (the ``wattshare
-    device`` group)."""
+    """``invite``, ``invites``, ``cancel-invite``, ``add``, ``list``, ``show``,
+    ``readings``, ``revoke`` (the ``wattshare device`` group)."""
     with_config = _with_config()
     p = dev_sub.add_parser(
         "invite", parents=[with_config],
@@ -103,6 +103,24 @@ def add_device_commands(dev_sub):
                    help="current transformer rating in A (default: the model's)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_guard(cmd_device_invite))
+
+    p = dev_sub.add_parser(
+        "invites", parents=[with_config], help="the invites still open (--all: every one)",
+        description="List the enrolment invites: label, owner, model, CT rating, when each "
+                    "expires and its state. Codes are never shown again (only a hash is "
+                    "kept).")
+    p.add_argument("--all", action="store_true", help="used and expired invites too")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_guard(cmd_device_invites))
+
+    p = dev_sub.add_parser(
+        "cancel-invite", parents=[with_config], help="end an open invite now",
+        description="End an open invite now (a code given out by mistake, or lost): a meter "
+                    "that tries it is refused as with an expired code. A used invite cannot "
+                    "be cancelled: revoke the device it enrolled.")
+    p.add_argument("invite", type=int, metavar="ID", help="the invite's number "
+                   "(wattshare device invites)")
+    p.set_defaults(func=_guard(cmd_device_cancel_invite))
 
     p = dev_sub.add_parser("add", parents=[with_config], help="register a meter",
                            description="Register a meter so the gateway accepts its readings.")
@@ -374,6 +392,53 @@ def cmd_status(args):
 
 def _utc(seconds):
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def _invite_json(invite, now):
+    return {"invite": invite.id, "label": invite.label, "owner": invite.owner,
+            "model": invite.model, "ct_rating_a": invite.ct_rating_a,
+            "created": _utc(invite.created_at), "expires_at": invite.expires_at,
+            "expires": _utc(invite.expires_at), "state": invite.state(now),
+            "device": invite.device.hex() if invite.device else None}
+
+
+def cmd_device_invites(args):
+    from gateway import enrolment
+
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    try:
+        now = int(simclock.now())
+        invites = enrolment.list_invites(conn, now, ended=args.all)
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps([_invite_json(i, now) for i in invites], indent=2))
+        return 0
+    if not invites:
+        print("no open invites" + ("" if args.all else " (--all: used and expired ones too)"))
+        return 0
+    print(f"{'id':>4}  {'state':<8} {'label':<22} {'model':<9} {'CT':>6}  expires / enrolled")
+    for i in invites:
+        state = i.state(now)
+        ct = f"{i.ct_rating_a:g} A" if i.ct_rating_a else "model"
+        when = (f"device {i.device.hex()} at {_utc(i.used_at)}" if state == "used"
+                else _utc(i.expires_at))
+        print(f"{i.id:>4}  {state:<8} {i.label[:22]:<22} {i.model or 'any':<9} {ct:>6}  {when}")
+    return 0
+
+
+def cmd_device_cancel_invite(args):
+    from gateway import enrolment
+
+    cfg = gwconfig.load(args.config)
+    conn = _open_db(cfg)
+    try:
+        invite = enrolment.cancel_invite(conn, args.invite)
+    finally:
+        conn.close()
+    print(f"invite {invite.id} ({invite.label}) cancelled: its code no longer enrols a meter")
+    return 0
 
 
 def cmd_device_invite(args):

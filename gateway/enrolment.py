@@ -52,7 +52,7 @@ from wattcore import exchange
 from wattcore.errors import CoseError, DecodeError
 
 from gateway import registry, simclock, store
-from gateway.errors import InvalidDevice, StorageError
+from gateway.errors import InvalidDevice, InviteNotOpen, StorageError
 from gateway.ingest import POST, CoapResponse, code_text
 from gateway.logs import RateLimiter
 
@@ -143,6 +143,38 @@ def create_invite(conn, label, owner, ttl_s, model=None, ct_rating_a=None, now=N
             raise StorageError(f"cannot store the invite: {e}") from None
         return code, get_invite(conn, cur.lastrowid)
     raise StorageError("cannot draw a new invite code")
+
+
+def list_invites(conn, now=None, ended=False):
+    """Open invites, newest first; ``ended``: the used and expired ones too."""
+    now = int(simclock.now()) if now is None else now
+    where = "" if ended else "WHERE used_at IS NULL AND expires_at > ? "
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM invites {where}ORDER BY id DESC",
+                        () if ended else (now,)).fetchall()
+    return [_invite(row) for row in rows]
+
+
+def cancel_invite(conn, invite_id, now=None):
+    """An open invite ends now (its code answers ``code-expired`` from then on) ->
+    the :class:`Invite` as it is now."""
+    now = int(simclock.now()) if now is None else now
+    try:
+        with store.immediate(conn):
+            invite = get_invite(conn, invite_id)
+            if invite is None:
+                raise InviteNotOpen(f"no invite {invite_id} (wattshare device invites --all "
+                                    "lists them)")
+            state = invite.state(now)
+            if state == "used":
+                raise InviteNotOpen(f"invite {invite_id} ({invite.label}) enrolled device "
+                                    f"{invite.device.hex() if invite.device else '?'} already: "
+                                    "revoke the device instead (wattshare device revoke)")
+            if state == "expired":
+                raise InviteNotOpen(f"invite {invite_id} ({invite.label}) has expired already")
+            conn.execute("UPDATE invites SET expires_at = ? WHERE id = ?", (now, invite_id))
+    except sqlite3.Error as e:
+        raise StorageError(f"cannot cancel the invite: {e}") from None
+    return get_invite(conn, invite_id)
 
 
 def get_invite(conn, invite_id):

@@ -50,5 +50,9 @@ class InvalidDevice(RegistryError):
     """A device id, public key, owner address or model is malformed."""
 
 
+class InviteNotOpen(RegistryError):
+    """The invite does not exist, or was used or expired: nothing to cancel."""
+
+
 class KeystoreError(GatewayError):
     """The gateway's encrypted chain key cannot be created or read."""

@@ -417,3 +417,51 @@ def test_device_add_refuses_a_known_key_and_show_has_the_record(tmp_path, capsys
     shown = json.loads(out)
     assert shown["enrolled"] and shown["commissioning"]["record"] == RECORD
     assert shown["label"] == "Bakery roof" and "state" in shown
+
+
+def test_invites_are_listed_and_an_open_one_can_be_cancelled(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    store.open_store(cfg.db_path).close()
+    c = str(cfg.path)
+    codes = {}
+    for label in ("Bakery roof", "School", "Shed"):
+        code, out, err = _cli(capsys, "device", "invite", "--config", c, "--label", label,
+                              "--owner", OWNER, "--expires", "2h", "--json")
+        assert code == 0, err
+        data = json.loads(out)
+        codes[label] = (data["invite"], core.parse_code(data["code"]))
+    conn = store.connect(cfg.db_path)
+    meter = MeterKey()
+    now = int(time.time())
+    assert enrolment.enrol(conn, request(meter, codes["Bakery roof"][1], t=now), now).reason \
+        is None
+
+    code, out, err = _cli(capsys, "device", "invites", "--config", c, "--json")
+    assert code == 0, err
+    assert [i["label"] for i in json.loads(out)] == ["Shed", "School"]  # open, newest first
+    code, out, err = _cli(capsys, "device", "invites", "--config", c, "--all", "--json")
+    shown = {i["label"]: i for i in json.loads(out)}
+    assert shown["Bakery roof"]["state"] == "used"
+    assert shown["Bakery roof"]["device"] == meter.device_id.hex()
+    assert all("code" not in i for i in shown.values())  # never shown again
+    code, out, err = _cli(capsys, "device", "invites", "--config", c, "--all")
+    assert "used" in out and "Bakery roof" in out and "open" in out and "School" in out
+
+    school_id, school_code = codes["School"]
+    code, out, err = _cli(capsys, "device", "cancel-invite", str(school_id), "--config", c)
+    assert code == 0 and f"invite {school_id} (School) cancelled" in out, err
+    # the school's meter tries the code: refused as expired, nothing registered
+    other = MeterKey()
+    later = int(time.time())
+    refused = enrolment.enrol(conn, request(other, school_code, t=later), later)
+    assert refused.reason == core.CODE_EXPIRED
+    assert registry.get_device(conn, other.device_id, missing_ok=True) is None
+    conn.close()
+    code, out, err = _cli(capsys, "device", "invites", "--config", c, "--json")
+    assert [i["label"] for i in json.loads(out)] == ["Shed"]
+
+    for invite_id, message in ((school_id, "has expired already"),
+                               (codes["Bakery roof"][0], "revoke the device instead"),
+                               (999, "no invite 999")):
+        code, out, err = _cli(capsys, "device", "cancel-invite", str(invite_id), "--config", c)
+        assert code == 1 and message in err and "Traceback" not in err and not out
