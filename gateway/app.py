@@ -315,6 +315,11 @@ class Gateway:
         cfg = self.config
         self.started_ms = simclock.now_ms()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._http_enabled:
+            # imported before the CoAP front end starts (importing aiohttp once aiocoap
+            # serves left aiocoap deaf: no answer to any request of a `gateway run`
+            # process), and only here: the ingest processes never load aiohttp (~15 MB each)
+            from gateway.http_status import StatusHttp
         count = self.ingest_process_count()
         if count:
             store.open_store(cfg.db_path).close()  # migrate once, before the processes
@@ -325,9 +330,6 @@ class Gateway:
             await self.service.start()
         self._registry_conn = store.connect(cfg.db_path, readonly=True)
         if self._http_enabled:
-            # imported here: the ingest processes never load aiohttp (~15 MB each)
-            from gateway.http_status import StatusHttp
-
             http = StatusHttp(cfg.db_path, _MetricsView(self), self.live, cfg.http.bind,
                               cfg.http.port, config=cfg)
             try:
