@@ -69,7 +69,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 METERS = 64  # emulated meters = UDP source ports, one outstanding request each
-READINGS_PER_METER = 1000  # signed once, replayed into a fresh database for every run
+READINGS_PER_METER = 2000  # signed once, replayed into a fresh database for every run
 MAX_RATE_WARMUP_S = 0.4
 MAX_RATE_S = float(os.environ.get("BENCH_MAX_RATE_S", 2.5))
 PACED_S = 2.0
